@@ -1,0 +1,62 @@
+"""What every backend offers the controller: run a revision's instances, report ready endpoints.
+
+The controller decides *how many* instances a revision should have; a backend only makes it so and
+reports which instances are ready to take traffic. Local processes today, Kubernetes later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Awaitable, Callable, Mapping, NamedTuple, Protocol
+
+
+class Endpoint(NamedTuple):
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One revision's runnable template, already resolved against the routes file's folder."""
+
+    service: str
+    revision: str
+    command: tuple[str, ...]
+    cwd: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+    readiness_path: str | None = None  # HTTP GET until 200; None = TCP connect
+    timeout_s: float = 300.0  # request timeout; also bounds how long a stopping instance may drain
+
+
+# Called whenever the set of *ready* endpoints of a revision changes (synchronously, on the loop).
+EndpointsChanged = Callable[[str, tuple[Endpoint, ...]], None]
+
+# Awaited after an instance has left the endpoints and before it gets SIGTERM: the controller uses it to
+# wait until every gateway stopped sending it requests and the in-flight ones finished.
+DrainHook = Callable[[str, Endpoint], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class InstanceCounts:
+    ready: int
+    total: int
+
+
+class Backend(Protocol):
+    async def scale(self, workload: Workload, instances: int) -> None:
+        """Converge the revision to `instances` running instances (idempotent; returns without waiting for readiness)."""
+
+    def endpoints(self, revision: str) -> tuple[Endpoint, ...]:
+        """The revision's ready endpoints now."""
+
+    def counts(self, revision: str) -> InstanceCounts: ...
+
+    async def stop(self, revision: str) -> None:
+        """Take every instance of the revision out of the endpoints, drain, then stop it."""
+
+    async def aclose(self) -> None:
+        """Stop everything this backend started; no process survives."""

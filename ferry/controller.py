@@ -1,0 +1,469 @@
+"""The reconciler: routes.yaml + revision readiness -> running instances + what every gateway should serve.
+
+It keeps, per service, the routes it last published and, per revision, what runs and where. Every change
+is local: a service whose spec did not change is not touched, an endpoint change is one EDS entry, and a
+traffic change is one small RouteConfiguration (each service has its own, selected by host scopes).
+
+Knative's rules for safety: a route moves only when every revision it names is ready (until then the
+previous route keeps serving), and a revision that leaves the route is stopped only after every gateway
+has acknowledged the route without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from .backends.base import Backend, DrainHook, Endpoint, EndpointsChanged, Workload
+from .envoy.admin import EnvoyAdmin
+from .envoy.bootstrap import LISTEN_METADATA_KEY
+from .routing.loader import LoadedRoutes, validate
+from .routing.revisions import Revision, RevisionStore
+from .routing.schema import HostPort, ServiceSpec, service_hosts, tag_host
+from .routing.traffic import ResolvedTraffic, Unresolved, resolve_traffic
+from .xds import resources as xds
+from .xds.cache import Resource, SnapshotCache
+from .xds.server import GatewayRegistry
+
+log = logging.getLogger("ferry.controller")
+
+BackendFactory = Callable[[EndpointsChanged, DrainHook], Backend]
+
+
+@dataclass
+class RevisionRuntime:
+    revision: Revision
+    workload: Workload | None  # None: endpoints managed elsewhere (template.endpoints)
+    instances: int
+    endpoints: tuple[Endpoint, ...] = ()
+    ever_ready: bool = False
+    retiring: bool = False
+    retire_task: asyncio.Task | None = None
+
+    @property
+    def name(self) -> str:
+        return self.revision.name
+
+    @property
+    def cluster(self) -> str:
+        return xds.cluster_name(self.revision.service, self.revision.name)
+
+
+@dataclass
+class ServiceRuntime:
+    name: str
+    spec: ServiceSpec
+    current: Revision  # the revision of the file's template (Knative's latestCreatedRevision)
+    routes: tuple[xds.HostRoute, ...] = ()  # what the route table holds for this service
+    traffic: ResolvedTraffic | None = None  # the split those routes implement
+    waiting: str | None = None  # why the file's traffic is not (yet) what gateways serve
+    revisions: set[str] = field(default_factory=set)  # revisions this service keeps running
+
+
+class Controller:
+    def __init__(
+        self,
+        store: RevisionStore,
+        backend_factory: BackendFactory,
+        cache: SnapshotCache,
+        gateways: GatewayRegistry,
+        *,
+        local_admins: Iterable[EnvoyAdmin] = (),
+        cluster_linger_s: float = 10.0,
+        sync_timeout_s: float = 10.0,
+    ):
+        self.store = store
+        self.cache = cache
+        self.gateways = gateways
+        self.backend = backend_factory(self._on_endpoints, self._drain)
+        self.local_admins = list(local_admins)
+        self.cluster_linger_s = cluster_linger_s
+        self.sync_timeout_s = sync_timeout_s
+        self.loaded: LoadedRoutes | None = None
+        self.services: dict[str, ServiceRuntime] = {}
+        self.revisions: dict[str, RevisionRuntime] = {}
+        self.last_applied: float | None = None
+        self.last_error: str | None = None
+        self.poison_routes = False  # test hook: the next route table built is one Envoy must reject
+        self._route_refs: dict[str, frozenset[str]] = {}  # service -> clusters its route table names
+        self._scopes: dict[str, set[str]] = {}  # service -> hosts scoped to its route table
+        self._pending: dict[str, dict[str, Resource | None]] = {t: {} for t in xds.PUSH_ORDER}
+        self._group_listen: dict[str, HostPort | None] = {}
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- applying a routes file -----------------------------------------------------------------------
+
+    async def apply(self, loaded: LoadedRoutes) -> None:
+        """Validate against the revision history, then converge. Raises ConfigError and changes nothing."""
+        async with self._lock:
+            plan = validate(loaded, self.store)
+            self.store.commit(plan)
+            previous = self.loaded
+            self.loaded = loaded
+            gateway_changed = previous is None or previous.spec.gateway != loaded.spec.gateway
+            if previous is None or previous.spec.gateway.listen != loaded.spec.gateway.listen:
+                self._publish_listeners()
+            for name in [n for n in self.services if n not in loaded.spec.services]:
+                self._remove_service(name)
+            for name, spec in loaded.spec.services.items():
+                service = self.services.get(name)
+                current = plan.current[name]
+                if service is None:
+                    service = self.services[name] = ServiceRuntime(name, spec, current)
+                elif service.spec is spec and service.current == current and not gateway_changed:
+                    continue
+                service.spec, service.current = spec, current
+                if gateway_changed:
+                    service.routes = ()  # hosts derive from the domain: rebuild
+                await self._reconcile_service(service)
+            self._publish()
+            self.last_applied = time.time()
+            self.last_error = None
+
+    def publish_poisoned_routes(self) -> None:
+        """Test hook: publish a route table that passes ferry's checks but that Envoy rejects (a
+        duplicate domain), to exercise NACK handling end to end. The service's next route change replaces it."""
+        self.poison_routes = True
+        for service in self.services.values():
+            if service.routes:
+                self._put_routes(service.name, service.routes)
+                break
+        self.poison_routes = False
+        self._publish()
+
+    def record_error(self, message: str) -> None:
+        self.last_error = message
+
+    async def _reconcile_service(self, service: ServiceRuntime) -> None:
+        resolved = await self._run_wanted_revisions(service)
+        if isinstance(resolved, Unresolved):
+            service.waiting = resolved.reason
+        else:
+            self._route_service(service, resolved)
+        needed = self._needed_revisions(service, resolved)
+        for name in service.revisions - needed:
+            self._retire_revision(name)
+        service.revisions &= needed
+
+    async def _run_wanted_revisions(self, service: ServiceRuntime) -> ResolvedTraffic | Unresolved:
+        """Start what the traffic names; starting one may make it ready at once (endpoints managed
+        elsewhere), which can change what latestRevision means: resolve until it settles."""
+        while True:
+            latest_ready = self.store.latest_ready(service.name)
+            resolved = resolve_traffic(service.spec, latest_ready)
+            needed = self._needed_revisions(service, resolved)
+            for name in needed - service.revisions:
+                await self._start_revision(name)
+            service.revisions |= needed
+            if self.store.latest_ready(service.name) == latest_ready:
+                return resolved
+
+    @staticmethod
+    def _needed_revisions(service: ServiceRuntime, resolved: ResolvedTraffic | Unresolved) -> set[str]:
+        """What the traffic names, what gateways still route to, and the newest revision (it must run
+        to become ready)."""
+        needed = {service.current.name}
+        if isinstance(resolved, ResolvedTraffic):
+            needed |= resolved.revisions()
+        if service.traffic is not None:
+            needed |= service.traffic.revisions()
+        return needed
+
+    def _route_service(self, service: ServiceRuntime, resolved: ResolvedTraffic) -> None:
+        not_ready = [r for r in sorted(resolved.revisions()) if not self.revisions[r].ever_ready]
+        if not_ready:
+            service.waiting = f"waiting for revision {', '.join(not_ready)} to become ready"
+            return
+        service.waiting = None
+        routes = self._host_routes(service, resolved)
+        if routes == service.routes:
+            service.traffic = resolved
+            return
+        service.routes, service.traffic = routes, resolved
+        self._put_routes(service.name, routes)
+
+    def _put_routes(self, service: str, routes: tuple[xds.HostRoute, ...]) -> None:
+        """One service's route table, and a host scope for each of its hosts."""
+        vhosts = [xds.virtual_host(r) for r in routes]
+        if self.poison_routes and vhosts:
+            vhosts.append(vhosts[0])  # a duplicate domain: Envoy must reject the table
+        self._put(xds.ROUTE, service, xds.route_configuration(service, vhosts))
+        self._route_refs[service] = frozenset(t.cluster for r in routes for t in r.targets)
+        self._check_references(service)
+        hosts = {host for r in routes for host in r.domains}
+        for host in self._scopes.get(service, set()) - hosts:
+            self._put(xds.SCOPED_ROUTE, host, None)
+        for host in hosts - self._scopes.get(service, set()):
+            self._put(xds.SCOPED_ROUTE, host, xds.host_scope(host, service))
+        self._scopes[service] = hosts
+
+    def _host_routes(self, service: ServiceRuntime, resolved: ResolvedTraffic) -> tuple[xds.HostRoute, ...]:
+        gateway = self.loaded.spec.gateway
+        runtime = self.revisions
+
+        def target(revision: str, percent: int) -> xds.WeightedTarget:
+            return xds.WeightedTarget(runtime[revision].cluster, revision, percent)
+
+        main = tuple(target(s.revision, s.percent) for s in resolved.main)
+        routes = []
+        if main:
+            routes.append(
+                xds.HostRoute(
+                    name=service.name,
+                    service=service.name,
+                    domains=tuple(service_hosts(service.name, service.spec, gateway)),
+                    targets=main,
+                    timeout_s=max(runtime[t.revision].revision.template.timeout for t in main),
+                )
+            )
+        for tag, revision in resolved.tags:
+            routes.append(
+                xds.HostRoute(
+                    name=f"{service.name}/tag/{tag}",
+                    service=service.name,
+                    domains=(tag_host(tag, service.name, gateway),),
+                    targets=(target(revision, 100),),
+                    timeout_s=runtime[revision].revision.template.timeout,
+                )
+            )
+        return tuple(routes)
+
+    def _remove_service(self, name: str) -> None:
+        service = self.services.pop(name)
+        for host in self._scopes.pop(name, set()):
+            self._put(xds.SCOPED_ROUTE, host, None)
+        if self._route_refs.pop(name, None) is not None:
+            self._put(xds.ROUTE, name, None)
+        for revision in service.revisions:
+            self._retire_revision(revision)
+
+    # -- revisions ------------------------------------------------------------------------------------
+
+    async def _start_revision(self, name: str) -> None:
+        runtime = self.revisions.get(name)
+        if runtime is not None:
+            if runtime.retiring:
+                runtime.retiring = False
+                if runtime.retire_task is not None:
+                    runtime.retire_task.cancel()
+                    runtime.retire_task = None
+                if runtime.workload is not None:
+                    await self.backend.scale(runtime.workload, runtime.instances)
+            return
+        revision = self.store.get(name)
+        template = revision.template
+        workload = None
+        if template.command:
+            workload = Workload(
+                service=revision.service,
+                revision=revision.name,
+                command=tuple(template.command),
+                cwd=self.loaded.base_dir,
+                env=dict(template.env),
+                readiness_path=template.readiness.path if template.readiness else None,
+                timeout_s=template.timeout,
+            )
+        runtime = RevisionRuntime(revision, workload, instances=template.scale.initial)
+        self.revisions[name] = runtime
+        self._put(xds.CLUSTER, runtime.cluster, xds.cluster(runtime.cluster))
+        if workload is None:
+            self._set_endpoints(runtime, tuple(Endpoint(h, p) for h, p in template.endpoints))
+        else:
+            self._set_endpoints(runtime, ())
+            await self.backend.scale(workload, runtime.instances)
+        log.info("revision started", extra={"revision": name, "instances": runtime.instances})
+
+    def _retire_revision(self, name: str) -> None:
+        runtime = self.revisions.get(name)
+        if runtime is None or runtime.retiring:
+            return
+        runtime.retiring = True
+        runtime.retire_task = self._spawn(self._retire(runtime), f"retire {name}")
+
+    async def _retire(self, runtime: RevisionRuntime) -> None:
+        """Stop a revision only once no gateway routes to it, then drop its cluster after a linger."""
+        await self._publish_and_sync()
+        if runtime.workload is not None:
+            await self.backend.stop(runtime.name)
+        log.info("revision stopped", extra={"revision": runtime.name})
+        # Envoy does not swap routes and clusters atomically: keep the cluster a while (net-kourier: 15 s).
+        await asyncio.sleep(self.cluster_linger_s)
+        if runtime.retiring and self.revisions.get(runtime.name) is runtime:
+            del self.revisions[runtime.name]
+            self._put(xds.CLUSTER, runtime.cluster, None)
+            self._put(xds.ENDPOINT, runtime.cluster, None)
+            self._publish()
+
+    async def _publish_and_sync(self) -> None:
+        self._publish()
+        if not await self.gateways.wait_in_sync(self.sync_timeout_s):
+            log.warning("gateways not in sync; stopping anyway", extra={"timeout_s": self.sync_timeout_s})
+
+    def _on_endpoints(self, revision: str, endpoints: tuple[Endpoint, ...]) -> None:
+        runtime = self.revisions.get(revision)
+        if runtime is None:
+            return
+        self._set_endpoints(runtime, endpoints)
+        self._publish()
+
+    def _set_endpoints(self, runtime: RevisionRuntime, endpoints: tuple[Endpoint, ...]) -> None:
+        runtime.endpoints = endpoints
+        self._put(xds.ENDPOINT, runtime.cluster, xds.load_assignment(runtime.cluster, endpoints))
+        if endpoints and not runtime.ever_ready:
+            runtime.ever_ready = True
+            self._became_ready(runtime)
+
+    def _became_ready(self, runtime: RevisionRuntime) -> None:
+        revision = runtime.revision
+        latest = self.store.latest_ready(revision.service)
+        latest_generation = (self.store.get(latest).generation if latest else 0)
+        if revision.generation > latest_generation:
+            self.store.set_latest_ready(revision.service, revision.name)
+        service = self.services.get(revision.service)
+        if service is not None and not runtime.retiring:
+            self._spawn(self._reconcile_after_ready(service), f"route {service.name}")
+
+    async def _reconcile_after_ready(self, service: ServiceRuntime) -> None:
+        async with self._lock:
+            if self.services.get(service.name) is service:
+                await self._reconcile_service(service)
+                self._publish()
+
+    async def _drain(self, revision: str, endpoint: Endpoint) -> None:
+        """Before SIGTERM: every gateway has dropped the endpoint and, for a retired revision, its
+        requests in flight have finished (as our own gateways report)."""
+        await self._publish_and_sync()
+        runtime = self.revisions.get(revision)
+        if runtime is None or not runtime.retiring or not self.local_admins:
+            return
+        deadline = time.monotonic() + runtime.revision.template.timeout
+        while time.monotonic() < deadline:
+            active = 0
+            for admin in self.local_admins:
+                try:
+                    stats = await admin.cluster_stats([runtime.cluster], ("upstream_rq_active",))
+                except (OSError, asyncio.TimeoutError, RuntimeError):
+                    continue
+                active += stats.get(runtime.cluster, {}).get("upstream_rq_active", 0)
+            if active == 0:
+                return
+            await asyncio.sleep(0.05)
+
+    # -- publishing -----------------------------------------------------------------------------------
+
+    def _put(self, type_url: str, name: str, body: bytes | None) -> None:
+        self._pending[type_url][name] = None if body is None else Resource.of(name, body)
+
+    def _publish(self) -> None:
+        changes = {t: entries for t, entries in self._pending.items() if entries}
+        if not changes:
+            return
+        self._pending = {t: {} for t in xds.PUSH_ORDER}
+        self.cache.update(changes)
+
+    def _check_references(self, service: str) -> None:
+        """Every cluster a route names exists in what we are about to publish (go-control-plane skips this)."""
+        published = self.cache.group(SnapshotCache.DEFAULT).stores[xds.CLUSTER].entries
+        pending = self._pending[xds.CLUSTER]
+        missing = [
+            c for c in self._route_refs[service]
+            if (pending[c] is None if c in pending else c not in published)
+        ]
+        if missing:
+            raise AssertionError(f"routes of {service} name clusters that would not exist: {sorted(missing)}")
+
+    def dependencies(self, type_url: str, resource: Resource) -> frozenset[str]:
+        """What a gateway must hold before this resource may be sent: a route table's clusters."""
+        if type_url == xds.ROUTE:
+            return self._route_refs.get(resource.name, frozenset())
+        return frozenset()
+
+    # -- listeners (per group: a gateway may ask for its own listen address) ---------------------------
+
+    def listener_for_group(self, group: str, metadata) -> dict:
+        """SnapshotCache hook for a new group: its listener, from node metadata or gateway.listen."""
+        override = metadata.get(LISTEN_METADATA_KEY)
+        self._group_listen[group] = HostPort.parse(override) if override else None
+        return {xds.LISTENER: {xds.LISTENER_NAME: self._listener_resource(group)}}
+
+    def _listener_resource(self, group: str) -> Resource:
+        listen = self._group_listen.get(group) or (
+            self.loaded.spec.gateway.listen if self.loaded else HostPort("127.0.0.1", 8080)
+        )
+        return Resource.of(xds.LISTENER_NAME, xds.listener(listen.host, listen.port))
+
+    def _publish_listeners(self) -> None:
+        for snapshot in list(self.cache.groups()):
+            self.cache.update({xds.LISTENER: {xds.LISTENER_NAME: self._listener_resource(snapshot.name)}}, [snapshot.name])
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    def _spawn(self, coro, name: str) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("background task failed", extra={"task": name}, exc_info=t.exception())
+
+        task.add_done_callback(done)
+        return task
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.backend.aclose()
+
+    # -- status ---------------------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        gateway = self.loaded.spec.gateway if self.loaded else None
+        port = f":{gateway.listen.port}" if gateway and gateway.listen.port != 80 else ""
+        services = {}
+        for name, service in sorted(self.services.items()):
+            traffic = []
+            if service.traffic is not None:
+                tags = {}
+                for tag, revision in service.traffic.tags:
+                    tags.setdefault(revision, []).append(tag)
+                for split in service.traffic.main:
+                    traffic.append({"revision": split.revision, "percent": split.percent})
+                for tag, revision in service.traffic.tags:
+                    traffic.append({"revision": revision, "tag": tag, "url": f"http://{tag_host(tag, name, gateway)}{port}"})
+            services[name] = {
+                "url": f"http://{service_hosts(name, service.spec, gateway)[0]}{port}",
+                "hosts": service_hosts(name, service.spec, gateway),
+                "latest_created": service.current.name,
+                "latest_ready": self.store.latest_ready(name),
+                "traffic": traffic,
+                "routed": service.waiting is None,
+                "waiting": service.waiting,
+            }
+        revisions = {}
+        for name, runtime in sorted(self.revisions.items()):
+            counts = self.backend.counts(name) if runtime.workload else None
+            revisions[name] = {
+                "service": runtime.revision.service,
+                "generation": runtime.revision.generation,
+                "ready": counts.ready if counts else len(runtime.endpoints),
+                "total": counts.total if counts else len(runtime.endpoints),
+                "endpoints": [str(e) for e in runtime.endpoints],
+                "state": "retiring" if runtime.retiring else ("ready" if runtime.endpoints else "not ready"),
+                "managed": runtime.workload is not None,
+            }
+        return {
+            "config": {
+                "file": str(self.loaded.path) if self.loaded else None,
+                "last_applied": self.last_applied,
+                "last_error": self.last_error,
+            },
+            "services": services,
+            "revisions": revisions,
+            "gateways": self.gateways.status(),
+        }

@@ -1,0 +1,165 @@
+"""`ferry up`: the control plane, its API, the file watch, and optionally one local Envoy, as one process.
+
+Every part is owned here: started in order, stopped in reverse, and nothing outlives `run()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter
+
+from .api import build_api
+from .backends.local import LocalProcessBackend
+from .controller import Controller
+from .envoy.bootstrap import BootstrapOptions
+from .envoy.process import EnvoyProcess
+from .routing.errors import ConfigError
+from .routing.loader import load_routes
+from .routing.revisions import RevisionStore
+from .routing.schema import HostPort
+from .xds.cache import SnapshotCache
+from .xds.server import AdsServicer, GatewayRegistry, XdsMetrics, start_xds_server
+
+log = logging.getLogger("ferry")
+
+
+@dataclass
+class DaemonOptions:
+    routes: Path
+    state: Path | None = None  # default: .ferry/state.db beside routes.yaml
+    xds: HostPort = HostPort("127.0.0.1", 18000)
+    api: HostPort = HostPort("127.0.0.1", 8090)
+    admin: HostPort = HostPort("127.0.0.1", 9901)
+    run_envoy: bool = True
+    delta: bool = False
+    watch: bool = True
+    test_hooks: bool = False
+    cluster_linger_s: float = 10.0
+    node_id: str = "ferry-local"
+
+    @property
+    def state_path(self) -> Path:
+        return self.state or self.routes.resolve().parent / ".ferry" / "state.db"
+
+
+@dataclass
+class Daemon:
+    options: DaemonOptions
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Serve until `stop` is set (or SIGINT/SIGTERM), then tear everything down."""
+        stop = stop or asyncio.Event()
+        options = self.options
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+
+        loaded = load_routes(options.routes)  # a bad file at start-up is the user's first error: fail loudly
+        workdir = options.state_path.parent
+        store = RevisionStore(options.state_path)
+        gateways = GatewayRegistry()
+        envoy: EnvoyProcess | None = None
+        if options.run_envoy:
+            envoy = EnvoyProcess(
+                BootstrapOptions(
+                    node_id=options.node_id, xds_host=options.xds.host, xds_port=options.xds.port,
+                    admin_host=options.admin.host, admin_port=options.admin.port, delta=options.delta,
+                ),
+                workdir,
+            )
+        controller_box: list[Controller] = []
+        cache = SnapshotCache(on_new_group=lambda group, meta: controller_box[0].listener_for_group(group, meta))
+        controller = Controller(
+            store,
+            lambda on_endpoints, drain: LocalProcessBackend(on_endpoints, drain=drain, log_dir=workdir / "logs"),
+            cache,
+            gateways,
+            local_admins=[envoy.admin] if envoy else [],
+            cluster_linger_s=options.cluster_linger_s,
+        )
+        controller_box.append(controller)
+        applies = Counter("ferry_config_applies", "routes.yaml applications", ["result"], registry=self.registry)
+        metrics = XdsMetrics(self.registry, gateways)
+        servicer = AdsServicer(cache, gateways, metrics, controller.dependencies)
+
+        async def apply_text(path: Path, text: str | None = None) -> None:
+            try:
+                await controller.apply(load_routes(path, text))
+            except ConfigError as err:
+                applies.labels("rejected").inc()
+                controller.record_error(str(err))
+                log.error("configuration rejected; the last good configuration keeps serving\n%s", err)
+                raise
+            applies.labels("applied").inc()
+            log.info("configuration applied", extra={"file": str(path)})
+
+        async def poison() -> None:
+            controller.publish_poisoned_routes()
+
+        xds_server = api_runner = None
+        watch_task = None
+        try:
+            xds_server = await start_xds_server(servicer, str(options.xds))
+            await controller.apply(loaded)
+            applies.labels("applied").inc()
+            hooks = {"poison-routes": poison} if options.test_hooks else None
+            api = build_api(controller.status, self.registry, apply_text, test_hooks=hooks)
+            api_runner = web.AppRunner(api, access_log=None)
+            await api_runner.setup()
+            await web.TCPSite(api_runner, options.api.host, options.api.port).start()
+            if envoy:
+                await envoy.start()
+            if options.watch:
+                watch_task = asyncio.create_task(self._watch(options.routes, apply_text), name="watch routes")
+            log.info(
+                "ferry is up",
+                extra={"routes": str(options.routes), "xds": str(options.xds), "api": str(options.api),
+                       "gateway": str(loaded.spec.gateway.listen) if envoy else "external"},
+            )
+            waiters = [asyncio.create_task(stop.wait())]
+            if envoy:
+                waiters.append(asyncio.create_task(envoy.wait()))
+            done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            if envoy and envoy.pid and not stop.is_set():
+                log.error("envoy exited; stopping\n%s", envoy.log_tail())
+        finally:
+            if watch_task:
+                watch_task.cancel()
+                await asyncio.gather(watch_task, return_exceptions=True)
+            if api_runner:
+                await api_runner.cleanup()
+            if envoy:
+                await envoy.stop()
+            await controller.aclose()
+            if xds_server:
+                await xds_server.stop(grace=0.5)
+            store.close()
+            log.info("ferry stopped")
+
+    @staticmethod
+    async def _watch(path: Path, apply_text) -> None:
+        """Re-apply on every save. Watching the folder survives editors that save by rename."""
+        from watchfiles import Change, awatch
+
+        target = path.resolve()
+        async for changes in awatch(target.parent, debounce=20, step=10, recursive=False):
+            if any(Path(p) == target and kind != Change.deleted for kind, p in changes):
+                try:
+                    await apply_text(target)
+                except ConfigError:
+                    pass  # logged and recorded in status; the last good configuration keeps serving
+                except OSError as err:
+                    log.error("cannot read %s: %s", target, err)
+

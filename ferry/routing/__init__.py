@@ -1,0 +1,43 @@
+"""routes.yaml: parse and validate it with precise errors, keep revision history, resolve traffic."""
+
+from .errors import ConfigError, Problem
+from .loader import LoadedRoutes, load_routes, validate
+from .revisions import Revision, RevisionPlan, RevisionStore
+from .schema import (
+    Gateway,
+    HostPort,
+    Readiness,
+    RoutesFile,
+    Scale,
+    ServiceSpec,
+    Template,
+    TrafficTarget,
+    service_hosts,
+    tag_host,
+)
+from .traffic import ResolvedTraffic, Split, Unresolved, resolve_traffic
+
+__all__ = [
+    "ConfigError",
+    "Gateway",
+    "HostPort",
+    "LoadedRoutes",
+    "Problem",
+    "Readiness",
+    "ResolvedTraffic",
+    "Revision",
+    "RevisionPlan",
+    "RevisionStore",
+    "RoutesFile",
+    "Scale",
+    "ServiceSpec",
+    "Split",
+    "Template",
+    "TrafficTarget",
+    "Unresolved",
+    "load_routes",
+    "resolve_traffic",
+    "service_hosts",
+    "tag_host",
+    "validate",
+]

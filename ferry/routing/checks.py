@@ -1,0 +1,116 @@
+"""Rules that relate parts of a routes file to each other, which no single model can see.
+
+Pure functions over already-validated models, each returning every Problem it finds, so the loader
+can run them even when other parts of the file are broken.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from .errors import Problem, format_path
+from .schema import Gateway, ServiceSpec, TrafficTarget, service_hosts, tag_host
+
+
+def check_routes(gateway: Gateway | None, services: Mapping[str, ServiceSpec]) -> list[Problem]:
+    """Every cross-field problem; `gateway` None (itself invalid) skips the host checks that need its domain."""
+    problems: list[Problem] = []
+    for name, spec in services.items():
+        problems += check_service(name, spec)
+    if gateway is not None:
+        problems += check_hosts(gateway, services)
+    return problems
+
+
+def check_service(name: str, spec: ServiceSpec) -> list[Problem]:
+    problems: list[Problem] = []
+    revision_name = spec.template.name
+    if revision_name is not None and not revision_name.startswith(f"{name}-"):
+        problems.append(
+            Problem(
+                format_path(("services", name, "template", "name")),
+                f"revision name {revision_name!r} must start with '{name}-' (the service name and a dash), "
+                f"e.g. '{name}-{revision_name}'",
+            )
+        )
+    if spec.traffic is not None:
+        problems += check_traffic(name, spec.traffic)
+    return problems
+
+
+def check_traffic(service: str, traffic: tuple[TrafficTarget, ...]) -> list[Problem]:
+    """Knative's route rules: percents sum to 100, tags are unique, no target is given twice."""
+    base = ("services", service, "traffic")
+    problems: list[Problem] = []
+    total = sum(t.percent for t in traffic)
+    if not traffic:
+        problems.append(
+            Problem(format_path(base), "traffic is empty: add targets whose percents sum to 100, or remove "
+                    "traffic to send 100% to the latest ready revision")
+        )
+    elif total != 100:
+        problems.append(
+            Problem(format_path(base), f"percents sum to {total}, they must sum to exactly 100: "
+                    f"adjust the percents of {format_path(base)}")
+        )
+    tags: dict[str, int] = {}
+    untagged: dict[str | None, int] = {}  # revision (None = latestRevision) -> first index sending it untagged traffic
+    for i, target in enumerate(traffic):
+        if target.tag is not None:
+            first = tags.setdefault(target.tag, i)
+            if first != i:
+                problems.append(
+                    Problem(format_path((*base, i, "tag")), f"tag {target.tag!r} is already used by traffic[{first}]: "
+                            "tags must be unique within a service: rename or remove one")
+                )
+            label = f"{target.tag}-{service}"
+            if len(label) > 63:
+                problems.append(
+                    Problem(format_path((*base, i, "tag")), f"the tag's host starts with {label!r}, {len(label)} "
+                            "characters; a DNS label holds at most 63: shorten the tag")
+                )
+            continue
+        first = untagged.setdefault(target.revision, i)
+        if first != i:
+            what = f"revision {target.revision}" if target.revision else "the latest ready revision"
+            merged = traffic[first].percent + target.percent
+            problems.append(
+                Problem(format_path((*base, i)), f"traffic[{first}] already sends untagged traffic to {what}: "
+                        f"merge the two targets into one with percent: {merged}")
+            )
+    return problems
+
+
+def check_hosts(gateway: Gateway, services: Mapping[str, ServiceSpec]) -> list[Problem]:
+    """A host routes to one service: service hosts, extra hosts and tag hosts share one namespace."""
+    owners: dict[str, tuple[str | int, ...]] = {}  # host -> location of the first claim
+    problems: list[Problem] = []
+
+    def claim(host: str, loc: tuple[str | int, ...]) -> None:
+        first = owners.setdefault(host, loc)
+        if first is not loc:
+            problems.append(
+                Problem(format_path(loc), f"host {host} is claimed by both {_claimant(first)} at {format_path(first)} "
+                        f"and {_claimant(loc)}: a host routes to one service only: remove or rename one")
+            )
+
+    for name, spec in services.items():
+        hosts = service_hosts(name, spec, gateway)
+        claim(hosts[0], ("services", name))
+        for i, host in enumerate(hosts[1:]):
+            claim(host, ("services", name, "hosts", i))
+        seen_tags: set[str] = set()
+        for i, target in enumerate(spec.traffic or ()):
+            if target.tag is not None and target.tag not in seen_tags:  # a repeated tag is reported elsewhere
+                seen_tags.add(target.tag)
+                claim(tag_host(target.tag, name, gateway), ("services", name, "traffic", i, "tag"))
+    return problems
+
+
+def _claimant(loc: tuple[str | int, ...]) -> str:
+    service = loc[1]
+    if len(loc) == 2:
+        return f"service {service} (its own host)"
+    if loc[2] == "hosts":
+        return f"service {service} (in its hosts)"
+    return f"service {service} (the host of its tag)"

@@ -1,0 +1,112 @@
+"""routes.yaml -> a validated RoutesFile, or a ConfigError listing every problem with its line.
+
+The valid path is kept cheap (one libyaml compose, one pydantic validation, one pass of cross checks)
+because it runs on every save of the file; line numbers are looked up only when something is wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from yaml.nodes import Node
+
+from . import yamlsource
+from .checks import check_routes
+from .errors import ConfigError, Problem, format_path, parse_path
+from .messages import describe, error_loc, problems_from
+from .revisions import RevisionPlan, RevisionStore
+from .schema import Gateway, RoutesFile, ServiceSpec
+
+
+@dataclass(frozen=True)
+class LoadedRoutes:
+    path: Path  # absolute path of the routes file
+    base_dir: Path  # its folder: relative command paths and the working dir of instances resolve here
+    spec: RoutesFile
+    text: str = field(default="", repr=False, compare=False)  # the content validated, to locate later problems
+
+
+def load_routes(path: Path | str, text: str | None = None) -> LoadedRoutes:
+    """Read (or take `text` in place of) the routes file and validate it; raises ConfigError."""
+    path = Path(path).absolute()
+    file = str(path)
+    if text is None:
+        text = _read(path)
+    with yamlsource.gc_paused():
+        try:
+            spec = _validate(text, file)
+        except RecursionError:
+            raise ConfigError(file, [Problem("", "the document is nested too deeply: flatten it")]) from None
+    return LoadedRoutes(path, path.parent, spec, text)
+
+
+def validate(loaded: LoadedRoutes, store: RevisionStore) -> RevisionPlan:
+    """Everything load_routes checks, plus what needs the revision history: BYO revision names and
+    `revision:` references. Returns the plan to commit; raises ConfigError. Reads the store only."""
+    plan, problems = store.draft(loaded.spec)
+    problems += store.check_references(loaded.spec, plan)
+    if problems:
+        raise ConfigError(str(loaded.path), _locate(problems, yamlsource.compose(loaded.text)))
+    return plan
+
+
+def _read(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(str(path), [Problem("", "no such file: create it, or pass the path of your routes.yaml")]) from None
+    except OSError as exc:
+        raise ConfigError(str(path), [Problem("", f"cannot read the file: {exc.strerror}")]) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(str(path), [Problem("", f"not UTF-8 text (byte 0x{data[exc.start]:02x}): save the file as UTF-8", line)]) from None
+
+
+def _validate(text: str, file: str) -> RoutesFile:
+    try:
+        data, root = yamlsource.parse(text)
+    except yamlsource.YamlError as exc:
+        raise ConfigError(file, [Problem(format_path(exc.loc), exc.message, exc.line)]) from None
+    if data is None:  # an empty file: no services yet
+        data = {}
+    if not isinstance(data, dict):
+        problem = Problem("", f"the top level must be a mapping with gateway: and services:, got {describe(data)}")
+        raise ConfigError(file, _locate([problem], root))
+    try:
+        spec = RoutesFile.model_validate(data)
+    except ValidationError as exc:
+        problems = problems_from(exc, RoutesFile) + _check_valid_parts(data, exc)
+    else:
+        problems = check_routes(spec.gateway, spec.services)
+    if problems:
+        raise ConfigError(file, _locate(problems, root))
+    return spec
+
+
+def _check_valid_parts(data: dict[str, Any], exc: ValidationError) -> list[Problem]:
+    """Cross checks over the parts of a broken file that are themselves valid, so one run reports all."""
+    broken = {error_loc(e)[:2] for e in exc.errors(include_url=False)}
+    services = data.get("services")
+    if not isinstance(services, dict) or ("services",) in broken:
+        return []
+    gateway = None if any(loc[:1] == ("gateway",) for loc in broken) else Gateway.model_validate(data.get("gateway") or {})
+    valid = {
+        name: ServiceSpec.model_validate(raw)
+        for name, raw in services.items()
+        if ("services", name) not in broken
+    }
+    return check_routes(gateway, valid)
+
+
+def _locate(problems: list[Problem], root: Node | None) -> list[Problem]:
+    """Give each problem its line (the nearest existing parent's when the path itself is missing), in file order."""
+    located = [
+        p if p.line is not None else Problem(p.path, p.message, yamlsource.line_of(root, parse_path(p.path)))
+        for p in problems
+    ]
+    return sorted(located, key=lambda p: p.line if p.line is not None else 0)

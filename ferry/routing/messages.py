@@ -1,0 +1,144 @@
+"""Pydantic's validation errors, reworded for someone editing YAML: no pydantic jargon, always a fix."""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from .errors import Loc, Problem, format_path
+
+
+def problems_from(exc: ValidationError, model: type[BaseModel]) -> list[Problem]:
+    """One Problem per error; `model` is the type that was validated, to name the allowed fields."""
+    return [_problem(error, model) for error in exc.errors(include_url=False)]
+
+
+def error_loc(error: ErrorDetails) -> Loc:
+    """The YAML location of an error ("[key]" marks an invalid mapping key: the key itself is the place)."""
+    return tuple(seg for seg in error["loc"] if seg != "[key]")
+
+
+def describe(value: Any) -> str:
+    """A value as the user wrote it in YAML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, (int, float, str)):
+        return repr(value)
+    return f"a {type(value).__name__}"
+
+
+def _problem(error: ErrorDetails, model: type[BaseModel]) -> Problem:
+    loc = error_loc(error)
+    return Problem(format_path(loc), _message(error, model, loc))
+
+
+def _message(error: ErrorDetails, model: type[BaseModel], loc: Loc) -> str:
+    kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
+    got = describe(value)
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    if kind == "missing":
+        return f"required field '{loc[-1]}' is missing: add it"
+    if kind == "extra_forbidden":
+        return _unknown_field(str(loc[-1]), _fields_at(model, loc[:-1]))
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"expected an integer, got {got}" + _unquote_hint(value, "an integer")
+    if kind in ("float_type", "float_parsing"):
+        return f"expected a number, got {got}" + _unquote_hint(value, "a number")
+    if kind in ("bool_type", "bool_parsing"):
+        return f"expected true or false, got {got}"
+    if kind == "string_type":
+        return f"expected a string, got {got}" + _quote_hint(value)
+    if kind in ("dict_type", "model_type", "model_attributes_type", "mapping_type"):
+        return f"expected a mapping (key: value lines), got {got}"
+    if kind in ("list_type", "tuple_type", "iterable_type", "sequence_str"):
+        return f"expected a list, got {got}" + _list_hint(value)
+    if kind == "literal_error":
+        return f"expected one of {ctx.get('expected')}, got {got}"
+    if kind == "greater_than_equal":
+        return f"must be {ctx['ge']} or more, got {got}"
+    if kind == "less_than_equal":
+        return f"must be {ctx['le']} or less, got {got}"
+    if kind == "greater_than":
+        return f"must be greater than {ctx['gt']}, got {got}"
+    if kind == "less_than":
+        return f"must be less than {ctx['lt']}, got {got}"
+    return f"{error['msg'][:1].lower()}{error['msg'][1:]}, got {got}"
+
+
+def _unknown_field(name: str, allowed: list[str]) -> str:
+    if not allowed:
+        return f"unknown field '{name}': remove it"
+    close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6) or [
+        a for a in allowed if a.lower() == name.lower()
+    ]
+    guess = f"; did you mean '{close[0]}'?" if close else ""
+    return f"unknown field '{name}'{guess} (allowed: {', '.join(allowed)})"
+
+
+def _quote_hint(value: Any) -> str:
+    if isinstance(value, bool):
+        return ": YAML reads unquoted yes/no/on/off/true/false as booleans: put the value in quotes"
+    if isinstance(value, (int, float)):
+        return f": YAML reads it as a number: put it in quotes, e.g. \"{value}\""
+    return ""
+
+
+def _unquote_hint(value: Any, what: str) -> str:
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return ""
+        return f": remove the quotes to write {what}"
+    return ""
+
+
+def _list_hint(value: Any) -> str:
+    if isinstance(value, str) and value.split():
+        return f": write it as a YAML list, e.g. [{', '.join(value.split())}]"
+    if isinstance(value, (str, int, float)):
+        return f": write it as a YAML list, e.g. [{value}]"
+    return ""
+
+
+def _fields_at(model: type[BaseModel], loc: Loc) -> list[str]:
+    """The field names of the model found at `loc`, following field types through mappings and lists."""
+    tp: Any = model
+    for seg in loc:
+        tp = _unwrap(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            field = tp.model_fields.get(str(seg))
+            if field is None:
+                return []
+            tp = field.annotation
+        elif typing.get_origin(tp) in (dict, list, tuple):
+            tp = typing.get_args(tp)[-1 if typing.get_origin(tp) is dict else 0]
+        else:
+            return []
+    tp = _unwrap(tp)
+    return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else []
+
+
+def _unwrap(tp: Any) -> Any:
+    """Annotated[X, ...] -> X and X | None -> X."""
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is typing.Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin in (typing.Union, types.UnionType):
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        else:
+            return tp
+

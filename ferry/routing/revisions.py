@@ -1,0 +1,247 @@
+"""Revision history: every template a service ever had, as immutable, numbered revisions, in SQLite.
+
+Knative keeps Revisions as API objects; ferry keeps them in a small WAL-mode database beside the
+routes file, so names, generations and "latest ready" survive restarts and re-applies.
+A template is identified by a digest of its canonical JSON: re-applying it creates nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .errors import ConfigError, Problem, format_path
+from .schema import RoutesFile, Template
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS revisions (
+    name       TEXT PRIMARY KEY,
+    service    TEXT NOT NULL,
+    generation INTEGER NOT NULL,      -- per service, 1, 2, 3...; never reused
+    digest     TEXT NOT NULL,         -- sha256 of the template's canonical JSON
+    template   TEXT NOT NULL,         -- that canonical JSON
+    created_at REAL NOT NULL,
+    UNIQUE (service, generation)
+);
+CREATE TABLE IF NOT EXISTS services (
+    name         TEXT PRIMARY KEY,
+    latest_ready TEXT REFERENCES revisions (name)
+);
+PRAGMA user_version = 1;
+"""
+_SHOWN_NAMES = 10  # known revisions listed in a message
+
+
+@dataclass(frozen=True)
+class Revision:
+    service: str
+    name: str
+    generation: int
+    digest: str
+    template: Template
+    created_at: float
+
+
+@dataclass(frozen=True)
+class RevisionPlan:
+    """Per service, the revision its current template maps to (existing or to be created), and which are new."""
+
+    current: dict[str, Revision]
+    new: tuple[Revision, ...]
+
+
+def canonical_template(template: Template) -> str:
+    """Fields left at their defaults are omitted, so adding a field with a default to ferry later does not
+    change the digest of every existing template (which would restart every service)."""
+    data = template.model_dump(mode="json", exclude_defaults=True)
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def template_digest(template: Template) -> str:
+    return hashlib.sha256(canonical_template(template).encode()).hexdigest()
+
+
+def revision_name(service: str, generation: int) -> str:
+    return f"{service}-{generation:05d}"
+
+
+class RevisionStore:
+    """Owned by one process at a time for writes; other processes (`ferry validate`) may read concurrently."""
+
+    def __init__(self, path: Path):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA busy_timeout = 5000")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = NORMAL")  # durable across process crashes; WAL keeps it consistent
+        self._db.execute("PRAGMA foreign_keys = ON")
+        self._db.executescript(_SCHEMA)
+
+    def __enter__(self) -> RevisionStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- planning -----------------------------------------------------------------------------------
+
+    def plan(self, spec: RoutesFile) -> RevisionPlan:
+        """Which revision each service's template maps to; reads only. Raises ConfigError (no file, no lines)."""
+        plan, problems = self.draft(spec)
+        if problems:
+            raise ConfigError("", problems)
+        return plan
+
+    def draft(self, spec: RoutesFile) -> tuple[RevisionPlan, list[Problem]]:
+        """plan() without raising: a plan for the services that have no problem, and the problems."""
+        latest = self._latest_rows()
+        current: dict[str, Revision] = {}
+        new: list[Revision] = []
+        planned: dict[str, Revision] = {}  # names this plan creates
+        problems: list[Problem] = []
+        now = time.time()
+        for service, service_spec in spec.services.items():
+            template = service_spec.template
+            digest = template_digest(template)
+            row = latest.get(service)  # (name, generation, digest, created_at) of the newest revision
+            generation = row[1] + 1 if row else 1
+            if template.name is None:
+                if row is not None and row[2] == digest:
+                    current[service] = Revision(service, row[0], row[1], digest, template, row[3])
+                    continue
+                while self._owner(name := revision_name(service, generation)) or name in planned:
+                    generation += 1  # taken by a revision named by hand: skip the number, never reuse it
+            else:
+                name = template.name
+                existing = planned.get(name) or self.get(name)
+                if existing is not None:
+                    where = format_path(("services", service, "template", "name"))
+                    if existing.service != service:
+                        problems.append(Problem(where, f"revision {name} already belongs to service "
+                                                f"{existing.service}: choose another template.name"))
+                    elif existing.digest != digest:
+                        problems.append(Problem(where, f"revision {name} already exists with a different template; "
+                                                "revisions are immutable: choose a new template.name or remove it"))
+                    else:
+                        current[service] = Revision(service, name, existing.generation, digest, template,
+                                                    existing.created_at)
+                    continue
+            revision = Revision(service, name, generation, digest, template, now)
+            current[service] = planned[name] = revision
+            new.append(revision)
+        return RevisionPlan(current, tuple(new)), problems
+
+    def check_references(self, spec: RoutesFile, plan: RevisionPlan) -> list[Problem]:
+        """Every `revision:` in traffic must name a revision of that service, stored or about to be."""
+        problems: list[Problem] = []
+        planned = {r.name: r.service for r in plan.new}
+        for service, service_spec in spec.services.items():
+            for i, target in enumerate(service_spec.traffic or ()):
+                name = target.revision
+                if name is None:
+                    continue
+                owner = planned.get(name) or self._owner(name)
+                if owner == service:
+                    continue
+                where = format_path(("services", service, "traffic", i, "revision"))
+                if owner is not None:
+                    message = (f"revision {name} belongs to service {owner}, not {service}: "
+                               f"name a revision of {service} or use latestRevision: true")
+                else:
+                    message = (f"revision {name} does not exist for service {service}; "
+                               f"{self._known(service, plan)}: name one of them or use latestRevision: true")
+                problems.append(Problem(where, message))
+        return problems
+
+    def commit(self, plan: RevisionPlan) -> None:
+        """Insert the plan's new revisions, all or none."""
+        rows = [(r.name, r.service, r.generation, r.digest, canonical_template(r.template), r.created_at)
+                for r in plan.new]
+        try:
+            with _transaction(self._db):
+                self._db.executemany("INSERT INTO revisions VALUES (?, ?, ?, ?, ?, ?)", rows)
+        except sqlite3.IntegrityError as exc:
+            raise RuntimeError(f"revision history changed since this plan was made ({exc}): plan again") from exc
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    def revisions(self, service: str) -> list[Revision]:
+        """The service's revisions, oldest first."""
+        rows = self._db.execute(f"{_SELECT} WHERE service = ? ORDER BY generation", (service,))
+        return [_revision(row) for row in rows]
+
+    def get(self, name: str) -> Revision | None:
+        row = self._db.execute(f"{_SELECT} WHERE name = ?", (name,)).fetchone()
+        return _revision(row) if row else None
+
+    def latest_created(self, service: str) -> Revision | None:
+        row = self._db.execute(f"{_SELECT} WHERE service = ? ORDER BY generation DESC LIMIT 1", (service,)).fetchone()
+        return _revision(row) if row else None
+
+    def latest_ready(self, service: str) -> str | None:
+        row = self._db.execute("SELECT latest_ready FROM services WHERE name = ?", (service,)).fetchone()
+        return row[0] if row else None
+
+    def set_latest_ready(self, service: str, revision: str) -> None:
+        """Persisted, so after a restart latestRevision keeps pointing where it did."""
+        if self._owner(revision) != service:
+            raise ValueError(f"revision {revision} is not a revision of service {service}")
+        self._db.execute(
+            "INSERT INTO services (name, latest_ready) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET latest_ready = excluded.latest_ready",
+            (service, revision),
+        )
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    def _latest_rows(self) -> dict[str, tuple[str, int, str, float]]:
+        # SQLite returns the other columns from the row holding MAX(generation).
+        rows = self._db.execute(
+            "SELECT service, name, MAX(generation), digest, created_at FROM revisions GROUP BY service"
+        )
+        return {service: (name, generation, digest, created) for service, name, generation, digest, created in rows}
+
+    def _owner(self, name: str) -> str | None:
+        row = self._db.execute("SELECT service FROM revisions WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def _known(self, service: str, plan: RevisionPlan) -> str:
+        names = [name for (name,) in self._db.execute(
+            "SELECT name FROM revisions WHERE service = ? ORDER BY generation", (service,))]
+        names += [r.name for r in plan.new if r.service == service]
+        if not names:
+            return f"service {service} has no revisions"
+        older = len(names) - _SHOWN_NAMES
+        shown = ", ".join(names[-_SHOWN_NAMES:])
+        return f"known revisions: {shown}" + (f" (and {older} older)" if older > 0 else "")
+
+
+_SELECT = "SELECT service, name, generation, digest, template, created_at FROM revisions"
+
+
+def _revision(row: tuple[str, str, int, str, str, float]) -> Revision:
+    service, name, generation, digest, template, created_at = row
+    return Revision(service, name, generation, digest, Template.model_validate_json(template), created_at)
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error (the connection runs in autocommit mode)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")

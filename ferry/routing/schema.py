@@ -1,0 +1,268 @@
+"""The routes.yaml v1 schema: what each field may hold, checked one object at a time.
+
+Rules that relate objects to each other (percents summing to 100, unique tags, who owns a host,
+revision names) live in checks.py and revisions.py, so that one pass reports every problem.
+Models are frozen and hashable: the controller compares old and new specs with == and keeps them in sets.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal, NamedTuple
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    Strict,
+    field_validator,
+    model_validator,
+)
+
+from .durations import parse_duration
+from .names import dns_label, host_name
+
+MAX_TIMEOUT_S = 3600.0
+# Set by ferry for every instance (Knative's runtime contract); a template may not override them.
+RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"})
+
+
+class HostPort(NamedTuple):
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, value: object) -> HostPort:
+        """'127.0.0.1:8080', 'localhost:9001' or '[::1]:8080'; raises ValueError saying how to write it."""
+        if isinstance(value, HostPort):
+            return value
+        m = _HOST_PORT.fullmatch(value) if isinstance(value, str) else None
+        if m is not None and 1 <= int(m["port"]) <= 65535:  # the fast path, taken by every valid endpoint
+            host = m["host"]
+            if host is not None and (_IPV4.fullmatch(host) or _DNS_NAME.fullmatch(host)):
+                return cls(host, int(m["port"]))
+            if host is None and _is_ipv6(m["ip6"]):
+                return cls(m["ip6"], int(m["port"]))
+        raise ValueError(_bad_host_port(value))
+
+
+_HOST_PORT = re.compile(r"(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]/\s]+)):(?P<port>\d{1,5})")
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+_DNS_LABEL = r"[A-Za-z0-9](?:[-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
+_DNS_NAME = re.compile(rf"(?=.{{1,253}}$)(?![\d.]+$){_DNS_LABEL}(?:\.{_DNS_LABEL})*")  # all digits: a bad IPv4
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _bad_host_port(value: object) -> str:
+    """Why `value` is not host:port, and how to write it."""
+    example = "e.g. 127.0.0.1:8080"
+    if not isinstance(value, str):
+        shown = str(value).lower() if isinstance(value, bool) else repr(value)
+        return f"expected host:port, got {shown}: write it as a string, {example}"
+    if "://" in value:
+        return f"expected host:port, got {value!r}: drop the scheme, {example}"
+    host, sep, port = value.rpartition(":")
+    if sep and not host:
+        return f"expected host:port, got {value!r}: add the host, e.g. 127.0.0.1{value}"
+    if not sep or host.endswith(":") or (value.startswith("[") and value.endswith("]")):
+        return f"expected host:port, got {value!r}: add the port, {example}"
+    if not port.isdigit():
+        return f"port {port!r} in {value!r} is not a number: write host:port, {example}"
+    if not 1 <= int(port) <= 65535:
+        return f"port {int(port)} in {value!r} is out of range: use a port from 1 to 65535"
+    if ":" in host and not host.startswith("["):
+        return f"IPv6 addresses need brackets: write '[{host}]:{port}'"
+    return f"invalid host {host!r} in {value!r}: use an IP address or a DNS name"
+
+
+def _timeout(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"timeout must be greater than 0, got {value!r}: e.g. 300s")
+    if seconds > MAX_TIMEOUT_S:
+        raise ValueError(f"timeout {value!r} is longer than the maximum of 1h (3600s): lower it")
+    return seconds
+
+
+def _command(argv: tuple[str, ...]) -> tuple[str, ...]:
+    if not argv or not argv[0]:
+        raise ValueError("command is empty: give the program and its arguments, e.g. [python, app.py]")
+    return argv
+
+
+def _endpoints(endpoints: tuple[HostPort, ...]) -> tuple[HostPort, ...]:
+    if not endpoints:
+        raise ValueError("endpoints is empty: list at least one host:port, e.g. [127.0.0.1:9001]")
+    if len(set(endpoints)) != len(endpoints):
+        twice = next(str(e) for i, e in enumerate(endpoints) if e in endpoints[:i])
+        raise ValueError(f"endpoint {twice} is listed twice: list each endpoint once")
+    return endpoints
+
+
+def _env_name(name: str) -> str:
+    if name in RESERVED_ENV:
+        raise ValueError(f"{name} is set by ferry for every instance: remove it from env")
+    if not name or "=" in name or "\0" in name:
+        raise ValueError(f"invalid environment variable name {name!r}: use letters, digits and '_', e.g. MESSAGE")
+    return name
+
+
+def _http_path(path: str) -> str:
+    if not path.startswith("/") or any(c.isspace() for c in path):
+        fix = f": write '/{path.lstrip()}'" if not path.startswith("/") and path.strip() else ""
+        raise ValueError(f"readiness path {path!r} must be an absolute URL path starting with '/'{fix}")
+    return path
+
+
+def _label(what: str) -> AfterValidator:
+    return AfterValidator(lambda value: dns_label(value, what))
+
+
+def _host(what: str) -> AfterValidator:
+    return AfterValidator(lambda value: host_name(value, what))
+
+
+def _none_as_empty(value: Any) -> Any:
+    """`services:` with nothing under it (every service commented out) means no services, not an error."""
+    return {} if value is None else value
+
+
+# Scalars are strict: YAML already types them, so `percent: "90"` is a mistake worth reporting.
+Int = Annotated[int, Strict()]
+NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
+Percent = Annotated[int, Strict(), Field(ge=0, le=100)]
+PositiveNumber = Annotated[float, Strict(), Field(gt=0)]
+Str = Annotated[str, Strict()]
+Bool = Annotated[bool, Strict()]
+Address = Annotated[HostPort, PlainValidator(HostPort.parse), PlainSerializer(str, return_type=str)]
+Duration = Annotated[float, PlainValidator(_timeout)]
+ServiceName = Annotated[Str, _label("service name")]
+RevisionName = Annotated[Str, _label("revision name")]
+Tag = Annotated[Str, _label("tag")]
+Host = Annotated[Str, _host("host")]
+Domain = Annotated[Str, _host("domain")]
+EnvName = Annotated[Str, AfterValidator(_env_name)]
+Command = Annotated[tuple[Str, ...], AfterValidator(_command)]
+Endpoints = Annotated[tuple[Address, ...], AfterValidator(_endpoints)]
+HttpPath = Annotated[Str, AfterValidator(_http_path)]
+
+
+def _freeze(value: Any) -> Any:
+    return frozenset(value.items()) if isinstance(value, dict) else value
+
+
+class _Model(BaseModel):
+    """Closed (unknown fields are errors, not silently ignored) and immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __hash__(self) -> int:  # pydantic's frozen hash fails on dict fields (env, services)
+        return hash((type(self), *map(_freeze, self.__dict__.values())))
+
+
+class Readiness(_Model):
+    path: HttpPath | None = None  # HTTP GET until 200; None = TCP connect
+
+
+class Scale(_Model):
+    """Autoscaling bounds and goal for one revision (Knative's autoscaling.knative.dev annotations)."""
+
+    min: NonNegativeInt = 0
+    max: NonNegativeInt = 0  # 0 = unbounded
+    initial: NonNegativeInt = 1
+    target: PositiveNumber | None = None  # filled in from metric: 100 concurrent requests or 200 rps
+    metric: Literal["concurrency", "rps"] = "concurrency"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_target(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("target") is None:
+            return {**data, "target": 200.0 if data.get("metric") == "rps" else 100.0}
+        return data
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Scale:
+        if self.max and self.min > self.max:
+            raise ValueError(f"min {self.min} is greater than max {self.max}: raise max or lower min (max 0 means unbounded)")
+        return self
+
+
+class Template(_Model):
+    """What one revision runs. Any change makes a new, immutable revision."""
+
+    name: RevisionName | None = None
+    command: Command | None = None  # argv, no shell; relative paths resolve against the routes file's folder
+    endpoints: Endpoints | None = None  # already-running instances instead of a command
+    env: dict[EnvName, Str] = {}
+    readiness: Readiness | None = None
+    concurrency: NonNegativeInt = 0  # max in-flight requests per instance; 0 = unlimited
+    timeout: Duration = 300.0  # seconds
+    scale: Scale = Scale()
+
+    @model_validator(mode="after")
+    def _one_way_to_run(self) -> Template:
+        if self.command is not None and self.endpoints is not None:
+            raise ValueError("give either command (ferry runs the instances) or endpoints (already running), not both")
+        if self.command is None and self.endpoints is None:
+            raise ValueError("no command or endpoints: add command: [program, args...] or endpoints: [host:port, ...]")
+        return self
+
+
+class TrafficTarget(_Model):
+    revision: RevisionName | None = None
+    latestRevision: Bool = False  # the latest *ready* revision
+    percent: Percent = 0
+    tag: Tag | None = None  # also served at <tag>-<service>.<domain>, 100% to this target's revision
+
+    @model_validator(mode="after")
+    def _one_revision(self) -> TrafficTarget:
+        if self.revision is not None and self.latestRevision:
+            raise ValueError(
+                f"names both revision {self.revision} and latestRevision: true: keep one (pin the revision, or follow the latest ready one)"
+            )
+        if self.revision is None and not self.latestRevision:
+            raise ValueError("names no revision: add revision: <name> or latestRevision: true")
+        return self
+
+
+class ServiceSpec(_Model):
+    hosts: tuple[Host, ...] = ()  # extra hosts besides <service>.<domain>
+    template: Template
+    traffic: tuple[TrafficTarget, ...] | None = None  # None = 100% to the latest ready revision
+
+
+class Gateway(_Model):
+    listen: Address = HostPort("127.0.0.1", 8080)
+    domain: Domain = "localhost"
+
+
+class RoutesFile(_Model):
+    gateway: Gateway = Gateway()
+    services: dict[ServiceName, ServiceSpec] = {}
+
+    _empty_means_default = field_validator("gateway", "services", mode="before")(_none_as_empty)
+
+
+def service_hosts(name: str, spec: ServiceSpec, gateway: Gateway) -> list[str]:
+    """Every host that routes to the service's split: <service>.<domain> first, then the extra hosts."""
+    return [f"{name}.{gateway.domain}", *spec.hosts]
+
+
+def tag_host(tag: str, service: str, gateway: Gateway) -> str:
+    """The host that sends 100% to a tagged target's revision (Knative's <tag>-<service>.<domain>)."""
+    return f"{tag}-{service}.{gateway.domain}"

@@ -1,0 +1,292 @@
+"""Pure builders: ferry's routing model -> serialized Envoy resources.
+
+Everything here is a function of its arguments. Resources are returned serialized (bytes) because that
+is what travels in an Any, and because serializing once and caching per service is what keeps a change
+to one service from re-encoding ten thousand others (see `route_configuration`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, protocol_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2, scoped_route_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as http_options_pb2
+from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+SCOPED_ROUTE = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+
+# The order in which a change reaches a gateway: clusters, their endpoints, then the listener, the host
+# scopes and the route tables that name them (make before break; Envoy does not warm routes).
+PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, SCOPED_ROUTE, ROUTE)
+
+LISTENER_NAME = "ferry_http"
+SCOPES_NAME = "ferry_hosts"
+REVISION_HEADER = "ferry-revision"
+SERVICE_HEADER = "ferry-service"
+
+# Retry only where no request byte reached an app: safe for any method, and what turns an instance that
+# is stopping or just crashed into zero client errors.
+_RETRY_ON = "connect-failure,refused-stream,reset-before-request"
+
+
+def cluster_name(service: str, revision: str) -> str:
+    return f"{service}/{revision}"
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedTarget:
+    cluster: str
+    revision: str
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class HostRoute:
+    """One virtual host: the hosts it answers and where its traffic goes."""
+
+    name: str
+    service: str
+    domains: tuple[str, ...]
+    targets: tuple[WeightedTarget, ...]  # weight > 0 only
+    timeout_s: float
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
+
+
+def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=name, value=value),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+
+
+def _any(type_url: str, message) -> any_pb2.Any:
+    return any_pb2.Any(type_url=type_url, value=message.SerializeToString())
+
+
+def _ads_config_source() -> config_source_pb2.ConfigSource:
+    return config_source_pb2.ConfigSource(
+        ads=config_source_pb2.AggregatedConfigSource(),
+        resource_api_version=config_source_pb2.V3,
+    )
+
+
+_RETRY_POLICY = route_components_pb2.RetryPolicy(
+    retry_on=_RETRY_ON,
+    num_retries=wrappers_pb2.UInt32Value(value=3),
+    retry_host_predicate=[
+        route_components_pb2.RetryPolicy.RetryHostPredicate(
+            name="envoy.retry_host_predicates.previous_hosts",
+            typed_config=_any(
+                "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
+                previous_hosts_pb2.PreviousHostsPredicate(),
+            ),
+        )
+    ],
+    host_selection_retry_max_attempts=3,
+)
+
+
+def virtual_host(route: HostRoute) -> bytes:
+    """Serialized VirtualHost: weighted clusters by percent, each split naming its revision in a header."""
+    action = route_components_pb2.RouteAction(timeout=_duration(route.timeout_s), retry_policy=_RETRY_POLICY)
+    service_header = _header(SERVICE_HEADER, route.service)
+    if len(route.targets) == 1:
+        (target,) = route.targets
+        action.cluster = target.cluster
+        headers = [service_header, _header(REVISION_HEADER, target.revision)]
+    else:
+        action.weighted_clusters.CopyFrom(
+            route_components_pb2.WeightedCluster(
+                clusters=[
+                    route_components_pb2.WeightedCluster.ClusterWeight(
+                        name=t.cluster,
+                        weight=wrappers_pb2.UInt32Value(value=t.weight),
+                        request_headers_to_add=[_header(REVISION_HEADER, t.revision)],
+                    )
+                    for t in route.targets
+                ]
+            )
+        )
+        headers = [service_header]
+    vh = route_components_pb2.VirtualHost(
+        name=route.name,
+        domains=list(route.domains),
+        routes=[
+            route_components_pb2.Route(
+                name=route.name,
+                match=route_components_pb2.RouteMatch(prefix="/"),
+                route=action,
+                request_headers_to_add=headers,
+            )
+        ],
+    )
+    return vh.SerializeToString()
+
+
+def route_configuration(name: str, virtual_hosts: Iterable[bytes]) -> bytes:
+    """One service's route table (its main host and tag hosts), from serialized virtual hosts."""
+    message = route_pb2.RouteConfiguration(
+        name=name,
+        request_headers_to_add=[
+            _header("forwarded", "for=%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%;proto=http"),
+        ],
+    )
+    for vh in virtual_hosts:
+        message.virtual_hosts.add().ParseFromString(vh)
+    return message.SerializeToString()
+
+
+def host_scope(host: str, route_configuration_name: str) -> bytes:
+    """A scope: requests whose Host is `host` use that service's route table.
+
+    Scopes are why a change to one service is one small RDS push at any scale: each service has its own
+    RouteConfiguration instead of one table of every virtual host that Envoy must rebuild on each change.
+    """
+    return scoped_route_pb2.ScopedRouteConfiguration(
+        name=host,
+        route_configuration_name=route_configuration_name,
+        key=scoped_route_pb2.ScopedRouteConfiguration.Key(
+            fragments=[scoped_route_pb2.ScopedRouteConfiguration.Key.Fragment(string_key=host)]
+        ),
+    ).SerializeToString()
+
+
+def listener(host: str, port: int) -> bytes:
+    """The gateway's HTTP listener; its host scopes (SRDS) and route tables (RDS) come over the same ADS stream."""
+    manager = hcm_pb2.HttpConnectionManager(
+        stat_prefix="ferry",
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,  # HTTP/1.1 and h2c
+        scoped_routes=hcm_pb2.ScopedRoutes(
+            name=SCOPES_NAME,
+            # The scope key is the Host header without its port.
+            scope_key_builder=hcm_pb2.ScopedRoutes.ScopeKeyBuilder(
+                fragments=[
+                    hcm_pb2.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder(
+                        header_value_extractor=hcm_pb2.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder.HeaderValueExtractor(
+                            name=":authority", element_separator=":", index=0
+                        )
+                    )
+                ]
+            ),
+            rds_config_source=_ads_config_source(),
+            scoped_rds=hcm_pb2.ScopedRds(scoped_rds_config_source=_ads_config_source()),
+        ),
+        http_filters=[
+            hcm_pb2.HttpFilter(
+                name="envoy.filters.http.router",
+                typed_config=_any(
+                    "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router", router_pb2.Router()
+                ),
+            )
+        ],
+        use_remote_address=wrappers_pb2.BoolValue(value=True),
+        strip_any_host_port=True,
+        upgrade_configs=[hcm_pb2.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket")],
+    )
+    message = listener_pb2.Listener(
+        name=LISTENER_NAME,
+        address=address_pb2.Address(
+            socket_address=address_pb2.SocketAddress(address=host, port_value=port)
+        ),
+        filter_chains=[
+            listener_components_pb2.FilterChain(
+                filters=[
+                    listener_components_pb2.Filter(
+                        name="envoy.filters.network.http_connection_manager",
+                        typed_config=_any(
+                            "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                            manager,
+                        ),
+                    )
+                ]
+            )
+        ],
+    )
+    return message.SerializeToString()
+
+
+_UNLIMITED = wrappers_pb2.UInt32Value(value=1_000_000)
+
+
+def cluster(name: str, connect_timeout_s: float = 1.0) -> bytes:
+    """An EDS cluster for one revision.
+
+    Circuit breakers are opened wide: queueing belongs to the autoscaler and the activator, and Envoy's
+    default of 1,024 would hide the real concurrency from both.
+    """
+    message = cluster_pb2.Cluster(
+        name=name,
+        type=cluster_pb2.Cluster.EDS,
+        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ads_config_source()),
+        connect_timeout=_duration(connect_timeout_s),
+        lb_policy=cluster_pb2.Cluster.LEAST_REQUEST,
+        circuit_breakers=circuit_breaker_pb2.CircuitBreakers(
+            thresholds=[
+                circuit_breaker_pb2.CircuitBreakers.Thresholds(
+                    max_connections=_UNLIMITED,
+                    max_pending_requests=_UNLIMITED,
+                    max_requests=_UNLIMITED,
+                    max_retries=wrappers_pb2.UInt32Value(value=1_000),
+                )
+            ]
+        ),
+        typed_extension_protocol_options={
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _any(
+                "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                http_options_pb2.HttpProtocolOptions(
+                    # Below typical app keep-alive timeouts, so Envoy closes idle connections before the app does.
+                    common_http_protocol_options=protocol_pb2.HttpProtocolOptions(idle_timeout=_duration(4)),
+                    explicit_http_config=http_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+                        http_protocol_options=protocol_pb2.Http1ProtocolOptions()
+                    ),
+                ),
+            )
+        },
+    )
+    return message.SerializeToString()
+
+
+def load_assignment(cluster_name_: str, endpoints: Sequence[tuple[str, int]]) -> bytes:
+    message = endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=cluster_name_,
+        endpoints=[
+            endpoint_components_pb2.LocalityLbEndpoints(
+                lb_endpoints=[
+                    endpoint_components_pb2.LbEndpoint(
+                        endpoint=endpoint_components_pb2.Endpoint(
+                            address=address_pb2.Address(
+                                socket_address=address_pb2.SocketAddress(address=host, port_value=port)
+                            )
+                        )
+                    )
+                    for host, port in endpoints
+                ]
+            )
+        ]
+        if endpoints
+        else [],
+    )
+    return message.SerializeToString()
+
+
+def referenced_clusters(route: HostRoute) -> Iterable[str]:
+    return (t.cluster for t in route.targets)

@@ -1,0 +1,190 @@
+"""gRPC ADS server (State-of-the-World and Delta) over the snapshot cache.
+
+This layer only moves messages between sockets and `AdsStream`; protocol decisions live in stream.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable, Iterable
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .cache import Resource, SnapshotCache
+from .stream import SHORT_TYPE, AdsStream, Nack, Node, StreamObserver
+
+log = logging.getLogger("ferry.xds")
+
+# While a route table waits for its clusters, re-check this often (the wait has a deadline).
+_DEPENDENCY_POLL_S = 0.25
+
+
+class XdsMetrics(StreamObserver):
+    def __init__(self, registry: CollectorRegistry, gateways: "GatewayRegistry"):
+        self.pushes = Counter("ferry_xds_pushes", "xDS responses sent", ["type"], registry=registry)
+        self.resources = Counter("ferry_xds_pushed_resources", "Resources sent in xDS responses", ["type"], registry=registry)
+        self.acks = Counter("ferry_xds_acks", "xDS responses acknowledged", ["type"], registry=registry)
+        self.nacks = Counter("ferry_xds_nacks", "xDS responses rejected by a gateway", ["type"], registry=registry)
+        self.push_latency = Histogram(
+            "ferry_xds_push_latency_seconds",
+            "From a configuration change to the gateway's ACK",
+            ["type"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        )
+        connected = Gauge("ferry_xds_connected_gateways", "Gateways with an open ADS stream", registry=registry)
+        connected.set_function(lambda: len(gateways.streams))
+        self._gateways = gateways
+
+    def sent(self, stream, type_url, count):
+        short = SHORT_TYPE[type_url]
+        self.pushes.labels(short).inc()
+        self.resources.labels(short).inc(count)
+
+    def acked(self, stream, type_url, latency_s):
+        short = SHORT_TYPE[type_url]
+        self.acks.labels(short).inc()
+        self.push_latency.labels(short).observe(latency_s)
+
+    def nacked(self, stream, nack: Nack):
+        self.nacks.labels(SHORT_TYPE[nack.type_url]).inc()
+
+    def state_changed(self, stream):
+        self._gateways.changed()
+
+
+class GatewayRegistry:
+    """Open streams, plus what the last stream of each node reported (a gateway that went away stays visible)."""
+
+    def __init__(self) -> None:
+        self.streams: set[AdsStream] = set()
+        self.last_seen: dict[str, dict] = {}
+        self._changed = asyncio.Event()
+
+    def add(self, stream: AdsStream) -> None:
+        self.streams.add(stream)
+        self.changed()
+
+    def remove(self, stream: AdsStream) -> None:
+        self.streams.discard(stream)
+        if stream.node is not None:
+            self.last_seen[stream.node.id] = stream.status()
+        self.changed()
+
+    def changed(self) -> None:
+        self._changed.set()
+
+    def status(self) -> list[dict]:
+        live = {s.node_id: s.status() for s in self.streams if s.node is not None}
+        gone = {node: status for node, status in self.last_seen.items() if node not in live}
+        return sorted([*live.values(), *gone.values()], key=lambda g: g["node"])
+
+    def all_in_sync(self, min_gateways: int = 0) -> bool:
+        attached = [s for s in self.streams if s.node is not None]
+        return len(attached) >= min_gateways and all(s.in_sync() for s in attached)
+
+    async def wait_in_sync(self, timeout: float, min_gateways: int = 0) -> bool:
+        """Until every connected gateway (at least `min_gateways`) runs the current config: False on timeout."""
+        deadline = time.monotonic() + timeout
+        while not self.all_in_sync(min_gateways):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), min(remaining, _DEPENDENCY_POLL_S))
+            except asyncio.TimeoutError:
+                pass
+        return True
+
+
+class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        gateways: GatewayRegistry,
+        observer: StreamObserver | None = None,
+        dependencies: Callable[[str, Resource], Iterable[str]] | None = None,
+    ):
+        self._cache = cache
+        self._gateways = gateways
+        self._observer = observer
+        self._dependencies = dependencies
+
+    def _resolve_group(self, node: Node):
+        return self._cache.group(node.group, node.metadata)
+
+    # grpc.aio recognises streaming handlers by their being async generator functions.
+    async def StreamAggregatedResources(self, request_iterator, context):
+        async for response in self._serve(False, request_iterator, context):
+            yield response
+
+    async def DeltaAggregatedResources(self, request_iterator, context):
+        async for response in self._serve(True, request_iterator, context):
+            yield response
+
+    async def _serve(self, delta: bool, request_iterator, context):
+        stream = AdsStream(
+            delta=delta,
+            resolve_group=self._resolve_group,
+            observer=self._observer,
+            dependencies=self._dependencies,
+        )
+        wake = asyncio.Event()
+        stream.wake = wake.set
+        self._gateways.add(stream)
+        reader = asyncio.create_task(self._read(stream, request_iterator, wake))
+        try:
+            while True:
+                timeout = _DEPENDENCY_POLL_S if stream.waiting_on_dependencies() else None
+                try:
+                    await asyncio.wait_for(wake.wait(), timeout)
+                except asyncio.TimeoutError:
+                    pass
+                wake.clear()
+                if reader.done():
+                    reader.result()  # re-raise a reader failure
+                    return
+                for response in stream.responses():
+                    yield response
+                self._gateways.changed()
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            stream.close()
+            self._gateways.remove(stream)
+            log.info("gateway disconnected", extra={"node": stream.node_id})
+
+    async def _read(self, stream: AdsStream, request_iterator, wake: asyncio.Event) -> None:
+        try:
+            async for request in request_iterator:
+                first = stream.node is None
+                stream.handle(request)
+                if first and stream.node is not None:
+                    log.info("gateway connected", extra={"node": stream.node.id, "group": stream.node.group,
+                                                         "protocol": "delta" if stream.delta else "sotw"})
+                wake.set()
+        finally:
+            wake.set()
+
+
+async def start_xds_server(servicer: AdsServicer, address: str) -> grpc.aio.Server:
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_send_message_length", -1),
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+    )
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(servicer, server)
+    bound = server.add_insecure_port(address)
+    if bound == 0:
+        raise OSError(f"cannot listen for xDS on {address}: the address is in use or invalid (use --xds to move it)")
+    await server.start()
+    return server

@@ -1,0 +1,405 @@
+"""One gateway's ADS stream: what it subscribed to, what it holds, what it rejected, what to send next.
+
+Pure protocol state; no gRPC here (server.py feeds requests in and writes responses out), so the rules
+in ../shared/reference/xds.md can be tested without a socket:
+
+- ACK/NACK is decided by nonce + error_detail; stale nonces are ignored in SotW, while Delta still honours
+  their subscription changes.
+- A client's holdings (`known`) change only on ACK, never on send.
+- A NACKed version is recorded and not sent again; the next *new* version is.
+- One response per type in flight; clusters and endpoints reach the gateway before listeners and routes,
+  and a route table goes out only once every cluster it names is ACKed with its endpoints.
+- After a cluster changes, its endpoints are sent again (a changed cluster warms only on EDS).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping
+
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import any_pb2
+
+from .cache import Changed, GroupSnapshot, Resource
+from .resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SCOPED_ROUTE
+
+log = logging.getLogger("ferry.xds")
+
+# SotW sends the full set for these; a missing name is a deletion (Envoy treats SRDS like LDS and CDS).
+FULL_STATE_TYPES = frozenset({LISTENER, CLUSTER, SCOPED_ROUTE})
+# Waiting on clusters/endpoints forever would hide a bug as a stale gateway; past this, send and log.
+DEPENDENCY_WAIT_S = 5.0
+
+SHORT_TYPE = {LISTENER: "LDS", ROUTE: "RDS", SCOPED_ROUTE: "SRDS", CLUSTER: "CDS", ENDPOINT: "EDS"}
+
+
+@dataclass
+class Nack:
+    type_url: str
+    version: str
+    message: str
+    at: float
+
+
+@dataclass
+class InFlight:
+    nonce: str
+    versions: dict[str, str | None]  # name -> version sent, None = removal
+    type_version: str
+    sent_at: float
+    dirty_since: float
+
+
+@dataclass
+class TypeState:
+    requested: bool = False
+    wildcard: bool = False
+    subscribed: set[str] = field(default_factory=set)
+    known: dict[str, str] = field(default_factory=dict)  # ACKed by the client
+    rejected: dict[str, str] = field(default_factory=dict)  # name -> version the client NACKed
+    rejected_type_version: str | None = None
+    dirty: set[str] = field(default_factory=set)
+    all_dirty: bool = False
+    dirty_since: float | None = None
+    inflight: InFlight | None = None
+    last_nonce: str = ""
+    answered: bool = False  # a wildcard subscriber needs a first answer, even an empty one, to finish init
+    acked_version: str = ""
+    last_nack: Nack | None = None
+    waiting_since: float | None = None
+
+    def in_scope(self, name: str) -> bool:
+        return self.wildcard or name in self.subscribed
+
+    def mark_dirty(self, names: Iterable[str] | None, now: float) -> None:
+        if names is None:
+            self.all_dirty = True
+        else:
+            self.dirty.update(names)
+        if self.dirty_since is None:
+            self.dirty_since = now
+
+    @property
+    def is_dirty(self) -> bool:
+        return self.all_dirty or bool(self.dirty)
+
+    def clear_dirty(self) -> None:
+        self.all_dirty = False
+        self.dirty.clear()
+        self.dirty_since = None
+
+
+@dataclass(frozen=True)
+class Node:
+    id: str
+    group: str
+    metadata: Mapping[str, str]
+
+
+class StreamObserver:
+    """Where a stream reports what happened (metrics, logs); all methods optional to override."""
+
+    def sent(self, stream: "AdsStream", type_url: str, count: int) -> None: ...
+    def acked(self, stream: "AdsStream", type_url: str, latency_s: float) -> None: ...
+    def nacked(self, stream: "AdsStream", nack: Nack) -> None: ...
+    def state_changed(self, stream: "AdsStream") -> None: ...
+
+
+class AdsStream:
+    """Protocol state for one stream. `delta` selects the incremental variant."""
+
+    def __init__(
+        self,
+        *,
+        delta: bool,
+        resolve_group: Callable[[Node], GroupSnapshot],
+        observer: StreamObserver | None = None,
+        dependencies: Callable[[str, Resource], Iterable[str]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.delta = delta
+        self.node: Node | None = None
+        self.snapshot: GroupSnapshot | None = None
+        self.types: dict[str, TypeState] = {t: TypeState() for t in PUSH_ORDER}
+        self.connected_at = time.time()
+        self.closed = False
+        self._resolve_group = resolve_group
+        self._observer = observer or StreamObserver()
+        self._dependencies = dependencies or (lambda type_url, resource: ())
+        self._clock = clock
+        self._nonce = 0
+        self.wake: Callable[[], None] = lambda: None
+
+    # -- inputs ---------------------------------------------------------------------------------------
+
+    def resources_changed(self, changed: Changed) -> None:
+        now = self._clock()
+        for type_url, names in changed.items():
+            state = self.types[type_url]
+            if state.requested:
+                state.mark_dirty(names, now)
+        self.wake()
+
+    def handle(self, request) -> None:
+        """Apply one DiscoveryRequest / DeltaDiscoveryRequest."""
+        if self.snapshot is None:
+            self._attach(request)
+        type_url = request.type_url
+        state = self.types.get(type_url)
+        if state is None:
+            log.warning("unsupported type requested", extra={"type_url": type_url, "node": self.node_id})
+            return
+        if self.delta:
+            self._handle_delta(state, type_url, request)
+        else:
+            self._handle_sotw(state, type_url, request)
+        self._observer.state_changed(self)
+
+    def _attach(self, request) -> None:
+        node = request.node
+        metadata = {}
+        for key, value in node.metadata.fields.items():
+            if value.WhichOneof("kind") == "string_value":
+                metadata[key] = value.string_value
+        self.node = Node(id=node.id or "unknown", group=node.cluster or "default", metadata=metadata)
+        self.snapshot = self._resolve_group(self.node)
+        self.snapshot.watchers.add(self)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.snapshot is not None:
+            self.snapshot.watchers.discard(self)
+
+    def _handle_sotw(self, state: TypeState, type_url: str, request) -> None:
+        nonce = request.response_nonce
+        if nonce and nonce != state.last_nonce:
+            return  # stale: the client has not seen our latest response of this type yet
+        now = self._clock()
+        if state.inflight is not None and nonce == state.inflight.nonce:
+            self._settle(state, type_url, request.version_info, request.error_detail, now)
+        names = set(request.resource_names)
+        wildcard = type_url in FULL_STATE_TYPES and (not names or "*" in names)
+        first = not state.requested
+        state.requested = True
+        if wildcard != state.wildcard or names != state.subscribed or first:
+            added = names - state.subscribed
+            for gone in state.subscribed - names:
+                state.known.pop(gone, None)
+            state.wildcard, state.subscribed = wildcard, names
+            if first and not nonce and request.version_info:
+                self._resume(state, type_url, request.version_info)
+            state.mark_dirty(None if (first or wildcard) else added, now)
+
+    def _resume(self, state: TypeState, type_url: str, version: str) -> None:
+        """A reconnecting gateway that already runs our current version needs nothing re-sent."""
+        store = self.snapshot.stores[type_url]
+        if version != store.version:
+            return
+        scope = store.entries if state.wildcard else (n for n in state.subscribed if n in store.entries)
+        for name in scope:
+            state.known[name] = store.entries[name].version
+        state.acked_version = version
+        state.answered = True
+
+    def _handle_delta(self, state: TypeState, type_url: str, request) -> None:
+        now = self._clock()
+        first = not state.requested
+        state.requested = True
+        subscribe = set(request.resource_names_subscribe)
+        if first:
+            state.wildcard = type_url in FULL_STATE_TYPES and (not subscribe or "*" in subscribe)
+            for name, version in request.initial_resource_versions.items():
+                state.known[name] = version
+            state.mark_dirty(None, now)
+        subscribe.discard("*")
+        if "*" in request.resource_names_unsubscribe:
+            state.wildcard = False
+        new = subscribe - state.subscribed
+        state.subscribed |= subscribe
+        for name in request.resource_names_unsubscribe:
+            state.subscribed.discard(name)
+            state.known.pop(name, None)
+            state.rejected.pop(name, None)
+        if new:
+            state.mark_dirty(new, now)
+        nonce = request.response_nonce
+        if nonce and state.inflight is not None and nonce == state.inflight.nonce:
+            self._settle(state, type_url, state.inflight.type_version, request.error_detail, now)
+
+    def _settle(self, state: TypeState, type_url: str, version: str, error_detail, now: float) -> None:
+        inflight = state.inflight
+        state.inflight = None
+        if error_detail.message or error_detail.code:
+            nack = Nack(type_url=type_url, version=inflight.type_version, message=error_detail.message, at=time.time())
+            state.last_nack = nack
+            for name, sent in inflight.versions.items():
+                if sent is not None:
+                    state.rejected[name] = sent
+            state.rejected_type_version = inflight.type_version
+            log.warning(
+                "gateway rejected config",
+                extra={"node": self.node_id, "type": SHORT_TYPE[type_url], "version": inflight.type_version,
+                       "error": error_detail.message},
+            )
+            self._observer.nacked(self, nack)
+            return
+        for name, sent in inflight.versions.items():
+            if sent is None:
+                state.known.pop(name, None)
+            else:
+                state.known[name] = sent
+            state.rejected.pop(name, None)
+        state.acked_version = version
+        state.last_nack = None
+        self._observer.acked(self, type_url, now - inflight.dirty_since)
+
+    # -- outputs --------------------------------------------------------------------------------------
+
+    def responses(self) -> list:
+        """Everything that may be sent now, in make-before-break order."""
+        if self.snapshot is None:
+            return []
+        out = []
+        now = self._clock()
+        for index, type_url in enumerate(PUSH_ORDER):
+            state = self.types[type_url]
+            if not state.requested or state.inflight is not None or not state.is_dirty:
+                continue
+            if type_url in (LISTENER, SCOPED_ROUTE, ROUTE) and any(
+                self.types[t].inflight is not None for t in PUSH_ORDER[:index]
+            ):
+                continue
+            response = self._build(state, type_url, now)
+            if response is not None:
+                out.append(response)
+        return out
+
+    def _build(self, state: TypeState, type_url: str, now: float):
+        store = self.snapshot.stores[type_url]
+        if state.all_dirty:
+            candidates = set(store.entries) | set(state.known) if state.wildcard else set(state.subscribed)
+        else:
+            candidates = {n for n in state.dirty if state.in_scope(n)}
+        updates: list[Resource] = []
+        removals: list[str] = []
+        for name in candidates:
+            resource = store.entries.get(name)
+            if resource is None:
+                if name in state.known:
+                    removals.append(name)
+            elif state.known.get(name) != resource.version and state.rejected.get(name) != resource.version:
+                updates.append(resource)
+        if type_url == ROUTE and not self._dependencies_ready(state, updates, now):
+            return None
+        dirty_since = state.dirty_since or now
+        state.clear_dirty()
+        if not updates and not removals and (state.answered or not state.wildcard):
+            return None
+        changed_clusters = [r.name for r in updates] if type_url == CLUSTER else []
+        full_state = not self.delta and type_url in FULL_STATE_TYPES
+        if full_state:
+            if store.version == state.rejected_type_version:
+                return None
+            updates = list(store.entries.values())
+            removals = [n for n in state.known if n not in store.entries]
+        self._nonce += 1
+        nonce = str(self._nonce)
+        versions: dict[str, str | None] = {r.name: r.version for r in updates}
+        versions.update((n, None) for n in removals)
+        state.inflight = InFlight(nonce, versions, store.version, now, dirty_since)
+        state.last_nonce = nonce
+        state.answered = True
+        if changed_clusters:
+            self._refresh_endpoints(changed_clusters, now)
+        self._observer.sent(self, type_url, len(updates) + len(removals))
+        if self.delta:
+            return discovery_pb2.DeltaDiscoveryResponse(
+                type_url=type_url,
+                nonce=nonce,
+                system_version_info=store.version,
+                resources=[
+                    discovery_pb2.Resource(
+                        name=r.name, version=r.version, resource=any_pb2.Any(type_url=type_url, value=r.body)
+                    )
+                    for r in updates
+                ],
+                removed_resources=removals,
+            )
+        return discovery_pb2.DiscoveryResponse(
+            type_url=type_url,
+            nonce=nonce,
+            version_info=store.version,
+            resources=[any_pb2.Any(type_url=type_url, value=r.body) for r in updates],
+        )
+
+    def _refresh_endpoints(self, clusters: list[str], now: float) -> None:
+        """A new or changed cluster warms only when its endpoints arrive: send them again."""
+        eds = self.types[ENDPOINT]
+        for name in clusters:
+            eds.known.pop(name, None)
+            eds.rejected.pop(name, None)
+            if eds.inflight is not None:
+                eds.inflight.versions.pop(name, None)  # its ACK must not count for the new cluster
+        if clusters and eds.requested:
+            eds.mark_dirty(clusters, now)
+
+    def _dependencies_ready(self, state: TypeState, updates: list[Resource], now: float) -> bool:
+        clusters, endpoints = self.types[CLUSTER].known, self.types[ENDPOINT].known
+        missing = [
+            dep
+            for resource in updates
+            for dep in self._dependencies(ROUTE, resource)
+            if dep not in clusters or dep not in endpoints
+        ]
+        if not missing:
+            state.waiting_since = None
+            return True
+        if state.waiting_since is None:
+            state.waiting_since = now
+        if now - state.waiting_since >= DEPENDENCY_WAIT_S:
+            log.warning(
+                "sending routes before their clusters were acknowledged",
+                extra={"node": self.node_id, "missing": missing[:5], "waited_s": DEPENDENCY_WAIT_S},
+            )
+            state.waiting_since = None
+            return True
+        return False
+
+    # -- status ---------------------------------------------------------------------------------------
+
+    @property
+    def node_id(self) -> str:
+        return self.node.id if self.node else "unknown"
+
+    def in_sync(self) -> bool:
+        """Nothing in flight, nothing left to send, no rejected config outstanding."""
+        return all(
+            s.inflight is None and not s.is_dirty and s.last_nack is None
+            for s in self.types.values()
+            if s.requested
+        )
+
+    def waiting_on_dependencies(self) -> bool:
+        return self.types[ROUTE].waiting_since is not None
+
+    def status(self) -> dict:
+        return {
+            "node": self.node_id,
+            "group": self.node.group if self.node else None,
+            "protocol": "delta" if self.delta else "sotw",
+            "connected": not self.closed,
+            "connected_at": self.connected_at,
+            "in_sync": self.in_sync(),
+            "acked": {SHORT_TYPE[t]: s.acked_version for t, s in self.types.items() if s.requested},
+            "last_nack": (
+                {"type": SHORT_TYPE[n.type_url], "version": n.version, "message": n.message, "at": n.at}
+                if (n := self._latest_nack())
+                else None
+            ),
+        }
+
+    def _latest_nack(self) -> Nack | None:
+        nacks = [s.last_nack for s in self.types.values() if s.last_nack]
+        return max(nacks, key=lambda n: n.at) if nacks else None

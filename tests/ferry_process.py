@@ -1,0 +1,126 @@
+"""Run `ferry up` as a real subprocess on free loopback ports, and talk to it like a user would."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import textwrap
+from pathlib import Path
+
+import aiohttp
+
+from .helpers import free_port, wait_until
+
+HELLO_APP = Path(__file__).resolve().parent.parent / "examples" / "hello" / "app.py"
+
+
+class FerryProcess:
+    def __init__(self, workdir: Path, *, envoy: bool = True, delta: bool = False, extra: tuple[str, ...] = ()):
+        self.workdir = workdir
+        self.routes = workdir / "routes.yaml"
+        self.gateway_port = free_port()
+        self.api_port = free_port()
+        self.xds_port = free_port()
+        self.admin_port = free_port()
+        self.envoy = envoy
+        self.delta = delta
+        self.extra = extra
+        self.proc: asyncio.subprocess.Process | None = None
+        self.log = workdir / "ferry.log"
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def gateway(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    def write_routes(self, services_yaml: str) -> None:
+        """Write routes.yaml atomically (as editors do), with this harness's gateway port."""
+        text = f"gateway:\n  listen: 127.0.0.1:{self.gateway_port}\n  domain: localhost\nservices:\n"
+        text += textwrap.indent(textwrap.dedent(services_yaml).strip("\n"), "  ") + "\n"
+        tmp = self.routes.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.routes)
+
+    async def start(self) -> None:
+        argv = [
+            sys.executable, "-m", "ferry", "up", str(self.routes),
+            "--api", f"127.0.0.1:{self.api_port}", "--xds", f"127.0.0.1:{self.xds_port}",
+            "--admin", f"127.0.0.1:{self.admin_port}", "--cluster-linger", "2", "--test-hooks", *self.extra,
+        ]
+        if not self.envoy:
+            argv.append("--no-envoy")
+        if self.delta:
+            argv.append("--delta")
+        with open(self.log, "ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                *argv, stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL, cwd=self.workdir
+            )
+        await wait_until(self._api_up, 30, f"ferry API on {self.api}; log:\n{self.log_text}")
+
+    @property
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text()[-4000:]
+        except OSError:
+            return ""
+
+    async def _api_up(self) -> bool:
+        if self.proc.returncode is not None:
+            raise AssertionError(f"ferry exited with {self.proc.returncode}:\n{self.log_text}")
+        try:
+            await self.status()
+            return True
+        except (aiohttp.ClientError, OSError):
+            return False
+
+    async def status(self) -> dict:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{self.api}/status", timeout=aiohttp.ClientTimeout(total=5)) as response:
+                return await response.json()
+
+    async def post(self, path: str, body: dict | None = None) -> tuple[int, dict]:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{self.api}{path}", json=body) as response:
+                return response.status, await response.json()
+
+    async def converged(self, gateways: int = 1) -> bool:
+        """Every service routed as the file says, and every gateway running the current config."""
+        status = await self.status()
+        return (
+            all(s["routed"] for s in status["services"].values())
+            and sum(1 for g in status["gateways"] if g["connected"]) >= gateways
+            and all(g["in_sync"] for g in status["gateways"] if g["connected"])
+        )
+
+    async def wait_converged(self, timeout: float = 30, gateways: int = 1) -> dict:
+        await wait_until(lambda: self.converged(gateways), timeout, f"ferry to converge; log:\n{self.log_text}")
+        return await self.status()
+
+    async def stop(self) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), 30)
+        except asyncio.TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
+    async def kill(self) -> None:
+        self.proc.kill()
+        await self.proc.wait()
+
+
+async def get(session: aiohttp.ClientSession, url: str, host: str, **headers) -> tuple[int, str]:
+    async with session.get(url, headers={"Host": host, **headers}) as response:
+        return response.status, response.headers.get("x-revision", "")
+
+
+def json_of(status: dict) -> str:
+    return json.dumps(status, indent=1)

@@ -1,0 +1,273 @@
+"""End to end: `ferry up` as a subprocess, a real Envoy, real app processes, all on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+
+import aiohttp
+import pytest
+
+from ferry.envoy.admin import EnvoyAdmin
+from ferry.envoy.bootstrap import BootstrapOptions
+from ferry.envoy.process import EnvoyProcess
+
+from .ferry_process import HELLO_APP, FerryProcess, get
+from .helpers import free_port, wait_until
+from .load import Load, count_revisions
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture
+async def ferry(tmp_path):
+    processes: list[FerryProcess] = []
+
+    def make(**kwargs) -> FerryProcess:
+        process = FerryProcess(tmp_path, **kwargs)
+        processes.append(process)
+        return process
+
+    yield make
+    for process in processes:
+        await process.stop()
+
+
+def hello(message: str, traffic: str = "", **env) -> str:
+    extra_env = "".join(f", {k}: '{v}'" for k, v in env.items())
+    return f"""
+    hello:
+      template:
+        command: [{sys.executable}, {HELLO_APP}]
+        env: {{MESSAGE: {message}{extra_env}}}
+        readiness: {{path: /healthz}}
+    {traffic}
+    """
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+async def test_hello_answers_from_its_revision(ferry, delta):
+    f = ferry(delta=delta)
+    f.write_routes(hello("v1"))
+    await f.start()
+    status = await f.wait_converged()
+    assert status["services"]["hello"]["latest_ready"] == "hello-00001"
+    assert status["revisions"]["hello-00001"]["ready"] == 1
+    gateway = status["gateways"][0]
+    assert gateway["protocol"] == ("delta" if delta else "sotw")
+    assert set(gateway["acked"]) == {"CDS", "EDS", "LDS", "SRDS", "RDS"}
+    async with aiohttp.ClientSession() as session:
+        assert await get(session, f.gateway, "hello.localhost") == (200, "hello-00001")
+        assert await get(session, f.gateway, f"hello.localhost:{f.gateway_port}") == (200, "hello-00001")
+        assert (await get(session, f.gateway, "nobody.localhost"))[0] == 404
+
+
+async def test_split_90_10_and_tag_url(ferry):
+    f = ferry()
+    f.write_routes(hello("v1"))
+    await f.start()
+    await f.wait_converged()
+    f.write_routes(
+        hello(
+            "v2",
+            """
+      traffic:
+        - revision: hello-00001
+          percent: 90
+        - latestRevision: true
+          percent: 10
+          tag: canary
+    """,
+        )
+    )
+    await wait_until(lambda: _traffic_is(f, {"hello-00001": 90, "hello-00002": 10}), 30, "the 90/10 split")
+    await f.wait_converged()
+    counts = await count_revisions(f.gateway, "hello.localhost", 2000)
+    assert sum(counts.values()) == 2000 and set(counts) <= {"hello-00001", "hello-00002"}, counts
+    share = counts["hello-00001"] / 2000 * 100
+    assert 87 <= share <= 93, counts
+    tagged = await count_revisions(f.gateway, "canary-hello.localhost", 200)
+    assert tagged == {"hello-00002": 200}
+    status = await f.status()
+    assert {"revision": "hello-00002", "tag": "canary", "url": f"http://canary-hello.localhost:{f.gateway_port}"} in status["services"]["hello"]["traffic"]
+
+
+async def _traffic_is(f: FerryProcess, expected: dict[str, int]) -> bool:
+    status = await f.status()
+    got = {t["revision"]: t["percent"] for t in status["services"]["hello"]["traffic"] if "percent" in t}
+    return got == expected
+
+
+async def test_blue_green_switch_under_load_has_zero_errors(ferry):
+    f = ferry()
+    f.write_routes(hello("blue"))
+    await f.start()
+    await f.wait_converged()
+    async with Load(f.gateway, "hello.localhost", concurrency=8) as load:
+        await load.wait_for(300)
+        f.write_routes(hello("green", STARTUP_DELAY="0.3"))
+        await wait_until(lambda: _traffic_is(f, {"hello-00002": 100}), 30, "traffic on green")
+        # Until blue has been drained, stopped and its cluster removed from the gateway.
+        await wait_until(lambda: _revision_gone(f, "hello-00001"), 30, "blue to be retired")
+        await f.wait_converged()
+        await load.wait_for(300)
+    assert load.failures == 0, (load.statuses, load.errors, load.bad)
+    assert load.revisions["hello-00001"] > 0 and load.revisions["hello-00002"] > 0
+
+
+async def _revision_gone(f: FerryProcess, revision: str) -> bool:
+    return revision not in (await f.status())["revisions"]
+
+
+async def test_rejected_config_is_reported_not_resent_and_old_config_keeps_serving(ferry):
+    f = ferry()
+    f.write_routes(hello("v1"))
+    await f.start()
+    await f.wait_converged()
+    admin = EnvoyAdmin("127.0.0.1", f.admin_port)
+    assert (await f.post("/debug/poison-routes"))[0] == 200
+
+    async def nack_reported() -> dict | None:
+        gateways = (await f.status())["gateways"]
+        return gateways[0]["last_nack"]
+
+    nack = await wait_until(nack_reported, 20, "the NACK in status")
+    assert nack["type"] == "RDS"
+    assert "domain" in nack["message"].lower(), nack  # Envoy's own words about the duplicate domain
+    assert not (await f.status())["gateways"][0]["in_sync"]
+    async with aiohttp.ClientSession() as session:
+        assert await get(session, f.gateway, "hello.localhost") == (200, "hello-00001")
+
+    # A good change is accepted; the rejected table was never sent again in between.
+    f.write_routes(hello("v1", "  traffic: [{revision: hello-00001, percent: 100, tag: pinned}]"))
+    await f.wait_converged()
+    stats = await admin.get("/stats?filter=rds\\.hello\\.update_rejected")
+    assert b"update_rejected: 1" in stats[1], stats
+    assert (await f.status())["gateways"][0]["last_nack"] is None
+    async with aiohttp.ClientSession() as session:
+        assert await get(session, f.gateway, "pinned-hello.localhost") == (200, "hello-00001")
+
+
+@pytest.fixture
+def apps():
+    """Example app processes that ferry does not manage (template.endpoints)."""
+    started: list[subprocess.Popen] = []
+
+    def start(revision: str) -> int:
+        port = free_port()
+        env = {**os.environ, "PORT": str(port), "K_REVISION": revision, "MESSAGE": revision}
+        started.append(subprocess.Popen([sys.executable, str(HELLO_APP)], env=env, stdout=subprocess.DEVNULL))
+        return port
+
+    yield start
+    for proc in started:
+        proc.send_signal(signal.SIGTERM)
+    for proc in started:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def endpoints_service(name: str, port: int) -> str:
+    return f"""
+    {name}:
+      template:
+        name: {name}-at-{port}
+        endpoints: [127.0.0.1:{port}]
+    """
+
+
+async def test_killing_ferry_under_load_keeps_envoy_serving_and_resync_changes_nothing(ferry, apps, tmp_path):
+    blue, green = apps("blue"), apps("green")
+    f = ferry(envoy=False)
+    f.write_routes(endpoints_service("hello", blue))
+    await f.start()
+    await f.wait_converged(gateways=0)
+    admin_port = free_port()
+    envoy = EnvoyProcess(
+        BootstrapOptions(node_id="edge-1", xds_port=f.xds_port, admin_port=admin_port), tmp_path / "envoy"
+    )
+    await envoy.start()
+    try:
+        await f.wait_converged(gateways=1)
+        await wait_until(lambda: _answers(f.gateway, "hello.localhost", "blue"), 20, "the gateway")
+        updates_before = await _update_counts(envoy.admin)
+        async with Load(f.gateway, "hello.localhost", concurrency=8) as load:
+            await load.wait_for(200)
+            await f.kill()
+            await load.wait_for(500)  # served with no control plane at all
+            await f.start()
+            await f.wait_converged(gateways=1)
+            await load.wait_for(300)
+        assert load.failures == 0, (load.statuses, load.errors, load.bad)
+        assert await _update_counts(envoy.admin) == updates_before  # resync re-sent nothing
+        status = await f.status()
+        assert status["gateways"][0]["node"] == "edge-1" and status["gateways"][0]["in_sync"]
+
+        # The resynced stream still carries changes.
+        f.write_routes(endpoints_service("hello", green))
+        await wait_until(lambda: _answers(f.gateway, "hello.localhost", "green"), 20, "the change")
+    finally:
+        await envoy.stop()
+
+
+async def _answers(url: str, host: str, app: str) -> bool:
+    async with aiohttp.ClientSession() as session:
+        try:
+            return await get(session, url, host) == (200, app)
+        except aiohttp.ClientError:
+            return False
+
+
+async def _update_counts(admin: EnvoyAdmin) -> dict[str, int]:
+    # update_attempt also counts reconnections; success/rejected count configs applied or refused.
+    _, body = await admin.get("/stats?filter=(cds|lds|srds|rds\\.[a-z]+)\\.update_(success|rejected)$")
+    counts = dict(line.split(": ") for line in body.decode().strip().splitlines())
+    assert {"cluster_manager.cds.update_success", "http.ferry.rds.hello.update_success"} <= set(counts), counts
+    return counts
+
+
+async def test_two_gateways_in_different_groups(ferry, tmp_path):
+    f = ferry()
+    f.write_routes(hello("v1"))
+    await f.start()
+    await f.wait_converged()
+    second_port = free_port()
+    envoy = EnvoyProcess(
+        BootstrapOptions(
+            node_id="edge-2", group="edge", xds_port=f.xds_port, admin_port=free_port(),
+            listen=f"127.0.0.1:{second_port}", delta=True,
+        ),
+        tmp_path / "edge",
+    )
+    await envoy.start()
+    try:
+        await f.wait_converged(gateways=2)
+        async with aiohttp.ClientSession() as session:
+            assert await get(session, f.gateway, "hello.localhost") == (200, "hello-00001")
+            assert await get(session, f"http://127.0.0.1:{second_port}", "hello.localhost") == (200, "hello-00001")
+        groups = {g["node"]: g["group"] for g in (await f.status())["gateways"]}
+        assert groups == {"ferry-local": "default", "edge-2": "edge"}
+    finally:
+        await envoy.stop()
+
+
+async def test_bad_edit_is_reported_and_last_good_config_keeps_serving(ferry):
+    f = ferry()
+    f.write_routes(hello("v1"))
+    await f.start()
+    await f.wait_converged()
+    f.write_routes(hello("v1", "  traffic: [{revision: hello-00001, percent: 90}]"))
+
+    async def error_reported() -> str | None:
+        return (await f.status())["config"]["last_error"]
+
+    error = await wait_until(error_reported, 20, "the error in status")
+    assert "routes.yaml" in error and "services.hello.traffic" in error and "100" in error
+    async with aiohttp.ClientSession() as session:
+        assert await get(session, f.gateway, "hello.localhost") == (200, "hello-00001")
+    assert list((await f.status())["revisions"]) == ["hello-00001"]

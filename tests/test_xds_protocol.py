@@ -1,0 +1,351 @@
+"""ADS protocol behaviour, driven by a Python gRPC client speaking to ferry's real server over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.protobuf import struct_pb2
+from google.rpc import status_pb2
+
+from ferry.xds import resources as xds
+from ferry.xds.cache import Resource, SnapshotCache
+from ferry.xds.server import AdsServicer, GatewayRegistry, start_xds_server
+
+from .helpers import free_port
+
+READ_TIMEOUT = 5.0
+
+
+def cluster(name: str, timeout: float = 1.0) -> Resource:
+    return Resource.of(name, xds.cluster(name, connect_timeout_s=timeout))
+
+
+def cla(name: str, port: int) -> Resource:
+    return Resource.of(name, xds.load_assignment(name, [("127.0.0.1", port)]))
+
+
+def route_table(name: str, *clusters: str) -> Resource:
+    targets = tuple(xds.WeightedTarget(c, c, 100 // len(clusters)) for c in clusters)
+    vhosts = [xds.virtual_host(xds.HostRoute(name, name, (f"{name}.test",), targets, 30))]
+    return Resource.of(name, xds.route_configuration(name, vhosts))
+
+
+def node(node_id: str, group: str = "default", listen: str | None = None):
+    from envoy.config.core.v3 import base_pb2
+
+    n = base_pb2.Node(id=node_id, cluster=group)
+    if listen:
+        n.metadata.fields["ferry.listen"].CopyFrom(struct_pb2.Value(string_value=listen))
+    return n
+
+
+class Harness:
+    def __init__(self, cache: SnapshotCache, deps=None):
+        self.cache = cache
+        self.gateways = GatewayRegistry()
+        self.servicer = AdsServicer(cache, self.gateways, dependencies=deps)
+        self.server = None
+        self.channel = None
+
+    async def __aenter__(self):
+        port = free_port()
+        self.server = await start_xds_server(self.servicer, f"127.0.0.1:{port}")
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self.stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.channel.close()
+        await self.server.stop(0)
+
+
+async def read(call):
+    return await asyncio.wait_for(call.read(), READ_TIMEOUT)
+
+
+def names_of(response) -> list[str]:
+    out = []
+    for any_ in response.resources:
+        message = {xds.CLUSTER: cluster_pb2.Cluster}.get(response.type_url)
+        if message is None:
+            from envoy.config.endpoint.v3 import endpoint_pb2
+
+            m = endpoint_pb2.ClusterLoadAssignment()
+            m.ParseFromString(any_.value)
+            out.append(m.cluster_name)
+        else:
+            m = message()
+            m.ParseFromString(any_.value)
+            out.append(m.name)
+    return sorted(out)
+
+
+def sotw(type_url, *, names=(), nonce="", version="", error=None, node_=None):
+    request = discovery_pb2.DiscoveryRequest(
+        type_url=type_url, resource_names=list(names), response_nonce=nonce, version_info=version
+    )
+    if error:
+        request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
+    if node_ is not None:
+        request.node.CopyFrom(node_)
+    return request
+
+
+async def test_sotw_ack_then_push_only_on_change():
+    cache = SnapshotCache()
+    cache.update({xds.CLUSTER: {"a": cluster("a")}})
+    async with Harness(cache) as h:
+        call = h.stub.StreamAggregatedResources()
+        await call.write(sotw(xds.CLUSTER, node_=node("gw")))
+        first = await read(call)
+        assert names_of(first) == ["a"]
+        await call.write(sotw(xds.CLUSTER, nonce=first.nonce, version=first.version_info))
+        assert await h.gateways.wait_in_sync(READ_TIMEOUT, 1)
+        status = h.gateways.status()[0]
+        assert status["acked"]["CDS"] == first.version_info and status["last_nack"] is None
+
+        cache.update({xds.CLUSTER: {"a": cluster("a")}})  # identical content: nothing to send
+        cache.update({xds.CLUSTER: {"b": cluster("b")}})
+        second = await read(call)
+        assert names_of(second) == ["a", "b"]  # CDS is state-of-the-world: the full set
+        assert second.version_info != first.version_info
+        await call.write(sotw(xds.CLUSTER, nonce=second.nonce, version=second.version_info))
+
+        cache.update({xds.CLUSTER: {"a": None}})
+        third = await read(call)
+        assert names_of(third) == ["b"]  # a missing cluster is a deletion
+        call.cancel()
+
+
+async def test_versions_derive_from_content():
+    one, two = SnapshotCache(), SnapshotCache()
+    one.update({xds.CLUSTER: {"a": cluster("a"), "b": cluster("b")}})
+    two.update({xds.CLUSTER: {"b": cluster("b")}})
+    two.update({xds.CLUSTER: {"a": cluster("a")}})
+    assert one.group("default").versions() == two.group("default").versions()
+
+
+async def test_nack_is_recorded_and_not_resent():
+    cache = SnapshotCache()
+    cache.update({xds.CLUSTER: {"a": cluster("a")}, xds.ENDPOINT: {"a": cla("a", 1000)}})
+    async with Harness(cache) as h:
+        call = h.stub.StreamAggregatedResources()
+        await call.write(sotw(xds.CLUSTER, node_=node("gw")))
+        good = await read(call)
+        await call.write(sotw(xds.CLUSTER, nonce=good.nonce, version=good.version_info))
+        await call.write(sotw(xds.ENDPOINT, names=["a"]))
+        eds = await read(call)
+        await call.write(sotw(xds.ENDPOINT, names=["a"], nonce=eds.nonce, version=eds.version_info))
+
+        cache.update({xds.CLUSTER: {"a": cluster("a", timeout=2.0)}})
+        bad = await read(call)
+        assert bad.type_url == xds.CLUSTER
+        # The EDS refresh that follows any cluster change: ACK it.
+        refresh = await read(call)
+        assert refresh.type_url == xds.ENDPOINT
+        await call.write(sotw(xds.ENDPOINT, names=["a"], nonce=refresh.nonce, version=refresh.version_info))
+        await call.write(sotw(xds.CLUSTER, nonce=bad.nonce, version=good.version_info, error="bad cluster a"))
+
+        # The rejected version is not sent again: the next message is an unrelated EDS change.
+        cache.update({xds.ENDPOINT: {"a": cla("a", 1001)}})
+        after = await read(call)
+        assert after.type_url == xds.ENDPOINT
+        status = h.gateways.status()[0]
+        assert status["last_nack"]["message"] == "bad cluster a"
+        assert status["last_nack"]["type"] == "CDS"
+        assert status["acked"]["CDS"] == good.version_info  # the gateway runs the last accepted version
+        assert not status["in_sync"]
+
+        # A new version is sent, and accepting it clears the error.
+        cache.update({xds.CLUSTER: {"a": cluster("a", timeout=3.0)}})
+        fixed = await read(call)
+        assert fixed.type_url == xds.CLUSTER and fixed.version_info not in (good.version_info, bad.version_info)
+        await call.write(sotw(xds.CLUSTER, nonce=fixed.nonce, version=fixed.version_info))
+        await call.write(sotw(xds.ENDPOINT, names=["a"], nonce=after.nonce, version=after.version_info))
+        refresh = await read(call)
+        await call.write(sotw(xds.ENDPOINT, names=["a"], nonce=refresh.nonce, version=refresh.version_info))
+        assert await h.gateways.wait_in_sync(READ_TIMEOUT, 1)
+        assert h.gateways.status()[0]["last_nack"] is None
+        call.cancel()
+
+
+async def test_stale_nonce_is_ignored_in_sotw():
+    cache = SnapshotCache()
+    cache.update({xds.CLUSTER: {"a": cluster("a")}})
+    async with Harness(cache) as h:
+        call = h.stub.StreamAggregatedResources()
+        await call.write(sotw(xds.CLUSTER, node_=node("gw")))
+        first = await read(call)
+        await call.write(sotw(xds.CLUSTER, nonce=first.nonce, version=first.version_info))
+        cache.update({xds.CLUSTER: {"b": cluster("b")}})
+        second = await read(call)
+        # A NACK that carries the *old* nonce answers nothing we have in flight: it must be ignored.
+        await call.write(sotw(xds.CLUSTER, nonce=first.nonce, version=first.version_info, error="stale"))
+        await call.write(sotw(xds.CLUSTER, nonce=second.nonce, version=second.version_info))
+        assert await h.gateways.wait_in_sync(READ_TIMEOUT, 1)
+        status = h.gateways.status()[0]
+        assert status["last_nack"] is None
+        assert status["acked"]["CDS"] == second.version_info
+        call.cancel()
+
+
+async def test_routes_wait_for_their_clusters_and_endpoints():
+    """Make before break: a route table naming a new cluster goes out only after CDS and EDS are ACKed."""
+    cache = SnapshotCache()
+    deps = {"svc": frozenset({"a"})}
+    cache.update({
+        xds.CLUSTER: {"a": cluster("a")},
+        xds.ENDPOINT: {"a": cla("a", 1000)},
+        xds.ROUTE: {"svc": route_table("svc", "a")},
+    })
+    async with Harness(cache, deps=lambda t, r: deps.get(r.name, ())) as h:
+        call = h.stub.StreamAggregatedResources()
+        # Subscribe to everything at once, routes first, as an impatient client might.
+        await call.write(sotw(xds.ROUTE, names=["svc"], node_=node("gw")))
+        await call.write(sotw(xds.CLUSTER))
+        cds = await read(call)
+        assert cds.type_url == xds.CLUSTER
+        await call.write(sotw(xds.CLUSTER, nonce=cds.nonce, version=cds.version_info))
+        await call.write(sotw(xds.ENDPOINT, names=["a"]))
+        eds = await read(call)
+        assert eds.type_url == xds.ENDPOINT
+        await call.write(sotw(xds.ENDPOINT, names=["a"], nonce=eds.nonce, version=eds.version_info))
+        rds = await read(call)
+        assert rds.type_url == xds.ROUTE
+
+        # Now a change that adds cluster b and routes to it: CDS first, then EDS for b, then routes.
+        deps["svc"] = frozenset({"a", "b"})
+        await call.write(sotw(xds.ROUTE, names=["svc"], nonce=rds.nonce, version=rds.version_info))
+        cache.update({
+            xds.CLUSTER: {"b": cluster("b")},
+            xds.ENDPOINT: {"b": cla("b", 1001)},
+            xds.ROUTE: {"svc": route_table("svc", "a", "b")},
+        })
+        cds = await read(call)
+        assert cds.type_url == xds.CLUSTER
+        await call.write(sotw(xds.CLUSTER, nonce=cds.nonce, version=cds.version_info))
+        await call.write(sotw(xds.ENDPOINT, names=["a", "b"], nonce=eds.nonce, version=eds.version_info))
+        eds = await read(call)
+        assert eds.type_url == xds.ENDPOINT and names_of(eds) == ["b"]  # only what changed
+        await call.write(sotw(xds.ENDPOINT, names=["a", "b"], nonce=eds.nonce, version=eds.version_info))
+        rds = await read(call)
+        assert rds.type_url == xds.ROUTE
+        call.cancel()
+
+
+async def test_reconnect_with_current_version_gets_no_resend():
+    cache = SnapshotCache()
+    cache.update({xds.CLUSTER: {"a": cluster("a")}, xds.ENDPOINT: {"a": cla("a", 1000)}})
+    async with Harness(cache) as h:
+        call = h.stub.StreamAggregatedResources()
+        await call.write(sotw(xds.CLUSTER, node_=node("gw")))
+        first = await read(call)
+        await call.write(sotw(xds.CLUSTER, nonce=first.nonce, version=first.version_info))
+        call.cancel()
+
+        again = h.stub.StreamAggregatedResources()
+        await again.write(sotw(xds.CLUSTER, version=first.version_info, node_=node("gw")))
+        await again.write(sotw(xds.ENDPOINT, names=["a"]))
+        response = await read(again)
+        assert response.type_url == xds.ENDPOINT  # CDS was current: nothing re-sent for it
+        again.cancel()
+
+
+def delta(type_url, *, subscribe=(), unsubscribe=(), nonce="", error=None, initial=None, node_=None):
+    request = discovery_pb2.DeltaDiscoveryRequest(
+        type_url=type_url,
+        resource_names_subscribe=list(subscribe),
+        resource_names_unsubscribe=list(unsubscribe),
+        response_nonce=nonce,
+        initial_resource_versions=initial or {},
+    )
+    if error:
+        request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
+    if node_ is not None:
+        request.node.CopyFrom(node_)
+    return request
+
+
+async def test_delta_subscribe_unsubscribe_and_removals():
+    cache = SnapshotCache()
+    cache.update({xds.ENDPOINT: {"a": cla("a", 1000), "b": cla("b", 1001)}})
+    async with Harness(cache) as h:
+        call = h.stub.DeltaAggregatedResources()
+        await call.write(delta(xds.ENDPOINT, subscribe=["a", "b"], node_=node("gw")))
+        first = await read(call)
+        assert sorted(r.name for r in first.resources) == ["a", "b"]
+        assert all(r.version for r in first.resources)
+        await call.write(delta(xds.ENDPOINT, nonce=first.nonce))
+
+        await call.write(delta(xds.ENDPOINT, unsubscribe=["b"]))
+        cache.update({xds.ENDPOINT: {"a": None, "b": None}})
+        removed = await read(call)
+        assert list(removed.removed_resources) == ["a"]  # b was unsubscribed: not the client's business
+        assert not removed.resources
+
+        # A subscription with a stale nonce is still honoured in delta.
+        await call.write(delta(xds.ENDPOINT, subscribe=["c"], nonce=first.nonce))
+        await call.write(delta(xds.ENDPOINT, nonce=removed.nonce))
+        cache.update({xds.ENDPOINT: {"c": cla("c", 1002)}})
+        added = await read(call)
+        assert [r.name for r in added.resources] == ["c"]
+        call.cancel()
+
+
+async def test_delta_wildcard_and_initial_versions():
+    cache = SnapshotCache()
+    cache.update({xds.CLUSTER: {"a": cluster("a"), "b": cluster("b")}})
+    version_a = cache.group("default").stores[xds.CLUSTER].entries["a"].version
+    async with Harness(cache) as h:
+        call = h.stub.DeltaAggregatedResources()
+        await call.write(delta(xds.CLUSTER, initial={"a": version_a, "gone": "v0"}, node_=node("gw")))
+        first = await read(call)
+        assert [r.name for r in first.resources] == ["b"]  # a is already current on the client
+        assert list(first.removed_resources) == ["gone"]
+        await call.write(delta(xds.CLUSTER, nonce=first.nonce, error="rejected b"))
+        cache.update({xds.CLUSTER: {"c": cluster("c")}})
+        second = await read(call)
+        assert [r.name for r in second.resources] == ["c"]  # the NACKed b is not resent
+        assert h.gateways.status()[0]["last_nack"]["message"] == "rejected b"
+        call.cancel()
+
+
+async def test_two_groups_get_their_own_snapshots():
+    def listener_for(group, metadata):
+        host, port = metadata.get("ferry.listen", "127.0.0.1:8080").split(":")
+        return {xds.LISTENER: {xds.LISTENER_NAME: Resource.of(xds.LISTENER_NAME, xds.listener(host, int(port)))}}
+
+    cache = SnapshotCache(on_new_group=listener_for)
+    async with Harness(cache) as h:
+        one = h.stub.StreamAggregatedResources()
+        two = h.stub.StreamAggregatedResources()
+        await one.write(sotw(xds.LISTENER, node_=node("gw-1", "edge", "127.0.0.1:18081")))
+        await two.write(sotw(xds.LISTENER, node_=node("gw-2", "internal", "127.0.0.1:18082")))
+        from envoy.config.listener.v3 import listener_pb2
+
+        def port_of(response):
+            message = listener_pb2.Listener()
+            message.ParseFromString(response.resources[0].value)
+            return message.address.socket_address.port_value
+
+        r1, r2 = await read(one), await read(two)
+        assert (port_of(r1), port_of(r2)) == (18081, 18082)
+        await one.write(sotw(xds.CLUSTER))
+        await two.write(sotw(xds.CLUSTER))
+        empty1, empty2 = await read(one), await read(two)  # a wildcard subscriber always gets a first answer
+        assert empty1.type_url == xds.CLUSTER and not empty1.resources and not empty2.resources
+        await one.write(sotw(xds.CLUSTER, nonce=empty1.nonce, version=empty1.version_info))
+        await two.write(sotw(xds.CLUSTER, nonce=empty2.nonce, version=empty2.version_info))
+        cache.update({xds.CLUSTER: {"only-edge": cluster("only-edge")}}, groups=["edge"])
+        cache.update({xds.CLUSTER: {"everyone": cluster("everyone")}})
+        got1, got2 = await read(one), await read(two)
+        assert names_of(got1) == ["everyone", "only-edge"]
+        assert names_of(got2) == ["everyone"]
+        groups = {g["node"]: g["group"] for g in h.gateways.status()}
+        assert groups == {"gw-1": "edge", "gw-2": "internal"}
+        one.cancel()
+        two.cancel()
