@@ -22,7 +22,7 @@ def build_api(
     registry: CollectorRegistry,
     apply_text: ApplyText,
     *,
-    test_hooks: dict[str, Callable[[], Awaitable[None]]] | None = None,
+    test_hooks: dict[str, Callable[[dict], Awaitable[None]]] | None = None,
 ) -> web.Application:
     routes = web.RouteTableDef()
 
@@ -57,7 +57,7 @@ def build_api(
     for name, hook in (test_hooks or {}).items():
 
         async def run_hook(request: web.Request, hook=hook, name=name) -> web.Response:
-            await hook()
+            await hook(await request.json() if request.can_read_body else {})
             return web.json_response({"hook": name})
 
         routes.post(f"/debug/{name}")(run_hook)

@@ -87,6 +87,7 @@ class Controller:
         self.revisions: dict[str, RevisionRuntime] = {}
         self.last_applied: float | None = None
         self.last_error: str | None = None
+        self.timings: dict[str, float] = {}  # how long the last load/apply took, for status and the bench
         self.poison_routes = False  # test hook: the next route table built is one Envoy must reject
         self._route_refs: dict[str, frozenset[str]] = {}  # service -> clusters its route table names
         self._scopes: dict[str, set[str]] = {}  # service -> hosts scoped to its route table
@@ -100,6 +101,7 @@ class Controller:
     async def apply(self, loaded: LoadedRoutes) -> None:
         """Validate against the revision history, then converge. Raises ConfigError and changes nothing."""
         async with self._lock:
+            started = time.perf_counter()
             plan = validate(loaded, self.store)
             self.store.commit(plan)
             previous = self.loaded
@@ -121,6 +123,7 @@ class Controller:
                     service.routes = ()  # hosts derive from the domain: rebuild
                 await self._reconcile_service(service)
             self._publish()
+            self.timings["apply_ms"] = round((time.perf_counter() - started) * 1000, 2)
             self.last_applied = time.time()
             self.last_error = None
 
@@ -303,6 +306,10 @@ class Controller:
         if not await self.gateways.wait_in_sync(self.sync_timeout_s):
             log.warning("gateways not in sync; stopping anyway", extra={"timeout_s": self.sync_timeout_s})
 
+    def set_endpoints(self, revision: str, endpoints) -> None:
+        """What a backend reports when a revision's ready endpoints change."""
+        self._on_endpoints(revision, tuple(Endpoint(h, p) for h, p in endpoints))
+
     def _on_endpoints(self, revision: str, endpoints: tuple[Endpoint, ...]) -> None:
         runtime = self.revisions.get(revision)
         if runtime is None:
@@ -462,6 +469,7 @@ class Controller:
                 "file": str(self.loaded.path) if self.loaded else None,
                 "last_applied": self.last_applied,
                 "last_error": self.last_error,
+                **self.timings,
             },
             "services": services,
             "revisions": revisions,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,7 +95,10 @@ class Daemon:
 
         async def apply_text(path: Path, text: str | None = None) -> None:
             try:
-                await controller.apply(load_routes(path, text))
+                started = time.perf_counter()
+                loaded = load_routes(path, text)
+                controller.timings["load_ms"] = round((time.perf_counter() - started) * 1000, 2)
+                await controller.apply(loaded)
             except ConfigError as err:
                 applies.labels("rejected").inc()
                 controller.record_error(str(err))
@@ -103,8 +107,12 @@ class Daemon:
             applies.labels("applied").inc()
             log.info("configuration applied", extra={"file": str(path)})
 
-        async def poison() -> None:
+        async def poison(body: dict) -> None:
             controller.publish_poisoned_routes()
+
+        async def set_endpoints(body: dict) -> None:
+            """Bench hook: an endpoint change as a backend would report it, without running instances."""
+            controller.set_endpoints(body["revision"], [HostPort.parse(e) for e in body["endpoints"]])
 
         xds_server = api_runner = None
         watch_task = None
@@ -112,7 +120,7 @@ class Daemon:
             xds_server = await start_xds_server(servicer, str(options.xds))
             await controller.apply(loaded)
             applies.labels("applied").inc()
-            hooks = {"poison-routes": poison} if options.test_hooks else None
+            hooks = {"poison-routes": poison, "endpoints": set_endpoints} if options.test_hooks else None
             api = build_api(controller.status, self.registry, apply_text, test_hooks=hooks)
             api_runner = web.AppRunner(api, access_log=None)
             await api_runner.setup()

@@ -122,7 +122,7 @@ async def client():
         yield s
 
 
-async def test_scale_up_serves_its_revision_with_the_env_contract(make_backend, client):
+async def test_scale_up_serves_its_revision_with_the_env_contract(make_backend, client, tmp_path):
     b, rec = make_backend()
     wl = workload(MESSAGE="hi there")
     await b.scale(wl, 2)
@@ -145,7 +145,7 @@ async def test_scale_up_serves_its_revision_with_the_env_contract(make_backend, 
 
     await b.scale(wl, 2)  # idempotent
     assert len(b.instances(REV)) == 2 and b.endpoints(REV) == eps
-    assert sorted(p.name for p in (b._log_dir).iterdir()) == [f"{REV}-1.log", f"{REV}-2.log"]
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == [f"{REV}-1.log", f"{REV}-2.log"]
 
 
 async def test_http_readiness_waits_for_200_not_just_an_open_port(make_backend):

@@ -125,7 +125,7 @@ class LocalProcessBackend:
             if instances == 0:
                 return
             rev = self._revisions[workload.revision] = _Revision(workload)
-        rev.workload = workload  # revisions are immutable; this only matters if the caller re-resolved paths
+        rev.workload = workload  # new instances use the latest template given
         active = [i for i in rev.instances if not i.stopping]
         if len(active) < instances:
             self._log_dir.mkdir(parents=True, exist_ok=True)
@@ -207,9 +207,8 @@ class LocalProcessBackend:
                 proc = await self._spawn(rev.workload, inst)
             except OSError as e:
                 log.warning(
-                    "instance failed to start: revision=%s index=%d error=%s (retry in %.1fs)",
-                    rev.name, inst.index, e, delay,
-                    extra={"revision": rev.name, "index": inst.index, "error": str(e)},
+                    "instance failed to start",
+                    extra={"revision": rev.name, "index": inst.index, "error": str(e), "retry_in_s": round(delay, 1)},
                 )
             else:
                 prober = asyncio.create_task(self._probe_loop(rev, inst, proc), name=f"ferry-probe-{rev.name}-{inst.index}")
@@ -228,9 +227,10 @@ class LocalProcessBackend:
                     delay = self._backoff_initial_s
                 tail = _tail(inst.log_path)
                 log.warning(
-                    "instance exited unexpectedly: revision=%s index=%d pid=%d exit_code=%s (restart in %.1fs)\n%s",
-                    rev.name, inst.index, proc.pid, code, delay, tail,
+                    "instance exited unexpectedly; its log ends:\n%s",
+                    tail,
                     extra={"revision": rev.name, "index": inst.index, "pid": proc.pid, "exit_code": code,
+                           "restart_in_s": round(delay, 1),
                            "log_tail": tail},
                 )
             await asyncio.sleep(delay)
@@ -256,8 +256,7 @@ class LocalProcessBackend:
         inst.started_at = asyncio.get_running_loop().time()
         inst.announced = False
         log.info(
-            "instance started: revision=%s index=%d pid=%d port=%d",
-            wl.revision, inst.index, proc.pid, port,
+            "instance started",
             extra={"revision": wl.revision, "index": inst.index, "pid": proc.pid, "port": port},
         )
         return proc
@@ -271,9 +270,9 @@ class LocalProcessBackend:
             await asyncio.sleep(self._probe_interval)
         self._set_ready(rev, inst, True)
         log.info(
-            "instance ready: revision=%s index=%d pid=%d port=%d after=%.3fs",
-            rev.name, inst.index, proc.pid, port, loop.time() - inst.started_at,
-            extra={"revision": rev.name, "index": inst.index, "pid": proc.pid, "port": port},
+            "instance ready",
+            extra={"revision": rev.name, "index": inst.index, "pid": proc.pid, "port": port,
+                   "after_s": round(loop.time() - inst.started_at, 3)},
         )
         failures = 0
         while True:
@@ -282,16 +281,15 @@ class LocalProcessBackend:
                 failures = 0
                 if not inst.ready:
                     self._set_ready(rev, inst, True)
-                    log.info("instance ready again: revision=%s index=%d pid=%d", rev.name, inst.index, proc.pid,
+                    log.info("instance ready again",
                              extra={"revision": rev.name, "index": inst.index, "pid": proc.pid})
             else:
                 failures += 1
                 if failures == self._liveness_failures and inst.ready:
                     self._set_ready(rev, inst, False)
                     log.warning(
-                        "instance failing probes, out of endpoints: revision=%s index=%d pid=%d failures=%d",
-                        rev.name, inst.index, proc.pid, failures,
-                        extra={"revision": rev.name, "index": inst.index, "pid": proc.pid},
+                        "instance failing probes, out of endpoints",
+                        extra={"revision": rev.name, "index": inst.index, "pid": proc.pid, "failures": failures},
                     )
 
     async def _probe(self, port: int, path: str | None) -> bool:
@@ -323,7 +321,7 @@ class LocalProcessBackend:
         ready = [i for i in rev.instances if i.ready and not i.stopping and i.port is not None]
         for i in ready:
             i.announced = True
-        eps = tuple(i.endpoint for i in ready if i.endpoint is not None)
+        eps = tuple(Endpoint(i.host, i.port) for i in ready)
         if eps == rev.published:
             return
         rev.published = eps
@@ -357,10 +355,10 @@ class LocalProcessBackend:
                 try:
                     await asyncio.wait_for(self._drain(rev.name, ep), rev.workload.timeout_s)
                 except TimeoutError:
-                    log.warning("drain timed out: revision=%s endpoint=%s after=%.1fs", rev.name, ep,
-                                rev.workload.timeout_s, extra={"revision": rev.name, "endpoint": str(ep)})
+                    log.warning("drain timed out", extra={"revision": rev.name, "endpoint": str(ep),
+                                                     "after_s": rev.workload.timeout_s})
                 except Exception:
-                    log.exception("drain hook failed: revision=%s endpoint=%s", rev.name, ep)
+                    log.exception("drain hook failed", extra={"revision": rev.name, "endpoint": str(ep)})
             await self._terminate(rev, inst, proc)
         except Exception:
             log.exception("stopping instance failed: revision=%s index=%d", rev.name, inst.index)
@@ -379,16 +377,14 @@ class LocalProcessBackend:
             code = await asyncio.wait_for(proc.wait(), self._stop_grace_s)
         except TimeoutError:
             log.warning(
-                "instance ignored SIGTERM for %.1fs, killing: revision=%s index=%d pid=%d",
-                self._stop_grace_s, rev.name, inst.index, proc.pid,
-                extra={"revision": rev.name, "index": inst.index, "pid": proc.pid},
+                "instance ignored SIGTERM, killing it",
+                extra={"revision": rev.name, "index": inst.index, "pid": proc.pid, "grace_s": self._stop_grace_s},
             )
             _signal_group(proc.pid, signal.SIGKILL)
             code = await proc.wait()
         _signal_group(proc.pid, signal.SIGKILL)  # anything it forked and left behind
         log.info(
-            "instance stopped: revision=%s index=%d pid=%d exit_code=%s",
-            rev.name, inst.index, proc.pid, code,
+            "instance stopped",
             extra={"revision": rev.name, "index": inst.index, "pid": proc.pid, "exit_code": code},
         )
 

@@ -15,7 +15,7 @@ from yaml.nodes import Node
 
 from . import yamlsource
 from .checks import check_routes
-from .errors import ConfigError, Problem, format_path, parse_path
+from .errors import ConfigError, Loc, Problem, format_path, parse_path
 from .messages import describe, error_loc, problems_from
 from .revisions import RevisionPlan, RevisionStore
 from .schema import Gateway, RoutesFile, ServiceSpec
@@ -94,13 +94,20 @@ def _check_valid_parts(data: dict[str, Any], exc: ValidationError) -> list[Probl
     services = data.get("services")
     if not isinstance(services, dict) or ("services",) in broken:
         return []
-    gateway = None if any(loc[:1] == ("gateway",) for loc in broken) else Gateway.model_validate(data.get("gateway") or {})
     valid = {
         name: ServiceSpec.model_validate(raw)
         for name, raw in services.items()
         if ("services", name) not in broken
     }
-    return check_routes(gateway, valid)
+    return check_routes(_domain_only(data, broken), valid)
+
+
+def _domain_only(data: dict[str, Any], broken: set[Loc]) -> Gateway | None:
+    """The host checks need only the domain, so a bad listen address must not hide host conflicts."""
+    raw = data.get("gateway") or {}
+    if ("gateway",) in broken or ("gateway", "domain") in broken:
+        return None
+    return Gateway.model_validate({"domain": raw["domain"]} if "domain" in raw else {})
 
 
 def _locate(problems: list[Problem], root: Node | None) -> list[Problem]:

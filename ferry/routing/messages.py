@@ -35,6 +35,8 @@ def describe(value: Any) -> str:
         return "a list"
     if isinstance(value, (int, float, str)):
         return repr(value)
+    if isinstance(value, bytes):
+        return "binary data (!!binary)"
     return f"a {type(value).__name__}"
 
 
@@ -67,14 +69,18 @@ def _message(error: ErrorDetails, model: type[BaseModel], loc: Loc) -> str:
     if kind == "literal_error":
         return f"expected one of {ctx.get('expected')}, got {got}"
     if kind == "greater_than_equal":
-        return f"must be {ctx['ge']} or more, got {got}"
+        return f"must be {_number(ctx['ge'])} or more, got {got}"
     if kind == "less_than_equal":
-        return f"must be {ctx['le']} or less, got {got}"
+        return f"must be {_number(ctx['le'])} or less, got {got}"
     if kind == "greater_than":
-        return f"must be greater than {ctx['gt']}, got {got}"
+        return f"must be greater than {_number(ctx['gt'])}, got {got}"
     if kind == "less_than":
-        return f"must be less than {ctx['lt']}, got {got}"
+        return f"must be less than {_number(ctx['lt'])}, got {got}"
     return f"{error['msg'][:1].lower()}{error['msg'][1:]}, got {got}"
+
+
+def _number(value: Any) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def _unknown_field(name: str, allowed: list[str]) -> str:

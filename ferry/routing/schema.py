@@ -233,7 +233,8 @@ class TrafficTarget(_Model):
     def _one_revision(self) -> TrafficTarget:
         if self.revision is not None and self.latestRevision:
             raise ValueError(
-                f"names both revision {self.revision} and latestRevision: true: keep one (pin the revision, or follow the latest ready one)"
+                f"names revision {self.revision} and latestRevision: true; a target follows one or the other, not both: "
+                "keep revision to pin it, or latestRevision to follow the latest ready revision"
             )
         if self.revision is None and not self.latestRevision:
             raise ValueError("names no revision: add revision: <name> or latestRevision: true")

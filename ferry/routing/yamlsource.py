@@ -58,7 +58,7 @@ def compose(text: str) -> Node | None:
     try:
         return loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
-        raise _syntax_error(exc) from None
+        raise _syntax_error(exc, text) from None
     except yaml.YAMLError as exc:  # e.g. a character libyaml refuses outright
         raise YamlError(f"invalid YAML: {exc}", None) from None
     finally:
@@ -150,7 +150,7 @@ class _Builder:
         try:
             return self._safe.construct_object(node, deep=True)
         except yaml.MarkedYAMLError as exc:
-            raise _syntax_error(exc) from None
+            raise _syntax_error(exc, "") from None
 
     def _fill_mapping(self, node: MappingNode, mapping: dict[Any, Any]) -> None:
         merges = []
@@ -231,21 +231,23 @@ def _check_expansion(root: Node) -> None:
         raise YamlError(f"aliases expand this document to over {MAX_EXPANDED_NODES:,} values: use fewer nested aliases", None)
 
 
-def _syntax_error(exc: yaml.MarkedYAMLError) -> YamlError:
+def _syntax_error(exc: yaml.MarkedYAMLError, text: str) -> YamlError:
     mark = exc.problem_mark or exc.context_mark
-    reason = " ".join(part for part in (exc.context, exc.problem) if part)
-    return YamlError(f"invalid YAML: {reason}{_hint(reason)}", mark.line + 1 if mark else None)
+    line = mark.line + 1 if mark else None
+    reason = ": ".join(part for part in (exc.context, exc.problem) if part)
+    source = text.splitlines()[line - 1] if line and text and line <= text.count("\n") + 1 else ""
+    return YamlError(f"invalid YAML: {reason}: {_fix(reason, source)}", line)
 
 
-def _hint(reason: str) -> str:
-    if "'\\t'" in reason:
-        return ": indent with spaces; YAML does not allow tabs"
+def _fix(reason: str, source_line: str) -> str:
+    if "\t" in source_line[: len(source_line) - len(source_line.lstrip())] or "'\\t'" in reason:
+        return "indent with spaces; YAML does not allow tabs"
     if "mapping values are not allowed here" in reason:
-        return ": check the indentation, and quote values that contain ': '"
-    if "could not find expected ':'" in reason or "expected <block end>" in reason:
-        return ": check the indentation of this line and the ones above it"
+        return "check the indentation, and quote values that contain ': '"
+    if "expected key" in reason or "expected ':'" in reason or "expected <block end>" in reason:
+        return "check the indentation of this line and the lines above it"
     if "found undefined alias" in reason:
-        return ": define the anchor (&name) before using it (*name)"
+        return "define the anchor (&name) before using it (*name)"
     if "expected a single document" in reason:
-        return ": keep one document per file (remove the extra '---')"
-    return ": fix the YAML syntax here"
+        return "keep one document per file (remove the extra '---')"
+    return "fix the YAML syntax here"

@@ -151,6 +151,11 @@ class AdsStream:
         if state is None:
             log.warning("unsupported type requested", extra={"type_url": type_url, "node": self.node_id})
             return
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("request", extra={
+                "node": self.node_id, "type": SHORT_TYPE[type_url], "nonce": request.response_nonce,
+                "names": len(request.resource_names_subscribe if self.delta else request.resource_names),
+                "error": request.error_detail.message})
         if self.delta:
             self._handle_delta(state, type_url, request)
         else:
@@ -314,6 +319,9 @@ class AdsStream:
         if changed_clusters:
             self._refresh_endpoints(changed_clusters, now)
         self._observer.sent(self, type_url, len(updates) + len(removals))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("response", extra={"node": self.node_id, "type": SHORT_TYPE[type_url], "nonce": nonce,
+                                         "updates": len(updates), "removals": len(removals)})
         if self.delta:
             return discovery_pb2.DeltaDiscoveryResponse(
                 type_url=type_url,

@@ -1,0 +1,175 @@
+"""The CLI as users type it, and ferry's process lifecycle: clean stops, no orphans, history kept."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ferry.envoy.process import envoy_binary
+
+from .ferry_process import HELLO_APP, FerryProcess
+from .helpers import wait_until
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def ferry_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ferry", *args], capture_output=True, text=True, cwd=cwd, timeout=60)
+
+
+def hello(message: str = "v1", initial: int = 1) -> str:
+    return f"""
+    hello:
+      template:
+        command: [{sys.executable}, {HELLO_APP}]
+        env: {{MESSAGE: {message}}}
+        readiness: {{path: /healthz}}
+        scale: {{initial: {initial}}}
+    """
+
+
+def test_validate_accepts_the_example_and_rejects_bad_files(tmp_path):
+    example = Path(__file__).resolve().parent.parent / "examples" / "hello" / "routes.yaml"
+    ok = ferry_cli("validate", str(example))
+    assert ok.returncode == 0, ok.stderr
+    assert "ok" in ok.stdout
+
+    bad = tmp_path / "routes.yaml"
+    bad.write_text(
+        "services:\n"
+        "  hello:\n"
+        "    template: {command: [python3, app.py]}\n"
+        "    traffic:\n"
+        "      - revision: hello-00007\n"
+        "        percent: 100\n"
+    )
+    result = ferry_cli("validate", str(bad))
+    assert result.returncode == 1
+    assert "routes.yaml:5" in result.stderr and "services.hello.traffic[0].revision" in result.stderr
+    assert "hello-00007" in result.stderr
+    assert not (tmp_path / ".ferry" / "state.db").exists()  # validate writes no state
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+def test_bootstrap_is_accepted_by_envoy(tmp_path, delta):
+    args = ["bootstrap", "--node-id", "edge-7", "--group", "edge", "--listen", "127.0.0.1:8181"]
+    result = ferry_cli(*args, *(["--delta"] if delta else []))
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    assert config["node"] == {"id": "edge-7", "cluster": "edge", "metadata": {"ferry.listen": "127.0.0.1:8181"}}
+    assert config["dynamic_resources"]["ads_config"]["api_type"] == ("DELTA_GRPC" if delta else "GRPC")
+    path = tmp_path / "bootstrap.yaml"
+    path.write_text(result.stdout)
+    check = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.fixture
+async def ferry(tmp_path):
+    processes: list[FerryProcess] = []
+
+    def make(**kwargs) -> FerryProcess:
+        process = FerryProcess(tmp_path, **kwargs)
+        processes.append(process)
+        return process
+
+    yield make
+    for process in processes:
+        await process.stop()
+
+
+async def test_apply_status_and_a_rejected_apply(ferry, tmp_path):
+    f = ferry()
+    f.write_routes(hello())
+    await f.start()
+    await f.wait_converged()
+    api = f"127.0.0.1:{f.api_port}"
+
+    other = tmp_path / "other.yaml"
+    other.write_text(f.routes.read_text().replace("hello:", "hola:", 1))
+    applied = await asyncio.to_thread(ferry_cli, "apply", str(other), "--api", api)
+    assert applied.returncode == 0, applied.stderr
+    await wait_until(lambda: _has_service(f, "hola"), 30, "the applied file's service")
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(f.routes.read_text().replace("hello:", "hola:", 1).replace("scale: {initial: 1}", "scale: {initial: -1}"))
+    rejected = await asyncio.to_thread(ferry_cli, "apply", str(broken), "--api", api)
+    assert rejected.returncode == 1
+    assert "broken.yaml" in rejected.stderr and "services.hola.template.scale.initial" in rejected.stderr
+    status = await f.status()
+    assert list(status["services"]) == ["hola"] and "broken.yaml" in status["config"]["last_error"]
+
+    table = await asyncio.to_thread(ferry_cli, "status", "--api", api)
+    assert table.returncode == 0
+    assert "hola" in table.stdout and "ferry-local" in table.stdout and "http://hola.localhost" in table.stdout
+    as_json = await asyncio.to_thread(ferry_cli, "status", "--api", api, "--json")
+    assert json.loads(as_json.stdout)["services"]["hola"]["latest_ready"] == "hola-00001"
+
+
+async def _has_service(f: FerryProcess, name: str) -> bool:
+    status = await f.status()
+    return name in status["services"] and status["services"][name]["routed"] and "hello" not in status["services"]
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return set()
+    return {int(p) for p in text.split()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["sigterm", "sigint", "sigkill"])
+async def test_stopping_ferry_leaves_no_process(ferry, sig):
+    f = ferry()
+    f.write_routes(hello(initial=2))
+    await f.start()
+    status = await f.wait_converged()
+    assert status["revisions"]["hello-00001"]["ready"] == 2
+    children = _children(f.proc.pid)
+    assert len(children) == 3, children  # Envoy and two instances
+    f.proc.send_signal(sig)
+    code = await asyncio.wait_for(f.proc.wait(), 30)
+    assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 0)
+    await wait_until(lambda: not any(_alive(p) for p in children), 15, f"children {children} to exit")
+
+
+async def test_restart_keeps_revision_history(ferry):
+    f = ferry()
+    f.write_routes(hello("v1"))
+    await f.start()
+    await f.wait_converged()
+    f.write_routes(hello("v2"))
+    await wait_until(lambda: _latest_ready(f, "hello-00002"), 30, "hello-00002 ready")
+    await f.stop()
+
+    f.write_routes(hello("v2"))  # the same template: no new revision
+    await f.start()
+    status = await f.wait_converged()
+    assert status["services"]["hello"]["latest_created"] == "hello-00002"
+    assert status["services"]["hello"]["latest_ready"] == "hello-00002"
+    f.write_routes(hello("v1"))  # an older template again is a new revision, as in Knative
+    await wait_until(lambda: _latest_ready(f, "hello-00003"), 30, "hello-00003 ready")
+
+
+async def _latest_ready(f: FerryProcess, name: str) -> bool:
+    return (await f.status())["services"]["hello"]["latest_ready"] == name
