@@ -32,14 +32,17 @@ def only(tmp_path: Path, text: str) -> Problem:
 
 
 def test_str_has_one_line_per_problem_with_file_line_and_path(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         services:
           hello:
             template: {command: [a], concurrency: -1}
             traffic:
               - latestRevision: true
                 percent: 101
-    """)
+    """,
+    )
     with pytest.raises(ConfigError) as info:
         load_routes(path)
     assert str(info.value).splitlines() == [
@@ -48,18 +51,25 @@ def test_str_has_one_line_per_problem_with_file_line_and_path(tmp_path: Path) ->
     ]
 
 
-def test_whole_document_problem_omits_the_path() -> None:
-    assert str(ConfigError("r.yaml", [Problem("", "boom", 1), Problem("a.b", "bad")])) == "r.yaml:1: boom\nr.yaml: a.b: bad"
+def test_unknown_parts_are_left_out_of_the_rendering() -> None:
+    assert (
+        str(ConfigError("r.yaml", [Problem("", "boom", 1), Problem("a.b", "bad")]))
+        == "r.yaml:1: boom\nr.yaml: a.b: bad"
+    )
+    assert str(ConfigError("", [Problem("a.b", "bad")])) == "a.b: bad"  # RevisionStore.plan knows no file
 
 
 def test_bad_yaml_syntax_reports_the_line(tmp_path: Path) -> None:
-    p = only(tmp_path, """
+    p = only(
+        tmp_path,
+        """
         services:
           hello:
             template:
               command: [a]
              bad: 1
-    """)
+    """,
+    )
     assert (p.path, p.line) == ("", 5)
     assert "invalid YAML" in p.message and "indentation" in p.message
 
@@ -76,25 +86,31 @@ def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
 
 
 def test_duplicate_keys_are_errors_not_silently_merged(tmp_path: Path) -> None:
-    p = only(tmp_path, """
+    p = only(
+        tmp_path,
+        """
         services:
           hello:
             template: {command: [a]}
           hello:
             template: {command: [b]}
-    """)
+    """,
+    )
     assert (p.path, p.line) == ("services", 4)
     assert "duplicate key 'hello'" in p.message
 
 
 def test_unknown_field_names_it_lists_allowed_and_guesses(tmp_path: Path) -> None:
-    p = only(tmp_path, """
+    p = only(
+        tmp_path,
+        """
         services:
           hello:
             template:
               command: [a]
               concurency: 3
-    """)
+    """,
+    )
     assert (p.path, p.line) == ("services.hello.template.concurency", 5)
     assert "unknown field 'concurency'" in p.message
     assert "did you mean 'concurrency'?" in p.message
@@ -102,7 +118,9 @@ def test_unknown_field_names_it_lists_allowed_and_guesses(tmp_path: Path) -> Non
 
 
 def test_unknown_top_level_and_traffic_fields(tmp_path: Path) -> None:
-    found = problems(tmp_path, """
+    found = problems(
+        tmp_path,
+        """
         servces: {}
         services:
           hello:
@@ -110,14 +128,17 @@ def test_unknown_top_level_and_traffic_fields(tmp_path: Path) -> None:
             traffic:
               - latestrevision: true
                 percent: 100
-    """)
+    """,
+    )
     assert [(p.path, p.line) for p in found] == [("servces", 1), ("services.hello.traffic[0].latestrevision", 6)]
     assert "did you mean 'services'?" in found[0].message
     assert "did you mean 'latestRevision'?" in found[1].message
 
 
 def test_wrong_types_are_named_with_the_value(tmp_path: Path) -> None:
-    found = problems(tmp_path, """
+    found = problems(
+        tmp_path,
+        """
         services:
           hello:
             template:
@@ -127,7 +148,8 @@ def test_wrong_types_are_named_with_the_value(tmp_path: Path) -> None:
             traffic:
               - latestRevision: "yes"
                 percent: 100
-    """)
+    """,
+    )
     by_path = {p.path: p for p in found}
     assert by_path["services.hello.template.concurrency"].message == "expected an integer, got 'abc'"
     assert by_path["services.hello.template.concurrency"].line == 5
@@ -138,7 +160,9 @@ def test_wrong_types_are_named_with_the_value(tmp_path: Path) -> None:
 
 
 def test_non_string_env_values_say_quote_it(tmp_path: Path) -> None:
-    found = problems(tmp_path, """
+    found = problems(
+        tmp_path,
+        """
         services:
           hello:
             template:
@@ -146,7 +170,8 @@ def test_non_string_env_values_say_quote_it(tmp_path: Path) -> None:
               env:
                 WORKERS: 4
                 DEBUG: yes
-    """)
+    """,
+    )
     assert [(p.path, p.line) for p in found] == [
         ("services.hello.template.env.WORKERS", 6),
         ("services.hello.template.env.DEBUG", 7),
@@ -156,28 +181,36 @@ def test_non_string_env_values_say_quote_it(tmp_path: Path) -> None:
 
 
 def test_reserved_env_names(tmp_path: Path) -> None:
-    p = only(tmp_path, """
+    p = only(
+        tmp_path,
+        """
         services:
           hello:
             template: {command: [a], env: {PORT: "80"}}
-    """)
+    """,
+    )
     assert p.path == "services.hello.template.env.PORT"
     assert "set by ferry" in p.message
 
 
 def test_command_written_as_a_string_gets_the_list_spelled_out(tmp_path: Path) -> None:
-    p = only(tmp_path, """
+    p = only(
+        tmp_path,
+        """
         services:
           hello:
             template:
               command: python app.py
-    """)
+    """,
+    )
     assert (p.path, p.line) == ("services.hello.template.command", 4)
     assert p.message == "expected a list, got 'python app.py': write it as a YAML list, e.g. [python, app.py]"
 
 
 def test_percents_must_sum_to_100(tmp_path: Path) -> None:
-    p = only(tmp_path, """
+    p = only(
+        tmp_path,
+        """
         services:
           hello:
             template: {command: [a]}
@@ -186,7 +219,8 @@ def test_percents_must_sum_to_100(tmp_path: Path) -> None:
                 percent: 90
               - latestRevision: true
                 percent: 20
-    """)
+    """,
+    )
     assert (p.path, p.line) == ("services.hello.traffic", 4)
     assert p.message == (
         "percents sum to 110, they must sum to exactly 100: adjust the percents of services.hello.traffic"
@@ -194,24 +228,30 @@ def test_percents_must_sum_to_100(tmp_path: Path) -> None:
 
 
 def test_empty_traffic_block(tmp_path: Path) -> None:
-    p = only(tmp_path, """
+    p = only(
+        tmp_path,
+        """
         services:
           hello:
             template: {command: [a]}
             traffic: []
-    """)
+    """,
+    )
     assert p.path == "services.hello.traffic" and "traffic is empty" in p.message
 
 
 def test_percent_out_of_range(tmp_path: Path) -> None:
-    found = problems(tmp_path, """
+    found = problems(
+        tmp_path,
+        """
         services:
           hello:
             template: {command: [a]}
             traffic:
               - {latestRevision: true, percent: 110}
               - {revision: hello-00001, percent: -10}
-    """)
+    """,
+    )
     assert [(p.path, p.line, p.message) for p in found] == [
         ("services.hello.traffic[0].percent", 5, "must be 100 or less, got 110"),
         ("services.hello.traffic[1].percent", 6, "must be 0 or more, got -10"),
@@ -219,41 +259,53 @@ def test_percent_out_of_range(tmp_path: Path) -> None:
 
 
 def test_duplicate_tag(tmp_path: Path) -> None:
-    p = only(tmp_path, """
+    p = only(
+        tmp_path,
+        """
         services:
           hello:
             template: {command: [a]}
             traffic:
               - {latestRevision: true, percent: 100, tag: current}
               - {revision: hello-00001, tag: current}
-    """)
+    """,
+    )
     assert (p.path, p.line) == ("services.hello.traffic[1].tag", 6)
     assert "tag 'current' is already used by traffic[0]" in p.message and "unique" in p.message
 
 
 def test_invalid_tag(tmp_path: Path) -> None:
-    found = problems(tmp_path, """
+    found = problems(
+        tmp_path,
+        """
         services:
           hello:
             template: {command: [a]}
             traffic:
               - {latestRevision: true, percent: 100, tag: Canary}
               - {revision: hello-00001, tag: 1st}
-    """)
-    assert [(p.path, p.line) for p in found] == [("services.hello.traffic[0].tag", 5), ("services.hello.traffic[1].tag", 6)]
+    """,
+    )
+    assert [(p.path, p.line) for p in found] == [
+        ("services.hello.traffic[0].tag", 5),
+        ("services.hello.traffic[1].tag", 6),
+    ]
     assert "invalid tag 'Canary' (try 'canary')" in found[0].message
     assert "invalid tag '1st'" in found[1].message and "starting with a letter" in found[1].message
 
 
 def test_tag_host_label_too_long(tmp_path: Path) -> None:
     tag = "t" * 60
-    p = only(tmp_path, f"""
+    p = only(
+        tmp_path,
+        f"""
         services:
           hello:
             template: {{command: [a]}}
             traffic:
               - {{latestRevision: true, percent: 100, tag: {tag}}}
-    """)
+    """,
+    )
     assert p.path == "services.hello.traffic[0].tag" and "at most 63" in p.message and "66 characters" in p.message
 
 
@@ -266,19 +318,24 @@ def test_tag_host_label_too_long(tmp_path: Path) -> None:
     ],
 )
 def test_target_names_exactly_one_revision(tmp_path: Path, target: str, words: str) -> None:
-    p = only(tmp_path, f"""
+    p = only(
+        tmp_path,
+        f"""
         services:
           hello:
             template: {{command: [a]}}
             traffic:
               - {target}
-    """)
+    """,
+    )
     assert (p.path, p.line) == ("services.hello.traffic[0]", 5)
     assert words in p.message and "latestRevision: true" in p.message
 
 
 def test_two_untagged_targets_on_one_revision(tmp_path: Path) -> None:
-    found = problems(tmp_path, """
+    found = problems(
+        tmp_path,
+        """
         services:
           hello:
             template: {command: [a]}
@@ -288,10 +345,12 @@ def test_two_untagged_targets_on_one_revision(tmp_path: Path) -> None:
               - {latestRevision: true, percent: 20}
               - {latestRevision: true, percent: 10}
               - {revision: hello-00001, tag: old}
-    """)
+    """,
+    )
     assert [(p.path, p.line) for p in found] == [("services.hello.traffic[1]", 6), ("services.hello.traffic[3]", 8)]
     assert found[0].message == (
-        "traffic[0] already sends untagged traffic to revision hello-00001: merge the two targets into one with percent: 70"
+        "traffic[0] already sends untagged traffic to revision hello-00001: "
+        "merge the two targets into one with percent: 70"
     )
     assert "the latest ready revision" in found[1].message
 
@@ -304,40 +363,54 @@ def test_two_untagged_targets_on_one_revision(tmp_path: Path) -> None:
     ],
 )
 def test_exactly_one_of_command_and_endpoints(tmp_path: Path, template: str, words: str) -> None:
-    p = only(tmp_path, f"""
+    p = only(
+        tmp_path,
+        f"""
         services:
           hello:
             template: {template}
-    """)
+    """,
+    )
     assert (p.path, p.line) == ("services.hello.template", 3)
     assert words in p.message
 
 
 def test_empty_command_and_endpoints(tmp_path: Path) -> None:
-    found = problems(tmp_path, """
+    found = problems(
+        tmp_path,
+        """
         services:
           hello:
             template: {command: []}
           world:
             template: {endpoints: []}
-    """)
-    assert [(p.path, p.line) for p in found] == [("services.hello.template.command", 3), ("services.world.template.endpoints", 5)]
+    """,
+    )
+    assert [(p.path, p.line) for p in found] == [
+        ("services.hello.template.command", 3),
+        ("services.world.template.endpoints", 5),
+    ]
     assert found[0].message == "command is empty: give the program and its arguments, e.g. [python, app.py]"
     assert "endpoints is empty" in found[1].message
 
 
 def test_missing_template(tmp_path: Path) -> None:
-    p = only(tmp_path, """
+    p = only(
+        tmp_path,
+        """
         services:
           hello:
             hosts: [hello.example.com]
-    """)
+    """,
+    )
     assert (p.path, p.line) == ("services.hello.template", 2)  # the nearest line that exists
     assert p.message == "required field 'template' is missing: add it"
 
 
 def test_host_claimed_by_two_services_names_both(tmp_path: Path) -> None:
-    p = only(tmp_path, """
+    p = only(
+        tmp_path,
+        """
         services:
           hello:
             hosts: [www.example.com]
@@ -345,14 +418,17 @@ def test_host_claimed_by_two_services_names_both(tmp_path: Path) -> None:
           world:
             hosts: [api.example.com, www.example.com]
             template: {command: [a]}
-    """)
+    """,
+    )
     assert (p.path, p.line) == ("services.world.hosts[1]", 6)
     assert "host www.example.com is claimed by both service hello" in p.message
     assert "services.hello.hosts[0]" in p.message and "service world" in p.message
 
 
 def test_tag_host_colliding_with_a_service_host(tmp_path: Path) -> None:
-    p = only(tmp_path, """
+    p = only(
+        tmp_path,
+        """
         gateway: {domain: example.com}
         services:
           hello:
@@ -361,29 +437,36 @@ def test_tag_host_colliding_with_a_service_host(tmp_path: Path) -> None:
               - {latestRevision: true, percent: 100, tag: canary}
           canary-hello:
             template: {command: [a]}
-    """)
+    """,
+    )
     assert (p.path, p.line) == ("services.canary-hello", 7)
     assert "host canary-hello.example.com is claimed by both service hello (the host of its tag)" in p.message
     assert "services.hello.traffic[0].tag" in p.message
 
 
 def test_extra_host_repeating_the_service_host(tmp_path: Path) -> None:
-    p = only(tmp_path, """
+    p = only(
+        tmp_path,
+        """
         services:
           hello:
             hosts: [hello.localhost]
             template: {command: [a]}
-    """)
+    """,
+    )
     assert p.path == "services.hello.hosts[0]" and "claimed by both service hello (its own host)" in p.message
 
 
 def test_hosts_must_be_dns_names_without_port(tmp_path: Path) -> None:
-    found = problems(tmp_path, """
+    found = problems(
+        tmp_path,
+        """
         services:
           hello:
             hosts: ["www.example.com:8080", Www.Example.com, "bad_host.com"]
             template: {command: [a]}
-    """)
+    """,
+    )
     assert [p.path for p in found] == ["services.hello.hosts[0]", "services.hello.hosts[1]", "services.hello.hosts[2]"]
     assert "has a port" in found[0].message and "'www.example.com'" in found[0].message
     assert "lowercase" in found[1].message
@@ -407,14 +490,17 @@ def test_gateway_listen(tmp_path: Path, listen: str, words: str) -> None:
 
 
 def test_endpoint_ports(tmp_path: Path) -> None:
-    p = only(tmp_path, """
+    p = only(
+        tmp_path,
+        """
         services:
           hello:
             template:
               endpoints:
                 - 127.0.0.1:9001
                 - 127.0.0.1:99999
-    """)
+    """,
+    )
     assert (p.path, p.line) == ("services.hello.template.endpoints[1]", 6)
     assert "port 99999" in p.message and "1 to 65535" in p.message
 
@@ -430,42 +516,56 @@ def test_endpoint_ports(tmp_path: Path) -> None:
     ],
 )
 def test_invalid_durations(tmp_path: Path, timeout: str, words: str) -> None:
-    p = only(tmp_path, f"""
+    p = only(
+        tmp_path,
+        f"""
         services:
           hello:
             template:
               command: [a]
               timeout: {timeout}
-    """)
+    """,
+    )
     assert (p.path, p.line) == ("services.hello.template.timeout", 5)
     assert words in p.message
 
 
 @pytest.mark.parametrize("name", ["Hello", "1hello", "hello_world", "hello-", "h" * 64])
 def test_invalid_service_names(tmp_path: Path, name: str) -> None:
-    p = only(tmp_path, f"""
+    p = only(
+        tmp_path,
+        f"""
         services:
           {name}:
             template: {{command: [a]}}
-    """)
+    """,
+    )
     assert (p.path, p.line) == (f"services.{name}", 2)
     assert f"invalid service name '{name}'" in p.message and "lowercase letters" in p.message
 
 
 def test_template_name_needs_the_service_prefix(tmp_path: Path) -> None:
-    p = only(tmp_path, """
+    p = only(
+        tmp_path,
+        """
         services:
           hello:
             template:
               name: world-v2
               command: [a]
-    """)
+    """,
+    )
     assert (p.path, p.line) == ("services.hello.template.name", 4)
-    assert p.message == "revision name 'world-v2' must start with 'hello-' (the service name and a dash), e.g. 'hello-world-v2'"
+    assert (
+        p.message
+        == "revision name 'world-v2' must start with 'hello-' (the service name and a dash), e.g. 'hello-world-v2'"
+    )
 
 
 def test_scale_bounds_and_metric(tmp_path: Path) -> None:
-    found = problems(tmp_path, """
+    found = problems(
+        tmp_path,
+        """
         services:
           hello:
             template:
@@ -475,7 +575,8 @@ def test_scale_bounds_and_metric(tmp_path: Path) -> None:
             template:
               command: [a]
               scale: {metric: cpu, target: 0}
-    """)
+    """,
+    )
     assert [(p.path, p.line) for p in found] == [
         ("services.hello.template.scale", 5),
         ("services.world.template.scale.target", 9),
@@ -487,17 +588,22 @@ def test_scale_bounds_and_metric(tmp_path: Path) -> None:
 
 
 def test_readiness_path_must_be_absolute(tmp_path: Path) -> None:
-    p = only(tmp_path, """
+    p = only(
+        tmp_path,
+        """
         services:
           hello:
             template: {command: [a], readiness: {path: healthz}}
-    """)
+    """,
+    )
     assert p.path == "services.hello.template.readiness.path" and "write '/healthz'" in p.message
 
 
 def test_all_problems_are_collected_in_one_pass(tmp_path: Path) -> None:
     """Type errors in one service do not hide relationship errors in another, and lines come in file order."""
-    found = problems(tmp_path, """
+    found = problems(
+        tmp_path,
+        """
         gateway:
           listen: 127.0.0.1:0
         services:
@@ -510,7 +616,8 @@ def test_all_problems_are_collected_in_one_pass(tmp_path: Path) -> None:
           other:
             hosts: [world.localhost]
             template: {command: [a]}
-    """)
+    """,
+    )
     assert [(p.path, p.line) for p in found] == [
         ("gateway.listen", 2),
         ("services.hello.template.timeout", 5),
@@ -539,7 +646,9 @@ def test_alias_cycles_and_bombs_are_refused(tmp_path: Path) -> None:
 
 
 def test_unknown_revision_reference_lists_known_ones(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         services:
           hello:
             template: {command: [a]}
@@ -550,10 +659,10 @@ def test_unknown_revision_reference_lists_known_ones(tmp_path: Path) -> None:
                 percent: 50
               - revision: hello-00001
                 percent: 50
-    """)
-    with RevisionStore(tmp_path / ".ferry" / "state.db") as store:
-        with pytest.raises(ConfigError) as info:
-            validate(load_routes(path), store)
+    """,
+    )
+    with RevisionStore(tmp_path / ".ferry" / "state.db") as store, pytest.raises(ConfigError) as info:
+        validate(load_routes(path), store)
     assert info.value.file == str(path)
     found = info.value.problems
     assert [(p.path, p.line) for p in found] == [
@@ -568,11 +677,14 @@ def test_unknown_revision_reference_lists_known_ones(tmp_path: Path) -> None:
 
 
 def test_byo_revision_name_conflict_has_a_line(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         services:
           hello:
             template: {name: hello-v2, command: [a]}
-    """)
+    """,
+    )
     with RevisionStore(tmp_path / "state.db") as store:
         store.commit(validate(load_routes(path), store))
         path.write_text(path.read_text().replace("[a]", "[b]"))
@@ -588,7 +700,13 @@ def test_byo_revision_name_conflict_has_a_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "loc",
-    [(), ("services",), ("services", "hello", "traffic", 1, "percent"), ("services", "my.svc", "hosts", 0), ("a b", 'q"x')],
+    [
+        (),
+        ("services",),
+        ("services", "hello", "traffic", 1, "percent"),
+        ("services", "my.svc", "hosts", 0),
+        ("a b", 'q"x'),
+    ],
 )
 def test_paths_round_trip(loc: tuple[str | int, ...]) -> None:
     assert parse_path(format_path(loc)) == loc

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ferry.routing import ConfigError, RevisionStore, RoutesFile, ServiceSpec, Template, TrafficTarget
-from ferry.routing.revisions import template_digest
+from ferry.routing.revisions import default_store_path, template_digest
 
 
 def routes(**templates: Template) -> RoutesFile:
@@ -126,11 +126,18 @@ def test_commit_is_all_or_nothing(store: RevisionStore) -> None:
 
 def test_check_references(store: RevisionStore) -> None:
     apply(store, routes(hello=V1))
-    spec = RoutesFile(services={"hello": ServiceSpec(template=V2, traffic=(
-        TrafficTarget(revision="hello-00001", percent=50),
-        TrafficTarget(revision="hello-00002", percent=40),  # created by this very plan
-        TrafficTarget(revision="hello-00009", percent=10),
-    ))})
+    spec = RoutesFile(
+        services={
+            "hello": ServiceSpec(
+                template=V2,
+                traffic=(
+                    TrafficTarget(revision="hello-00001", percent=50),
+                    TrafficTarget(revision="hello-00002", percent=40),  # created by this very plan
+                    TrafficTarget(revision="hello-00009", percent=10),
+                ),
+            )
+        }
+    )
     plan = store.plan(spec)
     (problem,) = store.check_references(spec, plan)
     assert problem.path == "services.hello.traffic[2].revision"
@@ -145,3 +152,7 @@ def test_digest_ignores_env_order_and_spelled_out_defaults() -> None:
     b = Template(command=["a"], env={"Y": "2", "X": "1"}, timeout="5m", scale={"metric": "concurrency"})
     assert template_digest(a) == template_digest(b)
     assert template_digest(a) != template_digest(a.model_copy(update={"concurrency": 1}))
+
+
+def test_default_store_path_is_beside_the_routes_file(tmp_path: Path) -> None:
+    assert default_store_path(tmp_path / "routes.yaml") == tmp_path / ".ferry" / "state.db"

@@ -49,8 +49,10 @@ def test_ten_thousand_services_load_and_plan(tmp_path: Path) -> None:
 
 
 def test_one_bad_service_among_ten_thousand_is_found_with_its_line(tmp_path: Path) -> None:
-    text = many_services(N).replace("svc-07777:\n    template:\n      endpoints:\n        - 127.0.0.1:9777",
-                                    "svc-07777:\n    template:\n      endpoints:\n        - 127.0.0.1:0")
+    text = many_services(N).replace(
+        "svc-07777:\n    template:\n      endpoints:\n        - 127.0.0.1:9777",
+        "svc-07777:\n    template:\n      endpoints:\n        - 127.0.0.1:0",
+    )
     with pytest.raises(ConfigError) as info:
         load_routes(tmp_path / "routes.yaml", text=text)
     (problem,) = info.value.problems

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
+from pydantic import ValidationError
 
 from ferry.routing import (
     Gateway,
@@ -83,6 +85,15 @@ def test_text_is_validated_instead_of_the_file(tmp_path: Path) -> None:
     assert loaded.path == tmp_path / "absent.yaml" and "hello" in loaded.spec.services
 
 
+def test_unchanged_content_returns_the_previous_load(tmp_path: Path) -> None:
+    path = tmp_path / "routes.yaml"
+    path.write_text(EXAMPLE)
+    first = load_routes(path)
+    assert load_routes(path, previous=first) is first
+    changed = load_routes(path, text=EXAMPLE.replace("300s", "30s"), previous=first)
+    assert changed is not first and changed.spec.services["hello"].template.timeout == 30.0
+
+
 def test_relative_path_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     loaded = load_routes("routes.yaml", text="")
@@ -143,7 +154,16 @@ services:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("300s", 300.0), ("1.5s", 1.5), ("500ms", 0.5), ("2m", 120.0), ("1h", 3600.0), ("1m30s", 90.0), (".5s", 0.5), (45, 45.0)],
+    [
+        ("300s", 300.0),
+        ("1.5s", 1.5),
+        ("500ms", 0.5),
+        ("2m", 120.0),
+        ("1h", 3600.0),
+        ("1m30s", 90.0),
+        (".5s", 0.5),
+        (45, 45.0),
+    ],
 )
 def test_durations(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == seconds
@@ -155,7 +175,7 @@ def test_models_are_frozen_hashable_and_compare_by_value() -> None:
     b = Template(command=("app",), env={"B": "2", "A": "1"})
     assert a == b and hash(a) == hash(b) and len({a, b}) == 1
     assert a != Template(command=("app",), env={"A": "1"})
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         a.concurrency = 3  # type: ignore[misc]
     spec = RoutesFile(services={"hello": ServiceSpec(template=a)})
     assert hash(spec) == hash(RoutesFile(services={"hello": ServiceSpec(template=b)}))
@@ -174,3 +194,10 @@ def test_service_and_tag_hosts() -> None:
     assert service_hosts("hello", spec, gateway) == ["hello.example.com", "hello.example.org", "www.example.org"]
     assert tag_host("canary", "hello", gateway) == "canary-hello.example.com"
     assert service_hosts("hello", ServiceSpec(template=Template(command=["a"])), Gateway()) == ["hello.localhost"]
+
+
+def test_dumped_spec_loads_back_equal(tmp_path: Path) -> None:
+    """model_dump(mode="json") writes YAML that loads to the same spec (what an API GET would return)."""
+    spec = load_routes(tmp_path / "r.yaml", text=EXAMPLE).spec
+    dumped = yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+    assert load_routes(tmp_path / "r.yaml", text=dumped).spec == spec

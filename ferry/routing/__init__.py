@@ -2,7 +2,7 @@
 
 from .errors import ConfigError, Problem
 from .loader import LoadedRoutes, load_routes, validate
-from .revisions import Revision, RevisionPlan, RevisionStore
+from .revisions import Revision, RevisionPlan, RevisionStore, default_store_path
 from .schema import (
     Gateway,
     HostPort,
@@ -35,6 +35,7 @@ __all__ = [
     "Template",
     "TrafficTarget",
     "Unresolved",
+    "default_store_path",
     "load_routes",
     "resolve_traffic",
     "service_hosts",

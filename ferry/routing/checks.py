@@ -6,7 +6,7 @@ can run them even when other parts of the file are broken.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from .errors import Problem, format_path
 from .schema import Gateway, ServiceSpec, TrafficTarget, service_hosts, tag_host
@@ -45,13 +45,18 @@ def check_traffic(service: str, traffic: tuple[TrafficTarget, ...]) -> list[Prob
     total = sum(t.percent for t in traffic)
     if not traffic:
         problems.append(
-            Problem(format_path(base), "traffic is empty: add targets whose percents sum to 100, or remove "
-                    "traffic to send 100% to the latest ready revision")
+            Problem(
+                format_path(base),
+                "traffic is empty: add targets whose percents sum to 100, or remove "
+                "traffic to send 100% to the latest ready revision",
+            )
         )
     elif total != 100:
         problems.append(
-            Problem(format_path(base), f"percents sum to {total}, they must sum to exactly 100: "
-                    f"adjust the percents of {format_path(base)}")
+            Problem(
+                format_path(base),
+                f"percents sum to {total}, they must sum to exactly 100: adjust the percents of {format_path(base)}",
+            )
         )
     tags: dict[str, int] = {}
     untagged: dict[str | None, int] = {}  # revision (None = latestRevision) -> first index sending it untagged traffic
@@ -60,14 +65,20 @@ def check_traffic(service: str, traffic: tuple[TrafficTarget, ...]) -> list[Prob
             first = tags.setdefault(target.tag, i)
             if first != i:
                 problems.append(
-                    Problem(format_path((*base, i, "tag")), f"tag {target.tag!r} is already used by traffic[{first}]: "
-                            "tags must be unique within a service: rename or remove one")
+                    Problem(
+                        format_path((*base, i, "tag")),
+                        f"tag {target.tag!r} is already used by traffic[{first}]: "
+                        "tags must be unique within a service: rename or remove one",
+                    )
                 )
             label = f"{target.tag}-{service}"
             if len(label) > 63:
                 problems.append(
-                    Problem(format_path((*base, i, "tag")), f"the tag's host starts with {label!r}, {len(label)} "
-                            "characters; a DNS label holds at most 63: shorten the tag")
+                    Problem(
+                        format_path((*base, i, "tag")),
+                        f"the tag's host starts with {label!r}, {len(label)} "
+                        "characters; a DNS label holds at most 63: shorten the tag",
+                    )
                 )
             continue
         first = untagged.setdefault(target.revision, i)
@@ -75,8 +86,11 @@ def check_traffic(service: str, traffic: tuple[TrafficTarget, ...]) -> list[Prob
             what = f"revision {target.revision}" if target.revision else "the latest ready revision"
             merged = traffic[first].percent + target.percent
             problems.append(
-                Problem(format_path((*base, i)), f"traffic[{first}] already sends untagged traffic to {what}: "
-                        f"merge the two targets into one with percent: {merged}")
+                Problem(
+                    format_path((*base, i)),
+                    f"traffic[{first}] already sends untagged traffic to {what}: "
+                    f"merge the two targets into one with percent: {merged}",
+                )
             )
     return problems
 
@@ -90,8 +104,11 @@ def check_hosts(gateway: Gateway, services: Mapping[str, ServiceSpec]) -> list[P
         first = owners.setdefault(host, loc)
         if first is not loc:
             problems.append(
-                Problem(format_path(loc), f"host {host} is claimed by both {_claimant(first)} at {format_path(first)} "
-                        f"and {_claimant(loc)}: a host routes to one service only: remove or rename one")
+                Problem(
+                    format_path(loc),
+                    f"host {host} is claimed by both {_claimant(first)} at {format_path(first)} "
+                    f"and {_claimant(loc)}: a host routes to one service only: remove or rename one",
+                )
             )
 
     for name, spec in services.items():

@@ -28,4 +28,3 @@ def parse_duration(value: object) -> float:
     if not text or pos != len(text):
         raise ValueError(f"invalid duration {value!r}: write a number with a unit, {EXAMPLES}")
     return total
-

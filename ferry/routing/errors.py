@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 # A location inside the YAML document: mapping keys and sequence indexes, outermost first.
 Loc = tuple[str | int, ...]
@@ -25,8 +25,9 @@ class Problem:
     line: int | None = None  # 1-based line in the file, when known
 
     def render(self, file: str) -> str:
+        """'<file>:<line>: <path>: <message>', leaving out the parts that are unknown or empty."""
         where = f"{file}:{self.line}" if self.line is not None else file
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        return ": ".join(part for part in (where, self.path, self.message) if part)
 
 
 class ConfigError(Exception):

@@ -99,7 +99,7 @@ def _quote_hint(value: Any) -> str:
     if isinstance(value, bool):
         return ": YAML reads unquoted yes/no/on/off/true/false as booleans: put the value in quotes"
     if isinstance(value, (int, float)):
-        return f": YAML reads it as a number: put it in quotes, e.g. \"{value}\""
+        return f': YAML reads it as a number: put it in quotes, e.g. "{value}"'
     return ""
 
 
@@ -149,4 +149,3 @@ def _unwrap(tp: Any) -> Any:
             tp = next(a for a in typing.get_args(tp) if a is not type(None))
         else:
             return tp
-

@@ -9,7 +9,9 @@ import re
 
 _LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _HOST_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-LABEL_RULE = "lowercase letters, digits and '-', starting with a letter and ending with a letter or digit, at most 63 characters"
+LABEL_RULE = (
+    "lowercase letters, digits and '-', starting with a letter and ending with a letter or digit, at most 63 characters"
+)
 
 
 def dns_label(value: str, what: str, max_length: int = 63) -> str:
@@ -25,7 +27,7 @@ def host_name(value: str, what: str) -> str:
     """A DNS name (RFC 1123) without a port: what a client puts in the Host header, minus the port."""
     if ":" in value and not value.startswith("["):
         bare = value.rsplit(":", 1)[0]
-        return _invalid(f"{what} {value!r} has a port; hosts match with or without the port: write {bare!r}")
+        return _invalid(f"{what} {value!r} has a port; a host here is a name without a port: write {bare!r}")
     if value != value.lower():
         return _invalid(f"invalid {what} {value!r}: host names are lowercase here: write {value.lower()!r}")
     labels = value.split(".")

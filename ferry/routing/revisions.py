@@ -11,10 +11,11 @@ import hashlib
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import NamedTuple
 
 from .errors import ConfigError, Problem, format_path
 from .schema import RoutesFile, Template
@@ -48,6 +49,15 @@ class Revision:
     created_at: float
 
 
+class _Newest(NamedTuple):
+    """A service's newest revision, without its template."""
+
+    name: str
+    generation: int
+    digest: str
+    created_at: float
+
+
 @dataclass(frozen=True)
 class RevisionPlan:
     """Per service, the revision its current template maps to (existing or to be created), and which are new."""
@@ -67,6 +77,11 @@ def template_digest(template: Template) -> str:
     return hashlib.sha256(canonical_template(template).encode()).hexdigest()
 
 
+def default_store_path(routes_path: Path) -> Path:
+    """Where the revision history of a routes file lives unless told otherwise: .ferry/state.db beside it."""
+    return Path(routes_path).absolute().parent / ".ferry" / "state.db"
+
+
 def revision_name(service: str, generation: int) -> str:
     return f"{service}-{generation:05d}"
 
@@ -74,7 +89,7 @@ def revision_name(service: str, generation: int) -> str:
 class RevisionStore:
     """Owned by one process at a time for writes; other processes (`ferry validate`) may read concurrently."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path | str):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -105,42 +120,64 @@ class RevisionStore:
 
     def draft(self, spec: RoutesFile) -> tuple[RevisionPlan, list[Problem]]:
         """plan() without raising: a plan for the services that have no problem, and the problems."""
-        latest = self._latest_rows()
+        newest = self._newest_revisions()
         current: dict[str, Revision] = {}
-        new: list[Revision] = []
-        planned: dict[str, Revision] = {}  # names this plan creates
+        planned: dict[str, Revision] = {}  # the new revisions, by name
         problems: list[Problem] = []
         now = time.time()
         for service, service_spec in spec.services.items():
             template = service_spec.template
             digest = template_digest(template)
-            row = latest.get(service)  # (name, generation, digest, created_at) of the newest revision
-            generation = row[1] + 1 if row else 1
-            if template.name is None:
-                if row is not None and row[2] == digest:
-                    current[service] = Revision(service, row[0], row[1], digest, template, row[3])
-                    continue
-                while self._owner(name := revision_name(service, generation)) or name in planned:
-                    generation += 1  # taken by a revision named by hand: skip the number, never reuse it
+            existing = self._existing(service, template, digest, newest.get(service), planned)
+            if isinstance(existing, Problem):
+                problems.append(existing)
+            elif existing is not None:
+                current[service] = existing
             else:
-                name = template.name
-                existing = planned.get(name) or self.get(name)
-                if existing is not None:
-                    where = format_path(("services", service, "template", "name"))
-                    if existing.service != service:
-                        problems.append(Problem(where, f"revision {name} already belongs to service "
-                                                f"{existing.service}: choose another template.name"))
-                    elif existing.digest != digest:
-                        problems.append(Problem(where, f"revision {name} already exists with a different template; "
-                                                "revisions are immutable: choose a new template.name or remove it"))
-                    else:
-                        current[service] = Revision(service, name, existing.generation, digest, template,
-                                                    existing.created_at)
-                    continue
-            revision = Revision(service, name, generation, digest, template, now)
-            current[service] = planned[name] = revision
-            new.append(revision)
-        return RevisionPlan(current, tuple(new)), problems
+                revision = self._next(service, template, digest, newest.get(service), planned, now)
+                current[service] = planned[revision.name] = revision
+        return RevisionPlan(current, tuple(planned.values())), problems
+
+    def _existing(
+        self, service: str, template: Template, digest: str, newest: _Newest | None, planned: dict[str, Revision]
+    ) -> Revision | Problem | None:
+        """The revision the template already is (None: it needs a new one), or why it cannot be applied."""
+        if template.name is None:
+            if newest is not None and newest.digest == digest:  # re-applied unchanged
+                return Revision(service, newest.name, newest.generation, digest, template, newest.created_at)
+            return None  # new, or changed, or back to an older template: Knative makes a new revision
+        named = planned.get(template.name) or self.get(template.name)
+        if named is None:
+            return None
+        where = format_path(("services", service, "template", "name"))
+        if named.service != service:
+            return Problem(
+                where, f"revision {named.name} already belongs to service {named.service}: choose another template.name"
+            )
+        if named.digest != digest:
+            return Problem(
+                where,
+                f"revision {named.name} already exists with a different template; revisions are immutable: "
+                "choose a new template.name or remove it",
+            )
+        return Revision(service, named.name, named.generation, digest, template, named.created_at)
+
+    def _next(
+        self,
+        service: str,
+        template: Template,
+        digest: str,
+        newest: _Newest | None,
+        planned: dict[str, Revision],
+        now: float,
+    ) -> Revision:
+        """A new revision: the service's next generation, named by template.name or <service>-<generation>."""
+        generation = newest.generation + 1 if newest else 1
+        if template.name is not None:
+            return Revision(service, template.name, generation, digest, template, now)
+        while self._owner(name := revision_name(service, generation)) or name in planned:
+            generation += 1  # taken by a revision named by hand: skip the number rather than fail
+        return Revision(service, name, generation, digest, template, now)
 
     def check_references(self, spec: RoutesFile, plan: RevisionPlan) -> list[Problem]:
         """Every `revision:` in traffic must name a revision of that service, stored or about to be."""
@@ -156,18 +193,23 @@ class RevisionStore:
                     continue
                 where = format_path(("services", service, "traffic", i, "revision"))
                 if owner is not None:
-                    message = (f"revision {name} belongs to service {owner}, not {service}: "
-                               f"name a revision of {service} or use latestRevision: true")
+                    message = (
+                        f"revision {name} belongs to service {owner}, not {service}: "
+                        f"name a revision of {service} or use latestRevision: true"
+                    )
                 else:
-                    message = (f"revision {name} does not exist for service {service}; "
-                               f"{self._known(service, plan)}: name one of them or use latestRevision: true")
+                    message = (
+                        f"revision {name} does not exist for service {service}; "
+                        f"{self._known(service, plan)}: name one of them or use latestRevision: true"
+                    )
                 problems.append(Problem(where, message))
         return problems
 
     def commit(self, plan: RevisionPlan) -> None:
         """Insert the plan's new revisions, all or none."""
-        rows = [(r.name, r.service, r.generation, r.digest, canonical_template(r.template), r.created_at)
-                for r in plan.new]
+        rows = [
+            (r.name, r.service, r.generation, r.digest, canonical_template(r.template), r.created_at) for r in plan.new
+        ]
         try:
             with _transaction(self._db):
                 self._db.executemany("INSERT INTO revisions VALUES (?, ?, ?, ?, ?, ?)", rows)
@@ -205,20 +247,24 @@ class RevisionStore:
 
     # -- helpers ------------------------------------------------------------------------------------
 
-    def _latest_rows(self) -> dict[str, tuple[str, int, str, float]]:
+    def _newest_revisions(self) -> dict[str, _Newest]:
         # SQLite returns the other columns from the row holding MAX(generation).
         rows = self._db.execute(
             "SELECT service, name, MAX(generation), digest, created_at FROM revisions GROUP BY service"
         )
-        return {service: (name, generation, digest, created) for service, name, generation, digest, created in rows}
+        return {service: _Newest(*rest) for service, *rest in rows}
 
     def _owner(self, name: str) -> str | None:
         row = self._db.execute("SELECT service FROM revisions WHERE name = ?", (name,)).fetchone()
         return row[0] if row else None
 
     def _known(self, service: str, plan: RevisionPlan) -> str:
-        names = [name for (name,) in self._db.execute(
-            "SELECT name FROM revisions WHERE service = ? ORDER BY generation", (service,))]
+        names = [
+            name
+            for (name,) in self._db.execute(
+                "SELECT name FROM revisions WHERE service = ? ORDER BY generation", (service,)
+            )
+        ]
         names += [r.name for r in plan.new if r.service == service]
         if not names:
             return f"service {service} has no revisions"

