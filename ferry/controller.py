@@ -116,8 +116,8 @@ class Controller:
                 current = plan.current[name]
                 if service is None:
                     service = self.services[name] = ServiceRuntime(name, spec, current)
-                elif service.spec is spec and service.current == current and not gateway_changed:
-                    continue
+                elif service.spec == spec and service.current == current and not gateway_changed:
+                    continue  # untouched: a one-service edit reconciles one service
                 service.spec, service.current = spec, current
                 if gateway_changed:
                     service.routes = ()  # hosts derive from the domain: rebuild
