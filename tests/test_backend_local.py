@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-import inspect
 import logging
 import os
 import re
@@ -19,6 +18,8 @@ import pytest
 
 from ferry.backends.base import Endpoint, InstanceCounts, Workload
 from ferry.backends.local import LocalProcessBackend
+
+from .helpers import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -52,19 +53,6 @@ class Recorder:
 
     async def drain(self, revision: str, ep: Endpoint) -> None:
         self.events.append(("drain", revision, ep))
-
-
-async def eventually(pred, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        ok = pred()
-        if inspect.isawaitable(ok):
-            ok = await ok
-        if ok:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def pid_alive(pid: int) -> bool:
@@ -127,7 +115,7 @@ async def test_scale_up_serves_its_revision_with_the_env_contract(make_backend, 
     wl = workload(MESSAGE="hi there")
     await b.scale(wl, 2)
     assert b.counts(REV) == InstanceCounts(ready=0, total=2)  # returns without waiting for readiness
-    await eventually(lambda: len(b.endpoints(REV)) == 2, what="2 ready endpoints")
+    await wait_until(lambda: len(b.endpoints(REV)) == 2, what="2 ready endpoints")
     eps = b.endpoints(REV)
     assert rec.current[REV] == eps and b.counts(REV) == InstanceCounts(ready=2, total=2)
     assert len({ep.port for ep in eps}) == 2 and all(ep.host == "127.0.0.1" for ep in eps)
@@ -154,12 +142,12 @@ async def test_http_readiness_waits_for_200_not_just_an_open_port(make_backend):
     rec.on_join = lambda ep: health_at_join.append(sync_get(ep, "/healthz"))
     await b.scale(workload(READY_DELAY="1.5"), 1)
 
-    await eventually(lambda: b.instances(REV)[0].endpoint is not None, what="instance spawned")
+    await wait_until(lambda: b.instances(REV)[0].endpoint is not None, what="instance spawned")
     port = b.instances(REV)[0].endpoint.port
-    await eventually(lambda: tcp_open(port), what="port open")
+    await wait_until(lambda: tcp_open(port), what="port open")
     assert b.endpoints(REV) == () and b.counts(REV) == InstanceCounts(ready=0, total=1)  # listening, /healthz 503
 
-    await eventually(lambda: len(b.endpoints(REV)) == 1, what="ready")
+    await wait_until(lambda: len(b.endpoints(REV)) == 1, what="ready")
     assert health_at_join == [200]
 
 
@@ -169,10 +157,10 @@ async def test_slow_cold_start_joins_only_once_it_answers(make_backend, readines
     answered_at_join: list[int] = []
     rec.on_join = lambda ep: answered_at_join.append(sync_get(ep, "/"))
     await b.scale(workload(STARTUP_DELAY="0.7", readiness_path=readiness_path), 1)
-    await eventually(lambda: b.instances(REV)[0].endpoint is not None, what="instance spawned")
+    await wait_until(lambda: b.instances(REV)[0].endpoint is not None, what="instance spawned")
     assert not tcp_open(b.instances(REV)[0].endpoint.port) and b.endpoints(REV) == ()
 
-    await eventually(lambda: len(b.endpoints(REV)) == 1, what="ready")
+    await wait_until(lambda: len(b.endpoints(REV)) == 1, what="ready")
     assert answered_at_join == [200]
     assert [e for e in rec.events if e[0] == "endpoints"] == [("endpoints", REV, b.endpoints(REV))]
 
@@ -181,16 +169,16 @@ async def test_crash_leaves_endpoints_at_once_then_restarts_and_rejoins(make_bac
     caplog.set_level(logging.INFO, logger="ferry.backends.local")
     b, rec = make_backend()
     await b.scale(workload(), 2)
-    await eventually(lambda: len(b.endpoints(REV)) == 2, what="2 ready")
+    await wait_until(lambda: len(b.endpoints(REV)) == 2, what="2 ready")
     victim, survivor = b.instances(REV)
 
     t0 = time.monotonic()
     os.kill(victim.pid, signal.SIGKILL)
-    await eventually(lambda: rec.current[REV] == (survivor.endpoint,), timeout=2, what="victim out of endpoints")
+    await wait_until(lambda: rec.current[REV] == (survivor.endpoint,), timeout=2, what="victim out of endpoints")
     assert time.monotonic() - t0 < 1.0  # observed via proc.wait(), not a slow health probe
     assert b.counts(REV) == InstanceCounts(ready=1, total=2)
 
-    await eventually(lambda: len(b.endpoints(REV)) == 2, what="restarted instance rejoins")
+    await wait_until(lambda: len(b.endpoints(REV)) == 2, what="restarted instance rejoins")
     restarted = next(i for i in b.instances(REV) if i.index == victim.index)
     assert restarted.restarts == 1 and restarted.pid != victim.pid and restarted.ready
     assert not pid_exists(victim.pid)
@@ -203,15 +191,15 @@ async def test_crash_leaves_endpoints_at_once_then_restarts_and_rejoins(make_bac
 async def test_failing_probes_take_an_instance_out_and_success_brings_it_back(make_backend):
     b, rec = make_backend(liveness_interval=0.05)
     await b.scale(workload(), 1)
-    await eventually(lambda: len(b.endpoints(REV)) == 1, what="ready")
+    await wait_until(lambda: len(b.endpoints(REV)) == 1, what="ready")
     (inst,) = b.instances(REV)
     os.kill(inst.pid, signal.SIGSTOP)  # alive but unresponsive: only probes can tell
     try:
-        await eventually(lambda: b.endpoints(REV) == (), timeout=5, what="out after 3 failed probes")
+        await wait_until(lambda: b.endpoints(REV) == (), timeout=5, what="out after 3 failed probes")
         assert b.counts(REV) == InstanceCounts(ready=0, total=1)
     finally:
         os.kill(inst.pid, signal.SIGCONT)
-    await eventually(lambda: b.endpoints(REV) == (inst.endpoint,), timeout=5, what="back after a good probe")
+    await wait_until(lambda: b.endpoints(REV) == (inst.endpoint,), timeout=5, what="back after a good probe")
     assert b.instances(REV)[0].pid == inst.pid and b.instances(REV)[0].restarts == 0
 
 
@@ -229,7 +217,7 @@ async def test_scale_down_drains_before_sigterm_and_finishes_in_flight_requests(
     b, rec = make_backend(drain=drain)
     wl = workload(LATENCY_MS="800")
     await b.scale(wl, 2)
-    await eventually(lambda: len(b.endpoints(REV)) == 2, what="2 ready")
+    await wait_until(lambda: len(b.endpoints(REV)) == 2, what="2 ready")
     survivor, victim = b.instances(REV)  # both ready: the newest goes first
 
     async def inflight() -> bool:
@@ -238,11 +226,11 @@ async def test_scale_down_drains_before_sigterm_and_finishes_in_flight_requests(
 
     slow = asyncio.create_task(client.get(f"http://{victim.endpoint}/slow"))
     try:
-        await eventually(inflight, what="slow request in flight")
+        await wait_until(inflight, what="slow request in flight")
         await b.scale(wl, 1)
         assert b.endpoints(REV) == (survivor.endpoint,)  # left synchronously, before scale() returned
         assert b.counts(REV) == InstanceCounts(ready=1, total=1)
-        await eventually(lambda: len(b.instances(REV)) == 1, what="victim stopped")
+        await wait_until(lambda: len(b.instances(REV)) == 1, what="victim stopped")
         assert not pid_exists(victim.pid)
         async with await slow as r:
             assert r.status == 200 and await r.text() == f"{REV}: hello\n"
@@ -264,12 +252,12 @@ async def test_scale_down_drains_before_sigterm_and_finishes_in_flight_requests(
 async def test_scale_down_prefers_not_ready_instances(make_backend):
     b, rec = make_backend()
     await b.scale(workload(READY_DELAY="60"), 1)  # the oldest never gets ready
-    await eventually(lambda: b.instances(REV)[0].pid is not None, what="spawned")
+    await wait_until(lambda: b.instances(REV)[0].pid is not None, what="spawned")
     await b.scale(workload(), 2)  # the newer one uses the fast template
-    await eventually(lambda: len(b.endpoints(REV)) == 1, what="newer ready")
+    await wait_until(lambda: len(b.endpoints(REV)) == 1, what="newer ready")
     old, new = b.instances(REV)
     await b.scale(workload(), 1)
-    await eventually(lambda: len(b.instances(REV)) == 1, what="one stopped")
+    await wait_until(lambda: len(b.instances(REV)) == 1, what="one stopped")
     assert b.instances(REV)[0].pid == new.pid and b.endpoints(REV) == (new.endpoint,)
     assert not any(e[0] == "drain" for e in rec.events)  # never announced, so nothing to drain
 
@@ -278,7 +266,7 @@ async def test_stop_and_aclose_leave_no_process(make_backend):
     b, rec = make_backend()
     await b.scale(workload("a-00001"), 2)
     await b.scale(workload("b-00001"), 1)
-    await eventually(lambda: len(b.endpoints("a-00001")) == 2 and len(b.endpoints("b-00001")) == 1, what="ready")
+    await wait_until(lambda: len(b.endpoints("a-00001")) == 2 and len(b.endpoints("b-00001")) == 1, what="ready")
     a_pids = [i.pid for i in b.instances("a-00001")]
     b_pids = [i.pid for i in b.instances("b-00001")]
     a_eps = b.endpoints("a-00001")
@@ -304,7 +292,7 @@ async def test_aclose_cancelled_midway_still_leaves_no_process(make_backend):
 
     b, rec = make_backend(drain=stuck_drain)
     await b.scale(workload(), 2)
-    await eventually(lambda: len(b.endpoints(REV)) == 2, what="ready")
+    await wait_until(lambda: len(b.endpoints(REV)) == 2, what="ready")
     pids = [i.pid for i in b.instances(REV)]
 
     closing = asyncio.create_task(b.aclose())
@@ -328,7 +316,7 @@ async def test_instance_ignoring_sigterm_is_killed_after_the_grace_period(make_b
     b, rec = make_backend(stop_grace_s=0.5)
     wl = Workload(service="stubborn", revision="stubborn-00001", command=(sys.executable, "-c", script), cwd=tmp_path)
     await b.scale(wl, 1)
-    await eventually(lambda: len(b.endpoints(wl.revision)) == 1, what="ready (TCP)")
+    await wait_until(lambda: len(b.endpoints(wl.revision)) == 1, what="ready (TCP)")
     (inst,) = b.instances(wl.revision)
 
     t0 = time.monotonic()
@@ -354,7 +342,7 @@ async def test_command_resolution_relative_to_cwd_and_on_path(make_backend, tmp_
                        env={"PATH": str(bindir)}, readiness_path="/healthz")
     await b.scale(relative, 1)
     await b.scale(on_path, 1)
-    await eventually(lambda: b.endpoints("rel-00001") and b.endpoints("path-00001"), what="both ready")
+    await wait_until(lambda: b.endpoints("rel-00001") and b.endpoints("path-00001"), what="both ready")
     for rev in ("rel-00001", "path-00001"):
         async with client.get(f"http://{b.endpoints(rev)[0]}/") as r:
             assert await r.text() == f"{rev}: hello\n"
@@ -388,7 +376,7 @@ asyncio.run(main())
         assert pid_alive(app_pid)
         ferry.kill()
         await ferry.wait()
-        await eventually(lambda: not pid_alive(app_pid), timeout=5, what="app killed by pdeathsig")
+        await wait_until(lambda: not pid_alive(app_pid), timeout=5, what="app killed by pdeathsig")
     finally:
         if ferry.returncode is None:
             ferry.kill()

@@ -72,20 +72,6 @@ def test_bootstrap_is_accepted_by_envoy(tmp_path, delta):
     assert check.returncode == 0, check.stdout + check.stderr
 
 
-@pytest.fixture
-async def ferry(tmp_path):
-    processes: list[FerryProcess] = []
-
-    def make(**kwargs) -> FerryProcess:
-        process = FerryProcess(tmp_path, **kwargs)
-        processes.append(process)
-        return process
-
-    yield make
-    for process in processes:
-        await process.stop()
-
-
 async def test_apply_status_and_a_rejected_apply(ferry, tmp_path):
     f = ferry()
     f.write_routes(hello())
@@ -143,8 +129,8 @@ async def test_stopping_ferry_leaves_no_process(ferry, sig):
     f = ferry()
     f.write_routes(hello(initial=2))
     await f.start()
-    status = await f.wait_converged()
-    assert status["revisions"]["hello-00001"]["ready"] == 2
+    await f.wait_converged()
+    await wait_until(lambda: _ready(f, "hello-00001", 2), 30, "two ready instances")
     children = _children(f.proc.pid)
     assert len(children) == 3, children  # Envoy and two instances
     f.proc.send_signal(sig)
@@ -169,6 +155,10 @@ async def test_restart_keeps_revision_history(ferry):
     assert status["services"]["hello"]["latest_ready"] == "hello-00002"
     f.write_routes(hello("v1"))  # an older template again is a new revision, as in Knative
     await wait_until(lambda: _latest_ready(f, "hello-00003"), 30, "hello-00003 ready")
+
+
+async def _ready(f: FerryProcess, revision: str, count: int) -> bool:
+    return (await f.status())["revisions"][revision]["ready"] == count
 
 
 async def _latest_ready(f: FerryProcess, name: str) -> bool:

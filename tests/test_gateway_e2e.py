@@ -21,20 +21,6 @@ from .load import Load, count_revisions
 pytestmark = pytest.mark.timeout(240)
 
 
-@pytest.fixture
-async def ferry(tmp_path):
-    processes: list[FerryProcess] = []
-
-    def make(**kwargs) -> FerryProcess:
-        process = FerryProcess(tmp_path, **kwargs)
-        processes.append(process)
-        return process
-
-    yield make
-    for process in processes:
-        await process.stop()
-
-
 def hello(message: str, traffic: str = "", **env) -> str:
     extra_env = "".join(f", {k}: '{v}'" for k, v in env.items())
     return f"""

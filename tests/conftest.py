@@ -1,0 +1,22 @@
+"""Fixtures shared by the integration tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from .ferry_process import FerryProcess
+
+
+@pytest.fixture
+async def ferry(tmp_path):
+    """Make `ferry up` processes in tmp_path; every one is stopped after the test, pass or fail."""
+    processes: list[FerryProcess] = []
+
+    def make(**kwargs) -> FerryProcess:
+        process = FerryProcess(tmp_path, **kwargs)
+        processes.append(process)
+        return process
+
+    yield make
+    for process in processes:
+        await process.stop()
