@@ -115,7 +115,7 @@ class Daemon:
             controller.set_endpoints(body["revision"], [HostPort.parse(e) for e in body["endpoints"]])
 
         xds_server = api_runner = None
-        watch_task = None
+        watch_task = supervise_task = None
         try:
             xds_server = await start_xds_server(servicer, str(options.xds))
             await controller.apply(loaded)
@@ -134,18 +134,14 @@ class Daemon:
                 extra={"routes": str(options.routes), "xds": str(options.xds), "api": str(options.api),
                        "gateway": str(loaded.spec.gateway.listen) if envoy else "external"},
             )
-            waiters = [asyncio.create_task(stop.wait())]
             if envoy:
-                waiters.append(asyncio.create_task(envoy.wait()))
-            done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            for task in pending:
-                task.cancel()
-            if envoy and envoy.pid and not stop.is_set():
-                log.error("envoy exited; stopping\n%s", envoy.log_tail())
+                supervise_task = asyncio.create_task(envoy.supervise(), name="supervise envoy")
+            await stop.wait()
         finally:
-            if watch_task:
-                watch_task.cancel()
-                await asyncio.gather(watch_task, return_exceptions=True)
+            for task in (watch_task, supervise_task):
+                if task:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             if api_runner:
                 await api_runner.cleanup()
             if envoy:

@@ -10,12 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 import yaml
 
 from ferry.envoy.process import envoy_binary
 
-from .ferry_process import HELLO_APP, FerryProcess
+from .ferry_process import HELLO_APP, FerryProcess, get
 from .helpers import wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -163,3 +164,20 @@ async def _ready(f: FerryProcess, revision: str, count: int) -> bool:
 
 async def _latest_ready(f: FerryProcess, name: str) -> bool:
     return (await f.status())["services"]["hello"]["latest_ready"] == name
+
+
+async def test_a_crashed_envoy_is_restarted_and_serves_again(ferry):
+    f = ferry()
+    f.write_routes(hello())
+    await f.start()
+    await f.wait_converged()
+    (envoy_pid,) = [p for p in _children(f.proc.pid) if "envoy" in Path(f"/proc/{p}/cmdline").read_text()]
+    os.kill(envoy_pid, signal.SIGKILL)
+    await wait_until(lambda: _restarted_envoy(f, envoy_pid), 30, "a new Envoy")
+    await f.wait_converged()
+    async with aiohttp.ClientSession() as session:
+        assert await get(session, f.gateway, "hello.localhost") == (200, "hello-00001")
+
+
+def _restarted_envoy(f: FerryProcess, old_pid: int) -> bool:
+    return any(p != old_pid and "envoy" in Path(f"/proc/{p}/cmdline").read_text() for p in _children(f.proc.pid))

@@ -76,6 +76,16 @@ async def test_split_90_10_and_tag_url(ferry):
     assert 87 <= share <= 93, counts
     tagged = await count_revisions(f.gateway, "canary-hello.localhost", 200)
     assert tagged == {"hello-00002": 200}
+    async with aiohttp.ClientSession() as session:
+        for host, revisions in (("hello.localhost", {"hello-00001", "hello-00002"}), ("canary-hello.localhost", {"hello-00002"})):
+            async with session.get(f"{f.gateway}/headers", headers={"Host": host}) as response:
+                seen = await response.json()
+            # Each split names its revision to the app (and, later, to the activator).
+            assert seen["ferry-revision"] in revisions and seen["ferry-service"] == "hello"
+            assert seen["ferry-revision"] == response.headers["x-revision"]
+            # (Envoy appends its own address to x-forwarded-for when the client is on loopback.)
+            assert seen["x-forwarded-for"] and seen["x-forwarded-proto"] == "http"
+            assert seen["forwarded"] == "for=127.0.0.1;proto=http"
     status = await f.status()
     assert {"revision": "hello-00002", "tag": "canary", "url": f"http://canary-hello.localhost:{f.gateway_port}"} in status["services"]["hello"]["traffic"]
 

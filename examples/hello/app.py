@@ -7,6 +7,7 @@ Paths:
   /healthz  200 once listening (503 for READY_DELAY seconds first)
   /env      JSON of PORT, K_SERVICE, K_CONFIGURATION, K_REVISION, MESSAGE and the pid
   /stats    JSON {"inflight": requests in flight besides this one, "served": requests answered}
+  /headers  JSON of the request headers (what the gateway added)
   anything  "<K_REVISION>: <MESSAGE>\\n" with header x-revision (subject to LATENCY_MS and ERROR_RATE)
 
 Knobs (environment): STARTUP_DELAY (s before listening: a slow cold start), READY_DELAY (s after
@@ -31,7 +32,7 @@ STARTUP_DELAY = float(os.environ.get("STARTUP_DELAY", "0") or 0)
 READY_DELAY = float(os.environ.get("READY_DELAY", "0") or 0)
 LATENCY_S = float(os.environ.get("LATENCY_MS", "0") or 0) / 1000.0
 ERROR_RATE = float(os.environ.get("ERROR_RATE", "0") or 0)
-ADMIN_PATHS = {"/healthz", "/env", "/stats"}  # never delayed or failed, so probes and tests stay reliable
+ADMIN_PATHS = {"/healthz", "/env", "/stats", "/headers"}  # never delayed or failed, so probes and tests stay reliable
 
 
 class State:
@@ -69,6 +70,9 @@ class Handler(BaseHTTPRequestHandler):
                 env = {k: os.environ.get(k) for k in ("PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION", "MESSAGE")}
                 env["PID"] = os.getpid()
                 self._reply(200, json.dumps(env).encode() + b"\n", "application/json")
+            elif path == "/headers":
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                self._reply(200, json.dumps(headers).encode() + b"\n", "application/json")
             elif path == "/stats":
                 with STATE.cond:
                     stats = {"inflight": STATE.inflight - 1, "served": STATE.served}

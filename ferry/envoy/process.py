@@ -47,6 +47,7 @@ class EnvoyProcess:
         self.admin = EnvoyAdmin(options.admin_host, options.admin_port)
         self._proc: asyncio.subprocess.Process | None = None
         self.log_path = workdir / f"envoy-{options.node_id}.log"
+        self.restarts = 0
 
     @property
     def pid(self) -> int | None:
@@ -96,6 +97,26 @@ class EnvoyProcess:
 
     async def wait(self) -> int:
         return await self._proc.wait()
+
+    async def supervise(self, max_backoff_s: float = 10.0) -> None:
+        """Restart Envoy whenever it exits, with backoff; runs until cancelled. Gateways keep no state that
+        ferry cannot resend, so a restarted Envoy is back in service as soon as it has resynced."""
+        backoff = 0.1
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            code = await self.wait()
+            self.restarts += 1
+            if loop.time() - started > 30:
+                backoff = 0.1
+            log.error("envoy exited; restarting", extra={"code": code, "restart_in_s": backoff,
+                                                        "log_tail": self.log_tail(5)})
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, max_backoff_s)
+            try:
+                await self.start()
+            except (OSError, RuntimeError, TimeoutError) as err:
+                log.error("envoy failed to restart", extra={"error": str(err)})
 
     async def stop(self, grace: float = 5.0) -> None:
         proc = self._proc
