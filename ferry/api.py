@@ -28,7 +28,7 @@ def build_api(
 
     @routes.get("/status")
     async def get_status(request: web.Request) -> web.Response:
-        return web.json_response(status(), dumps=lambda o: json.dumps(o, indent=1))
+        return web.json_response(status(), dumps=lambda o: json.dumps(o, separators=(",", ":")))
 
     @routes.get("/metrics")
     async def get_metrics(request: web.Request) -> web.Response:

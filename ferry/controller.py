@@ -12,6 +12,7 @@ has acknowledged the route without it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from .backends.base import Backend, DrainHook, Endpoint, EndpointsChanged, Workl
 from .envoy.admin import EnvoyAdmin
 from .envoy.bootstrap import LISTEN_METADATA_KEY
 from .routing.loader import LoadedRoutes, validate
-from .routing.revisions import Revision, RevisionStore
+from .routing.revisions import Revision, RevisionPlan, RevisionStore
 from .routing.schema import HostPort, ServiceSpec, service_hosts, tag_host
 from .routing.traffic import ResolvedTraffic, Unresolved, resolve_traffic
 from .xds import resources as xds
@@ -83,6 +84,7 @@ class Controller:
         self.cluster_linger_s = cluster_linger_s
         self.sync_timeout_s = sync_timeout_s
         self.loaded: LoadedRoutes | None = None
+        self.plan: RevisionPlan | None = None
         self.services: dict[str, ServiceRuntime] = {}
         self.revisions: dict[str, RevisionRuntime] = {}
         self.last_applied: float | None = None
@@ -102,8 +104,9 @@ class Controller:
         """Validate against the revision history, then converge. Raises ConfigError and changes nothing."""
         async with self._lock:
             started = time.perf_counter()
-            plan = validate(loaded, self.store)
+            plan = validate(loaded, self.store, (self.loaded, self.plan) if self.loaded and self.plan else None)
             self.store.commit(plan)
+            self.plan = plan
             previous = self.loaded
             self.loaded = loaded
             gateway_changed = previous is None or previous.spec.gateway != loaded.spec.gateway
@@ -116,7 +119,7 @@ class Controller:
                 current = plan.current[name]
                 if service is None:
                     service = self.services[name] = ServiceRuntime(name, spec, current)
-                elif service.spec == spec and service.current == current and not gateway_changed:
+                elif (service.spec is spec or service.spec == spec) and service.current == current and not gateway_changed:
                     continue  # untouched: a one-service edit reconciles one service
                 service.spec, service.current = spec, current
                 if gateway_changed:
@@ -124,6 +127,9 @@ class Controller:
                 await self._reconcile_service(service)
             self._publish()
             self.timings["apply_ms"] = round((time.perf_counter() - started) * 1000, 2)
+            # Everything alive now is long-lived config: keep the cyclic GC from rescanning it (at 10,000
+            # services a full collection took 0.5 s, stalling pushes that were already under way).
+            gc.freeze()
             self.last_applied = time.time()
             self.last_error = None
 

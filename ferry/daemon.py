@@ -96,7 +96,9 @@ class Daemon:
         async def apply_text(path: Path, text: str | None = None) -> None:
             try:
                 started = time.perf_counter()
-                loaded = load_routes(path, text)
+                loaded = load_routes(path, text, previous=controller.loaded)
+                if loaded is controller.loaded:
+                    return  # a save that changed nothing
                 controller.timings["load_ms"] = round((time.perf_counter() - started) * 1000, 2)
                 await controller.apply(loaded)
             except ConfigError as err:
@@ -125,10 +127,12 @@ class Daemon:
             api_runner = web.AppRunner(api, access_log=None)
             await api_runner.setup()
             await web.TCPSite(api_runner, options.api.host, options.api.port).start()
+            if options.watch:
+                watching = asyncio.Event()
+                watch_task = asyncio.create_task(self._watch(options.routes, apply_text, watching), name="watch routes")
+                await asyncio.wait_for(watching.wait(), 10)
             if envoy:
                 await envoy.start()
-            if options.watch:
-                watch_task = asyncio.create_task(self._watch(options.routes, apply_text), name="watch routes")
             log.info(
                 "ferry is up",
                 extra={"routes": str(options.routes), "xds": str(options.xds), "api": str(options.api),
@@ -153,12 +157,20 @@ class Daemon:
             log.info("ferry stopped")
 
     @staticmethod
-    async def _watch(path: Path, apply_text) -> None:
-        """Re-apply on every save. Watching the folder survives editors that save by rename."""
+    async def _watch(path: Path, apply_text, watching: asyncio.Event) -> None:
+        """Re-apply on every save. Watching the folder survives editors that save by rename.
+
+        The watcher yields on a short idle timeout too: its first yield proves it is registered, and then
+        the file is read once more, so a save made while ferry was starting is not missed."""
         from watchfiles import Change, awatch
 
         target = path.resolve()
-        async for changes in awatch(target.parent, debounce=20, step=10, recursive=False):
+        async for changes in awatch(
+            target.parent, debounce=10, step=5, recursive=False, rust_timeout=100, yield_on_timeout=True
+        ):
+            if not watching.is_set():
+                watching.set()
+                changes = {(Change.modified, str(target))}
             if any(Path(p) == target and kind != Change.deleted for kind, p in changes):
                 try:
                     await apply_text(target)
@@ -166,4 +178,3 @@ class Daemon:
                     pass  # logged and recorded in status; the last good configuration keeps serving
                 except OSError as err:
                     log.error("cannot read %s: %s", target, err)
-

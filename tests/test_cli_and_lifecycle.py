@@ -181,3 +181,11 @@ async def test_a_crashed_envoy_is_restarted_and_serves_again(ferry):
 
 def _restarted_envoy(f: FerryProcess, old_pid: int) -> bool:
     return any(p != old_pid and "envoy" in Path(f"/proc/{p}/cmdline").read_text() for p in _children(f.proc.pid))
+
+
+async def test_a_save_made_while_ferry_starts_is_applied(ferry):
+    f = ferry()
+    f.write_routes(hello("v1"))
+    await f.start()  # returns as soon as the API answers, before the file watch is surely registered
+    f.write_routes(hello("v2"))
+    await wait_until(lambda: _latest_ready(f, "hello-00002"), 30, "the save made during start-up")

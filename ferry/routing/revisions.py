@@ -11,7 +11,7 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,14 +118,21 @@ class RevisionStore:
             raise ConfigError("", problems)
         return plan
 
-    def draft(self, spec: RoutesFile) -> tuple[RevisionPlan, list[Problem]]:
-        """plan() without raising: a plan for the services that have no problem, and the problems."""
-        newest = self._newest_revisions()
+    def draft(self, spec: RoutesFile, known: Mapping[str, Revision] | None = None) -> tuple[RevisionPlan, list[Problem]]:
+        """plan() without raising: a plan for the services that have no problem, and the problems.
+
+        `known` maps services to the revision their (unchanged) template already is; they cost nothing."""
+        known = known or {}
+        changed = [name for name in spec.services if name not in known]
+        newest = self._newest_revisions() if len(changed) > 100 else self._newest_of(changed)
         current: dict[str, Revision] = {}
         planned: dict[str, Revision] = {}  # the new revisions, by name
         problems: list[Problem] = []
         now = time.time()
         for service, service_spec in spec.services.items():
+            if service in known:
+                current[service] = known[service]
+                continue
             template = service_spec.template
             digest = template_digest(template)
             existing = self._existing(service, template, digest, newest.get(service), planned)
@@ -179,11 +186,16 @@ class RevisionStore:
             generation += 1  # taken by a revision named by hand: skip the number rather than fail
         return Revision(service, name, generation, digest, template, now)
 
-    def check_references(self, spec: RoutesFile, plan: RevisionPlan) -> list[Problem]:
-        """Every `revision:` in traffic must name a revision of that service, stored or about to be."""
+    def check_references(
+        self, spec: RoutesFile, plan: RevisionPlan, skip: Mapping[str, object] | None = None
+    ) -> list[Problem]:
+        """Every `revision:` in traffic must name a revision of that service, stored or about to be.
+        Services in `skip` are unchanged since they were last checked (revisions are never deleted)."""
         problems: list[Problem] = []
         planned = {r.name: r.service for r in plan.new}
         for service, service_spec in spec.services.items():
+            if skip and service in skip:
+                continue
             for i, target in enumerate(service_spec.traffic or ()):
                 name = target.revision
                 if name is None:
@@ -253,6 +265,19 @@ class RevisionStore:
             "SELECT service, name, MAX(generation), digest, created_at FROM revisions GROUP BY service"
         )
         return {service: _Newest(*rest) for service, *rest in rows}
+
+    def _newest_of(self, services: list[str]) -> dict[str, _Newest]:
+        """_newest_revisions for a few services: one indexed lookup each instead of a scan of all."""
+        newest = {}
+        for service in services:
+            row = self._db.execute(
+                "SELECT name, generation, digest, created_at FROM revisions WHERE service = ? "
+                "ORDER BY generation DESC LIMIT 1",
+                (service,),
+            ).fetchone()
+            if row:
+                newest[service] = _Newest(*row)
+        return newest
 
     def _owner(self, name: str) -> str | None:
         row = self._db.execute("SELECT service FROM revisions WHERE name = ?", (name,)).fetchone()
