@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from ferry.routing.loader import load_routes, validate
 from ferry.routing.revisions import RevisionStore
 
@@ -43,7 +45,7 @@ def test_identical_text_returns_the_previous_load(tmp_path: Path) -> None:
 
 
 def test_errors_are_as_precise_on_the_incremental_path(tmp_path: Path) -> None:
-    import pytest
+
 
     from ferry.routing.errors import ConfigError
 
@@ -58,7 +60,7 @@ def test_errors_are_as_precise_on_the_incremental_path(tmp_path: Path) -> None:
 
 
 def test_a_new_service_that_claims_a_kept_services_host_is_refused(tmp_path: Path) -> None:
-    import pytest
+
 
     from ferry.routing.errors import ConfigError
 
@@ -68,3 +70,86 @@ def test_a_new_service_that_claims_a_kept_services_host_is_refused(tmp_path: Pat
     with pytest.raises(ConfigError) as caught:
         load_routes(path, text, previous=first)
     assert "x.example.com" in str(caught.value) and "services.b.hosts" in str(caught.value)
+
+
+RICH = """\
+# a file with the shapes people write
+gateway:
+  listen: 127.0.0.1:8080
+  domain: localhost
+services:
+  # the main one
+  web:
+    hosts:
+      - web.example.com
+    template:
+      command: [python3, app.py]
+      env:
+        MESSAGE: |
+          multi-line
+            block scalar
+        OTHER: "quoted: with colon"
+      readiness: {path: /healthz}
+    traffic: [{latestRevision: true, percent: 100,
+               tag: current}]
+
+  api:
+    template:
+      endpoints:
+      - 127.0.0.1:9001
+      - 127.0.0.1:9002
+      timeout: 30s
+  # a trailing comment
+"""
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda t: t.replace("block scalar", "block scalar, edited"),
+        lambda t: t.replace("timeout: 30s", "timeout: 45s"),
+        lambda t: t.replace("  api:\n", "  api2:\n"),
+        lambda t: t + "  extra:\n    template: {command: [app]}\n",
+        lambda t: t.replace("  # the main one\n", "  # the main one, reworded\n"),
+        lambda t: t.replace("  api:\n    template:\n      endpoints:\n      - 127.0.0.1:9001\n      - 127.0.0.1:9002\n      timeout: 30s\n", ""),
+        lambda t: t.replace("domain: localhost", "domain: example.org"),
+        lambda t: t.replace("  api:\n", "  api: &shared\n"),  # an anchor: the full parse handles it
+    ],
+    ids=["block-scalar", "value", "rename", "add", "comment", "remove", "gateway", "anchor"],
+)
+def test_the_block_fast_path_equals_a_full_parse(tmp_path: Path, edit) -> None:
+    path = tmp_path / "routes.yaml"
+    first = load_routes(path, RICH)
+    assert first.blocks is not None and len(first.blocks.blocks) == 2
+    text = edit(RICH)
+    incremental = load_routes(path, text, previous=first)
+    full = load_routes(path, text)
+    assert incremental.spec == full.spec
+    assert list(incremental.spec.services) == list(full.spec.services)
+    assert incremental.raw_services == full.raw_services
+
+
+def test_a_duplicate_name_across_blocks_is_reported_with_its_line(tmp_path: Path) -> None:
+    from ferry.routing.errors import ConfigError
+
+    path = tmp_path / "routes.yaml"
+    first = load_routes(path, RICH)
+    text = RICH.replace("  api:\n", "  web:\n")
+    with pytest.raises(ConfigError) as caught:
+        load_routes(path, text, previous=first)
+    assert any("web" in p.message and p.line for p in caught.value.problems), caught.value
+
+
+def test_a_one_service_edit_parses_only_that_service(tmp_path: Path, monkeypatch) -> None:
+    from ferry.routing import yamlsource
+
+    path = tmp_path / "routes.yaml"
+    first = load_routes(path, RICH)
+    parsed: list[str] = []
+    real_parse = yamlsource.parse
+    monkeypatch.setattr(yamlsource, "parse", lambda text: parsed.append(text) or real_parse(text))
+    second = load_routes(path, RICH.replace("timeout: 30s", "timeout: 45s"), previous=first)
+    assert parsed == ["services:\n  api:\n    template:\n      endpoints:\n      - 127.0.0.1:9001\n"
+                      "      - 127.0.0.1:9002\n      timeout: 45s\n  # a trailing comment\n"]
+    assert second.spec.services["web"] is first.spec.services["web"]
+    assert second.spec.services["api"].template.timeout == 45.0

@@ -14,7 +14,8 @@ from pydantic import ValidationError
 from yaml.nodes import Node
 
 from . import yamlsource
-from .checks import check_routes
+from .blocks import ServiceBlocks, split_services
+from .checks import check_hosts, check_routes, check_service
 from .errors import ConfigError, Loc, Problem, format_path, parse_path
 from .messages import describe, error_loc, problems_from
 from .revisions import Revision, RevisionPlan, RevisionStore
@@ -28,6 +29,8 @@ class LoadedRoutes:
     spec: RoutesFile
     text: str = field(default="", repr=False, compare=False)  # the content validated, to locate later problems
     raw_services: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # as parsed, for reuse
+    blocks: ServiceBlocks | None = field(default=None, repr=False, compare=False)  # per-service text, for reuse
+    block_names: dict[str, str] = field(default_factory=dict, repr=False, compare=False)  # block text -> service
 
 
 def load_routes(path: Path | str, text: str | None = None, previous: LoadedRoutes | None = None) -> LoadedRoutes:
@@ -44,11 +47,52 @@ def load_routes(path: Path | str, text: str | None = None, previous: LoadedRoute
     if previous is not None and previous.path == path and previous.text == text:
         return previous
     with yamlsource.gc_paused():
+        split = split_services(text)
+        if previous is not None and split is not None:
+            reused = _load_changed_blocks(split, previous)
+            if reused is not None:
+                spec, raw_services, names = reused
+                return LoadedRoutes(path, path.parent, spec, text, raw_services, split, dict(zip(split.blocks, names, strict=True)))
         try:
             spec, raw_services = _validate(text, file, previous)
         except RecursionError:
             raise ConfigError(file, [Problem("", "the document is nested too deeply: flatten it")]) from None
-    return LoadedRoutes(path, path.parent, spec, text, raw_services)
+    if split is None or len(split.blocks) != len(raw_services):
+        return LoadedRoutes(path, path.parent, spec, text, raw_services)
+    return LoadedRoutes(path, path.parent, spec, text, raw_services, split, dict(zip(split.blocks, raw_services, strict=True)))
+
+
+def _load_changed_blocks(
+    split: ServiceBlocks, previous: LoadedRoutes
+) -> tuple[RoutesFile, dict[str, Any], list[str]] | None:
+    """Parse and validate only the services whose text changed; None means: do the full load instead
+    (another shape, or any problem at all, so that errors are always reported by the one full path)."""
+    if previous.blocks is None or split.rest != previous.blocks.rest:
+        return None
+    changed = [block for block in split.blocks if block not in previous.block_names]
+    parsed: dict[str, Any] = {}
+    if changed:
+        try:
+            data, _ = yamlsource.parse("services:\n" + "".join(changed))
+        except yamlsource.YamlError:
+            return None
+        parsed = data.get("services") if isinstance(data, dict) else None
+        if not isinstance(parsed, dict) or len(parsed) != len(changed):
+            return None
+    fresh = iter(parsed)
+    names = [previous.block_names.get(block) or next(fresh) for block in split.blocks]
+    if len(set(names)) != len(names):
+        return None
+    try:
+        validated = RoutesFile.model_validate({"gateway": previous.spec.gateway, "services": parsed})
+    except ValidationError:
+        return None
+    services = {n: validated.services[n] if n in parsed else previous.spec.services[n] for n in names}
+    # Unchanged services passed their own checks before; hosts are shared, so those are checked across all.
+    if any(check_service(n, services[n]) for n in parsed) or check_hosts(validated.gateway, services):
+        return None
+    raw = {n: parsed[n] if n in parsed else previous.raw_services[n] for n in names}
+    return RoutesFile.model_construct(gateway=validated.gateway, services=services), raw, names
 
 
 def validate(
