@@ -18,7 +18,7 @@ ApplyText = Callable[[Path, str], Awaitable[None]]
 
 
 def build_api(
-    status: Callable[[], dict],
+    status: Callable[[str | None], dict],
     registry: CollectorRegistry,
     apply_text: ApplyText,
     *,
@@ -28,7 +28,12 @@ def build_api(
 
     @routes.get("/status")
     async def get_status(request: web.Request) -> web.Response:
-        return web.json_response(status(), dumps=lambda o: json.dumps(o, separators=(",", ":")))
+        """?service=NAME: one service and its revisions, cheap even with thousands of services."""
+        try:
+            body = status(request.query.get("service"))
+        except KeyError:
+            return web.json_response({"error": f"no service {request.query['service']!r}"}, status=404)
+        return web.json_response(body, dumps=lambda o: json.dumps(o, separators=(",", ":")))
 
     @routes.get("/metrics")
     async def get_metrics(request: web.Request) -> web.Response:

@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     validate.add_argument("--state", type=Path, help="revision history to check names against (default: beside the file)")
 
     status = sub.add_parser("status", help="services, revisions and gateways of a running ferry")
+    status.add_argument("service", nargs="?", help="only this service and its revisions")
     status.add_argument("--api", default=DEFAULT_API)
     status.add_argument("--json", action="store_true")
 
@@ -152,10 +154,14 @@ def _validate(args) -> int:
 
 
 def _status(args) -> int:
+    path = "/status" + (f"?service={urllib.parse.quote(args.service)}" if args.service else "")
     try:
-        _, status = _request(args.api, "/status")
+        code, status = _request(args.api, path)
     except OSError as err:
         print(f"ferry: no ferry answers at {args.api} ({err})", file=sys.stderr)
+        return 1
+    if code != 200:
+        print(f"ferry: {status.get('error', status)}", file=sys.stderr)
         return 1
     if args.json:
         json.dump(status, sys.stdout, indent=1)

@@ -85,6 +85,7 @@ class Controller:
         self.sync_timeout_s = sync_timeout_s
         self.loaded: LoadedRoutes | None = None
         self.plan: RevisionPlan | None = None
+        self._latest_ready_cache: dict[str, str | None] = {}
         self.services: dict[str, ServiceRuntime] = {}
         self.revisions: dict[str, RevisionRuntime] = {}
         self.last_applied: float | None = None
@@ -162,13 +163,13 @@ class Controller:
         """Start what the traffic names; starting one may make it ready at once (endpoints managed
         elsewhere), which can change what latestRevision means: resolve until it settles."""
         while True:
-            latest_ready = self.store.latest_ready(service.name)
+            latest_ready = self._latest_ready(service.name)
             resolved = resolve_traffic(service.spec, latest_ready)
             needed = self._needed_revisions(service, resolved)
             for name in needed - service.revisions:
                 await self._start_revision(name)
             service.revisions |= needed
-            if self.store.latest_ready(service.name) == latest_ready:
+            if self._latest_ready(service.name) == latest_ready:
                 return resolved
 
     @staticmethod
@@ -316,6 +317,12 @@ class Controller:
         """What a backend reports when a revision's ready endpoints change."""
         self._on_endpoints(revision, tuple(Endpoint(h, p) for h, p in endpoints))
 
+    def _latest_ready(self, service: str) -> str | None:
+        """The store is the truth across restarts; this process is its only writer, so reads come from memory."""
+        if service not in self._latest_ready_cache:
+            self._latest_ready_cache[service] = self.store.latest_ready(service)
+        return self._latest_ready_cache[service]
+
     def _on_endpoints(self, revision: str, endpoints: tuple[Endpoint, ...]) -> None:
         runtime = self.revisions.get(revision)
         if runtime is None:
@@ -332,10 +339,11 @@ class Controller:
 
     def _became_ready(self, runtime: RevisionRuntime) -> None:
         revision = runtime.revision
-        latest = self.store.latest_ready(revision.service)
+        latest = self._latest_ready(revision.service)
         latest_generation = (self.store.get(latest).generation if latest else 0)
         if revision.generation > latest_generation:
             self.store.set_latest_ready(revision.service, revision.name)
+            self._latest_ready_cache[revision.service] = revision.name
         service = self.services.get(revision.service)
         if service is not None and not runtime.retiring:
             self._spawn(self._reconcile_after_ready(service), f"route {service.name}")
@@ -435,46 +443,15 @@ class Controller:
 
     # -- status ---------------------------------------------------------------------------------------
 
-    def status(self) -> dict:
-        gateway = self.loaded.spec.gateway if self.loaded else None
-        port = f":{gateway.listen.port}" if gateway and gateway.listen.port != 80 else ""
-        services = {}
-        for name, service in sorted(self.services.items()):
-            traffic = []
-            if service.traffic is not None:
-                tags = {}
-                for tag, revision in service.traffic.tags:
-                    tags.setdefault(revision, []).append(tag)
-                for split in service.traffic.main:
-                    traffic.append({"revision": split.revision, "percent": split.percent})
-                for tag, revision in service.traffic.tags:
-                    traffic.append({"revision": revision, "tag": tag, "url": f"http://{tag_host(tag, name, gateway)}{port}"})
-            services[name] = {
-                "url": f"http://{service_hosts(name, service.spec, gateway)[0]}{port}",
-                "hosts": service_hosts(name, service.spec, gateway),
-                "latest_created": service.current.name,
-                "latest_ready": self.store.latest_ready(name),
-                "traffic": traffic,
-                "routed": service.waiting is None,
-                "waiting": service.waiting,
-            }
-        revisions = {}
-        for name, runtime in sorted(self.revisions.items()):
-            counts = self.backend.counts(name) if runtime.workload else None
-            revisions[name] = {
-                "service": runtime.revision.service,
-                "generation": runtime.revision.generation,
-                "ready": counts.ready if counts else len(runtime.endpoints),
-                "total": counts.total if counts else len(runtime.endpoints),
-                "endpoints": [str(e) for e in runtime.endpoints],
-                "state": "retiring" if runtime.retiring else ("ready" if runtime.endpoints else "not ready"),
-                "managed": runtime.workload is not None,
-                "instances": [
-                    {"pid": i.pid, "endpoint": str(i.endpoint) if i.endpoint else None, "ready": i.ready,
-                     "stopping": i.stopping, "restarts": i.restarts, "log": str(i.log_path)}
-                    for i in (self.backend.instances(name) if runtime.workload else ())
-                ],
-            }
+    def status(self, service: str | None = None) -> dict:
+        """Everything, or one service and its revisions (cheap at any scale). KeyError: no such service."""
+        chosen = sorted(self.services) if service is None else [self.services[service].name]
+        revisions = sorted(
+            name for name, runtime in self.revisions.items()
+            if service is None or runtime.revision.service == service
+        )
+        services = {name: self._service_status(self.services[name]) for name in chosen}
+        revision_status = {name: self._revision_status(self.revisions[name]) for name in revisions}
         return {
             "config": {
                 "file": str(self.loaded.path) if self.loaded else None,
@@ -483,6 +460,45 @@ class Controller:
                 **self.timings,
             },
             "services": services,
-            "revisions": revisions,
+            "revisions": revision_status,
             "gateways": self.gateways.status(),
+        }
+
+    def _service_status(self, service: ServiceRuntime) -> dict:
+        gateway = self.loaded.spec.gateway
+        port = "" if gateway.listen.port == 80 else f":{gateway.listen.port}"
+        hosts = service_hosts(service.name, service.spec, gateway)
+        traffic: list[dict] = []
+        if service.traffic is not None:
+            traffic += [{"revision": s.revision, "percent": s.percent} for s in service.traffic.main]
+            traffic += [
+                {"revision": revision, "tag": tag, "url": f"http://{tag_host(tag, service.name, gateway)}{port}"}
+                for tag, revision in service.traffic.tags
+            ]
+        return {
+            "url": f"http://{hosts[0]}{port}",
+            "hosts": hosts,
+            "latest_created": service.current.name,
+            "latest_ready": self._latest_ready(service.name),
+            "traffic": traffic,
+            "routed": service.waiting is None,
+            "waiting": service.waiting,
+        }
+
+    def _revision_status(self, runtime: RevisionRuntime) -> dict:
+        managed = runtime.workload is not None
+        counts = self.backend.counts(runtime.name) if managed else None
+        return {
+            "service": runtime.revision.service,
+            "generation": runtime.revision.generation,
+            "ready": counts.ready if counts else len(runtime.endpoints),
+            "total": counts.total if counts else len(runtime.endpoints),
+            "endpoints": [str(e) for e in runtime.endpoints],
+            "state": "retiring" if runtime.retiring else ("ready" if runtime.endpoints else "not ready"),
+            "managed": managed,
+            "instances": [
+                {"pid": i.pid, "endpoint": str(i.endpoint) if i.endpoint else None, "ready": i.ready,
+                 "stopping": i.stopping, "restarts": i.restarts, "log": str(i.log_path)}
+                for i in (self.backend.instances(runtime.name) if managed else ())
+            ],
         }

@@ -99,6 +99,10 @@ async def test_apply_status_and_a_rejected_apply(ferry, tmp_path):
     assert "hola" in table.stdout and "ferry-local" in table.stdout and "http://hola.localhost" in table.stdout
     as_json = await asyncio.to_thread(ferry_cli, "status", "--api", api, "--json")
     assert json.loads(as_json.stdout)["services"]["hola"]["latest_ready"] == "hola-00001"
+    one = await asyncio.to_thread(ferry_cli, "status", "hola", "--api", api, "--json")
+    assert list(json.loads(one.stdout)["revisions"]) == ["hola-00001"]
+    missing = await asyncio.to_thread(ferry_cli, "status", "nope", "--api", api)
+    assert missing.returncode == 1 and "no service 'nope'" in missing.stderr
 
 
 async def _has_service(f: FerryProcess, name: str) -> bool:
