@@ -418,7 +418,7 @@ class Bench:
             # Nothing is retired here, but a 0 % revision must never have its cluster dropped mid-bench
             # (that would add CDS/EDS pushes to the numbers of steps 3 and 4).
             "--cluster-linger", "3600",
-            *(["--delta"] if self.delta else []),
+            *([] if self.delta else ["--sotw"]),
         ]
         log(f"N={n}: starting ferry (api {self.api}, gateway {self.gateway})")
         started = time.perf_counter()
@@ -703,7 +703,7 @@ def main() -> int:
     parser.add_argument("--sizes", default="10,1000,10000", help="comma-separated service counts")
     parser.add_argument("--repeat", type=int, default=5, help="changes measured per step and size")
     parser.add_argument("--poll-sleep-ms", type=float, default=0.0, help="sleep between gateway polls (max 1)")
-    parser.add_argument("--delta", action="store_true", help="the gateway uses Delta xDS (default: State-of-the-World)")
+    parser.add_argument("--sotw", action="store_true", help="the gateway uses State-of-the-World xDS (default: Delta)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folders (logs, routes files)")
     args = parser.parse_args()
     sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
@@ -723,7 +723,7 @@ def main() -> int:
             procs = Processes()
             workdir = Path(tempfile.mkdtemp(prefix=f"ferry-bench-{n}-"))
             try:
-                results.append(asyncio.run(Bench(n, args.repeat, workdir, procs, poll_sleep_s, args.delta).run()))
+                results.append(asyncio.run(Bench(n, args.repeat, workdir, procs, poll_sleep_s, not args.sotw).run()))
             finally:
                 log(f"N={n}: stopping processes")
                 procs.stop_all()
@@ -737,7 +737,7 @@ def main() -> int:
             return 130
     finally:
         log(f"total {time.perf_counter() - begun:.0f} s")
-    report(results, info, args.repeat, poll_sleep_s, args.delta)
+    report(results, info, args.repeat, poll_sleep_s, not args.sotw)
     return 0
 
 

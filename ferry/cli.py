@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--api", type=_hostport, default=_hostport(DEFAULT_API), help="status/metrics/apply API address")
     up.add_argument("--admin", type=_hostport, default=HostPort("127.0.0.1", 9901), help="local Envoy's admin address")
     up.add_argument("--no-envoy", action="store_true", help="control plane only; gateways run elsewhere (ferry bootstrap)")
-    up.add_argument("--delta", action="store_true", help="the local Envoy uses Delta xDS instead of State-of-the-World")
+    up.add_argument("--sotw", action="store_true",
+                    help="the local Envoy uses State-of-the-World xDS instead of Delta (Delta's push cost does not grow with the service count)")
     up.add_argument("--no-watch", action="store_true", help="do not re-apply the file when it changes")
     up.add_argument("--cluster-linger", type=float, default=10.0, metavar="SECONDS",
                     help="how long a retired revision's cluster stays on the gateways")
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     boot.add_argument("--xds", type=_hostport, default=HostPort("127.0.0.1", 18000))
     boot.add_argument("--admin", type=_hostport, default=HostPort("127.0.0.1", 9901))
     boot.add_argument("--listen", type=_hostport, help="this gateway's HTTP listener (default: the file's gateway.listen)")
-    boot.add_argument("--delta", action="store_true")
+    boot.add_argument("--sotw", action="store_true", help="State-of-the-World xDS instead of Delta")
     boot.add_argument("--format", choices=["yaml", "json"], default="yaml")
 
     args = parser.parse_args(argv)
@@ -76,7 +77,7 @@ def _up(args) -> int:
     logs.configure(-1 if args.quiet else args.verbose)
     options = DaemonOptions(
         routes=args.routes, state=args.state, xds=args.xds, api=args.api, admin=args.admin,
-        run_envoy=not args.no_envoy, delta=args.delta, watch=not args.no_watch,
+        run_envoy=not args.no_envoy, delta=not args.sotw, watch=not args.no_watch,
         test_hooks=args.test_hooks, cluster_linger_s=args.cluster_linger,
     )
     try:
@@ -212,7 +213,7 @@ def _bootstrap(args) -> int:
     config = bootstrap(
         BootstrapOptions(
             node_id=args.node_id, group=args.group, xds_host=args.xds.host, xds_port=args.xds.port,
-            admin_host=args.admin.host, admin_port=args.admin.port, delta=args.delta,
+            admin_host=args.admin.host, admin_port=args.admin.port, delta=not args.sotw,
             listen=str(args.listen) if args.listen else None,
         )
     )

@@ -38,7 +38,7 @@ class DaemonOptions:
     api: HostPort = HostPort("127.0.0.1", 8090)
     admin: HostPort = HostPort("127.0.0.1", 9901)
     run_envoy: bool = True
-    delta: bool = False
+    delta: bool = True
     watch: bool = True
     test_hooks: bool = False
     cluster_linger_s: float = 10.0

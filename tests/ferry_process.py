@@ -18,7 +18,7 @@ HELLO_APP = Path(__file__).resolve().parent.parent / "examples" / "hello" / "app
 
 
 class FerryProcess:
-    def __init__(self, workdir: Path, *, envoy: bool = True, delta: bool = False, extra: tuple[str, ...] = ()):
+    def __init__(self, workdir: Path, *, envoy: bool = True, delta: bool = True, extra: tuple[str, ...] = ()):
         self.workdir = workdir
         self.routes = workdir / "routes.yaml"
         self.gateway_port = free_port()
@@ -55,8 +55,8 @@ class FerryProcess:
         ]
         if not self.envoy:
             argv.append("--no-envoy")
-        if self.delta:
-            argv.append("--delta")
+        if not self.delta:
+            argv.append("--sotw")
         with open(self.log, "ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 *argv, stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL, cwd=self.workdir

@@ -62,7 +62,7 @@ def test_validate_accepts_the_example_and_rejects_bad_files(tmp_path):
 @pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
 def test_bootstrap_is_accepted_by_envoy(tmp_path, delta):
     args = ["bootstrap", "--node-id", "edge-7", "--group", "edge", "--listen", "127.0.0.1:8181"]
-    result = ferry_cli(*args, *(["--delta"] if delta else []))
+    result = ferry_cli(*args, *([] if delta else ["--sotw"]))
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
     assert config["node"] == {"id": "edge-7", "cluster": "edge", "metadata": {"ferry.listen": "127.0.0.1:8181"}}

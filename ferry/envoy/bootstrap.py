@@ -15,7 +15,7 @@ class BootstrapOptions:
     admin_host: str = "127.0.0.1"
     admin_port: int = 9901
     group: str = "default"  # node.cluster: gateways in one group share one snapshot
-    delta: bool = False
+    delta: bool = True  # Delta xDS: a change costs the same at any number of services
     listen: str | None = None  # this gateway's HTTP listener, when it differs from routes.yaml's gateway.listen
 
 

@@ -81,8 +81,11 @@ class EnvoyProcess:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            if self._proc.returncode is not None:
-                raise RuntimeError(f"envoy exited with code {self._proc.returncode}; see {self.log_path}:\n{self.log_tail()}")
+            code = self._proc.returncode
+            if code is not None and code < 0:
+                return  # killed by a signal while starting: a crash, which supervise() recovers from
+            if code is not None:  # it refused to start: the config or a port is wrong, retrying won't help
+                raise RuntimeError(f"envoy exited with code {code}; see {self.log_path}:\n{self.log_tail()}")
             if await self.admin.alive():
                 return
             if loop.time() > deadline:

@@ -217,6 +217,8 @@ class AdsStream:
             state.wildcard = type_url in FULL_STATE_TYPES and (not subscribe or "*" in subscribe)
             for name, version in request.initial_resource_versions.items():
                 state.known[name] = version
+            # A gateway that resumes with what it holds needs no first answer; only differences are sent.
+            state.answered = bool(request.initial_resource_versions)
             state.mark_dirty(None, now)
         subscribe.discard("*")
         if "*" in request.resource_names_unsubscribe:
