@@ -14,7 +14,7 @@ from ferry.xds import resources as xds
 from ferry.xds.cache import Resource, SnapshotCache
 from ferry.xds.server import AdsServicer, GatewayRegistry, start_xds_server
 
-from .helpers import free_port
+from .helpers import free_port, wait_until
 
 READ_TIMEOUT = 5.0
 
@@ -149,6 +149,7 @@ async def test_nack_is_recorded_and_not_resent():
         await call.write(sotw(xds.ENDPOINT, names=["a"], nonce=refresh.nonce, version=refresh.version_info))
         await call.write(sotw(xds.CLUSTER, nonce=bad.nonce, version=good.version_info, error="bad cluster a"))
 
+        await wait_until(lambda: h.gateways.status()[0]["last_nack"], READ_TIMEOUT, "the NACK to be processed")
         # The rejected version is not sent again: the next message is an unrelated EDS change.
         cache.update({xds.ENDPOINT: {"a": cla("a", 1001)}})
         after = await read(call)
@@ -281,6 +282,8 @@ async def test_delta_subscribe_unsubscribe_and_removals():
         await call.write(delta(xds.ENDPOINT, nonce=first.nonce))
 
         await call.write(delta(xds.ENDPOINT, unsubscribe=["b"]))
+        (stream,) = h.gateways.streams
+        await wait_until(lambda: "b" not in stream.types[xds.ENDPOINT].subscribed, READ_TIMEOUT, "the unsubscribe")
         cache.update({xds.ENDPOINT: {"a": None, "b": None}})
         removed = await read(call)
         assert list(removed.removed_resources) == ["a"]  # b was unsubscribed: not the client's business
