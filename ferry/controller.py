@@ -94,6 +94,7 @@ class Controller:
         self.poison_routes = False  # test hook: the next route table built is one Envoy must reject
         self._route_refs: dict[str, frozenset[str]] = {}  # service -> clusters its route table names
         self._scopes: dict[str, set[str]] = {}  # service -> hosts scoped to its route table
+        self._scope_owner: dict[str, str] = {}  # host -> the service its scope points at
         self._pending: dict[str, dict[str, Resource | None]] = {t: {} for t in xds.PUSH_ORDER}
         self._group_listen: dict[str, HostPort | None] = {}
         self._lock = asyncio.Lock()
@@ -205,11 +206,19 @@ class Controller:
         self._route_refs[service] = frozenset(t.cluster for r in routes for t in r.targets)
         self._check_references(service)
         hosts = {host for r in routes for host in r.domains}
-        for host in self._scopes.get(service, set()) - hosts:
-            self._put(xds.SCOPED_ROUTE, host, None)
+        self._release_hosts(service, self._scopes.get(service, set()) - hosts)
         for host in hosts - self._scopes.get(service, set()):
+            self._scope_owner[host] = service
             self._put(xds.SCOPED_ROUTE, host, xds.host_scope(host, service))
         self._scopes[service] = hosts
+
+    def _release_hosts(self, service: str, hosts: set[str]) -> None:
+        """Delete the scopes of hosts the service no longer has, unless another service took them over in
+        this same change (services are processed in file order, so the taker may have come first)."""
+        for host in hosts:
+            if self._scope_owner.get(host) == service:
+                del self._scope_owner[host]
+                self._put(xds.SCOPED_ROUTE, host, None)
 
     def _host_routes(self, service: ServiceRuntime, resolved: ResolvedTraffic) -> tuple[xds.HostRoute, ...]:
         gateway = self.loaded.spec.gateway
@@ -244,8 +253,7 @@ class Controller:
 
     def _remove_service(self, name: str) -> None:
         service = self.services.pop(name)
-        for host in self._scopes.pop(name, set()):
-            self._put(xds.SCOPED_ROUTE, host, None)
+        self._release_hosts(name, self._scopes.pop(name, set()))
         if self._route_refs.pop(name, None) is not None:
             self._put(xds.ROUTE, name, None)
         for revision in service.revisions:

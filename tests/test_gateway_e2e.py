@@ -305,6 +305,19 @@ async def test_extra_hosts_and_removing_a_service(ferry):
     async with aiohttp.ClientSession() as session:
         assert await get(session, f.gateway, "hello.example.com") == (200, "hello-00001")
         assert await get(session, f.gateway, "other.localhost") == (200, "other-00001")
+    # The host moves to a service that comes first in the file: its new scope must survive the old one's removal.
+    other_first = """
+    other:
+      hosts: [hello.example.com]
+      template:
+        command: [%s, %s]
+    """ % (sys.executable, HELLO_APP) + hello("v1")
+    f.write_routes(other_first)
+    await wait_until(lambda: _answers(f.gateway, "hello.example.com", "other-00001"), 30, "the host to move")
+    await f.wait_converged()
+    async with aiohttp.ClientSession() as session:
+        assert await get(session, f.gateway, "hello.localhost") == (200, "hello-00001")
+
     f.write_routes(hello("v1"))
     await wait_until(lambda: _revision_gone(f, "other-00001"), 30, "other's revision to be retired")
     async with aiohttp.ClientSession() as session:
