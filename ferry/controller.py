@@ -39,8 +39,7 @@ class RevisionRuntime:
     revision: Revision
     workload: Workload | None  # None: endpoints managed elsewhere (template.endpoints)
     instances: int
-    endpoints: tuple[Endpoint, ...] = ()
-    ever_ready: bool = False
+    endpoints: tuple[Endpoint, ...] = ()  # ready ones
     retiring: bool = False
     retire_task: asyncio.Task | None = None
 
@@ -185,7 +184,8 @@ class Controller:
         return needed
 
     def _route_service(self, service: ServiceRuntime, resolved: ResolvedTraffic) -> None:
-        not_ready = [r for r in sorted(resolved.revisions()) if not self.revisions[r].ever_ready]
+        # Ready now, not "once": a revision brought back from retirement waits for its new instances.
+        not_ready = [r for r in sorted(resolved.revisions()) if not self.revisions[r].endpoints]
         if not_ready:
             service.waiting = f"waiting for revision {', '.join(not_ready)} to become ready"
             return
@@ -339,21 +339,22 @@ class Controller:
         self._publish()
 
     def _set_endpoints(self, runtime: RevisionRuntime, endpoints: tuple[Endpoint, ...]) -> None:
+        was_ready = bool(runtime.endpoints)
         runtime.endpoints = endpoints
         self._put(xds.ENDPOINT, runtime.cluster, xds.load_assignment(runtime.cluster, endpoints))
-        if endpoints and not runtime.ever_ready:
-            runtime.ever_ready = True
+        if endpoints and not was_ready:
             self._became_ready(runtime)
 
     def _became_ready(self, runtime: RevisionRuntime) -> None:
+        """A newer ready revision is what latestRevision means now; a route waiting for this one may move."""
         revision = runtime.revision
         latest = self._latest_ready(revision.service)
-        latest_generation = (self.store.get(latest).generation if latest else 0)
-        if revision.generation > latest_generation:
+        newer = revision.generation > (self.store.get(latest).generation if latest else 0)
+        if newer:
             self.store.set_latest_ready(revision.service, revision.name)
             self._latest_ready_cache[revision.service] = revision.name
         service = self.services.get(revision.service)
-        if service is not None and not runtime.retiring:
+        if service is not None and not runtime.retiring and (newer or service.waiting is not None):
             self._spawn(self._reconcile_after_ready(service), f"route {service.name}")
 
     async def _reconcile_after_ready(self, service: ServiceRuntime) -> None:

@@ -325,3 +325,25 @@ async def test_extra_hosts_and_removing_a_service(ferry):
         assert await get(session, f.gateway, "hello.localhost") == (200, "hello-00001")
         assert (await get(session, f.gateway, "hello.example.com"))[0] == 404
     assert list((await f.status())["services"]) == ["hello"]
+
+
+async def test_traffic_back_to_a_stopped_revision_waits_for_its_new_instances(ferry):
+    f = ferry(extra=("--cluster-linger", "60"))  # keep blue's cluster while it has no instances
+    f.write_routes(hello("blue"))
+    await f.start()
+    await f.wait_converged()
+    f.write_routes(hello("green"))
+    await wait_until(lambda: _stopped(f, "hello-00001"), 30, "blue stopped, its cluster lingering")
+    async with Load(f.gateway, "hello.localhost", concurrency=8) as load:
+        await load.wait_for(200)
+        f.write_routes(hello("green", "  traffic: [{revision: hello-00001, percent: 100}]"))
+        await wait_until(lambda: _traffic_is(f, {"hello-00001": 100}), 30, "traffic back on blue")
+        await f.wait_converged()
+        await load.wait_for(300)
+    assert load.failures == 0, (load.statuses, load.errors, load.bad)
+    assert load.revisions["hello-00001"] > 0
+
+
+async def _stopped(f: FerryProcess, revision: str) -> bool:
+    status = (await f.status())["revisions"].get(revision)
+    return status is not None and status["state"] == "retiring" and status["total"] == 0
