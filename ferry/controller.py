@@ -84,7 +84,9 @@ class Controller:
         self.sync_timeout_s = sync_timeout_s
         self.loaded: LoadedRoutes | None = None
         self.plan: RevisionPlan | None = None
+        self._planned: dict[str, Revision] = {}  # the plan's revisions by name
         self._latest_ready_cache: dict[str, str | None] = {}
+        self._latest_ready_unsaved: dict[str, str] = {}
         self.services: dict[str, ServiceRuntime] = {}
         self.revisions: dict[str, RevisionRuntime] = {}
         self.last_applied: float | None = None
@@ -108,6 +110,7 @@ class Controller:
             plan = validate(loaded, self.store, (self.loaded, self.plan) if self.loaded and self.plan else None)
             self.store.commit(plan)
             self.plan = plan
+            self._planned = {r.name: r for r in plan.current.values()}
             previous = self.loaded
             self.loaded = loaded
             gateway_changed = previous is None or previous.spec.gateway != loaded.spec.gateway
@@ -272,7 +275,7 @@ class Controller:
                 if runtime.workload is not None:
                     await self.backend.scale(runtime.workload, runtime.instances)
             return
-        revision = self.store.get(name)
+        revision = self._revision(name)
         template = revision.template
         workload = None
         if template.command:
@@ -294,6 +297,13 @@ class Controller:
             self._set_endpoints(runtime, ())
             await self.backend.scale(workload, runtime.instances)
         log.info("revision started", extra={"revision": name, "instances": runtime.instances})
+
+    def _revision(self, name: str) -> Revision:
+        """Revisions of the applied plan are in memory; older ones (named in traffic) come from the store."""
+        runtime = self.revisions.get(name)
+        if runtime is not None:
+            return runtime.revision
+        return self._planned.get(name) or self.store.get(name)
 
     def _retire_revision(self, name: str) -> None:
         runtime = self.revisions.get(name)
@@ -349,10 +359,10 @@ class Controller:
         """A newer ready revision is what latestRevision means now; a route waiting for this one may move."""
         revision = runtime.revision
         latest = self._latest_ready(revision.service)
-        newer = revision.generation > (self.store.get(latest).generation if latest else 0)
+        newer = revision.generation > (self._revision(latest).generation if latest else 0)
         if newer:
-            self.store.set_latest_ready(revision.service, revision.name)
             self._latest_ready_cache[revision.service] = revision.name
+            self._latest_ready_unsaved[revision.service] = revision.name  # written with the next publish
         service = self.services.get(revision.service)
         if service is not None and not runtime.retiring and (newer or service.waiting is not None):
             self._spawn(self._reconcile_after_ready(service), f"route {service.name}")
@@ -389,6 +399,9 @@ class Controller:
         self._pending[type_url][name] = None if body is None else Resource.of(name, body)
 
     def _publish(self) -> None:
+        if self._latest_ready_unsaved:
+            self.store.set_latest_ready_many(self._latest_ready_unsaved)
+            self._latest_ready_unsaved = {}
         changes = {t: entries for t, entries in self._pending.items() if entries}
         if not changes:
             return

@@ -126,7 +126,10 @@ class Daemon:
             api = build_api(controller.status, self.registry, apply_text, test_hooks=hooks)
             api_runner = web.AppRunner(api, access_log=None)
             await api_runner.setup()
-            await web.TCPSite(api_runner, options.api.host, options.api.port).start()
+            try:
+                await web.TCPSite(api_runner, options.api.host, options.api.port).start()
+            except OSError as err:
+                raise OSError(f"cannot serve ferry's API on {options.api}: {err.strerror} (use --api to move it)") from None
             if options.watch:
                 watching = asyncio.Event()
                 watch_task = asyncio.create_task(self._watch(options.routes, apply_text, watching), name="watch routes")
