@@ -1,0 +1,1 @@
+"""Holds requests for revisions at zero and wakes them: the autoscaling issue builds it here."""
