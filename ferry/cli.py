@@ -124,11 +124,11 @@ def _apply(args) -> int:
 
 def _validate(args) -> int:
     from .routing.loader import load_routes, validate
-    from .routing.revisions import RevisionStore
+    from .routing.revisions import RevisionStore, default_store_path
 
     try:
         loaded = load_routes(args.routes)
-        state = args.state or loaded.base_dir / ".ferry" / "state.db"
+        state = args.state or default_store_path(loaded.path)
         if state.exists():
             store = RevisionStore(state)
             try:

@@ -22,7 +22,7 @@ from .envoy.bootstrap import BootstrapOptions
 from .envoy.process import EnvoyProcess
 from .routing.errors import ConfigError
 from .routing.loader import load_routes
-from .routing.revisions import RevisionStore
+from .routing.revisions import RevisionStore, default_store_path
 from .routing.schema import HostPort
 from .xds.cache import SnapshotCache
 from .xds.server import AdsServicer, GatewayRegistry, XdsMetrics, start_xds_server
@@ -46,7 +46,7 @@ class DaemonOptions:
 
     @property
     def state_path(self) -> Path:
-        return self.state or self.routes.resolve().parent / ".ferry" / "state.db"
+        return self.state or default_store_path(self.routes)
 
 
 @dataclass

@@ -33,13 +33,6 @@ class EnvoyAdmin:
         except (OSError, asyncio.TimeoutError, ValueError, IndexError):
             return False
 
-    async def ready(self) -> bool:
-        try:
-            status, _ = await self.get("/ready")
-            return status == 200
-        except (OSError, asyncio.TimeoutError, ValueError, IndexError):
-            return False
-
     async def cluster_stats(self, names: list[str] | None = None, stats: tuple[str, ...] = ("upstream_rq_active",)) -> dict[str, dict[str, int]]:
         """{cluster: {stat: value}} for counters and gauges, filtered on Envoy's side (cheap at any scale)."""
         cluster_re = "|".join(re.escape(n) for n in names) if names else "[^.]+(?:/[^.]+)?"

@@ -286,7 +286,3 @@ def load_assignment(cluster_name_: str, endpoints: Sequence[tuple[str, int]]) ->
         else [],
     )
     return message.SerializeToString()
-
-
-def referenced_clusters(route: HostRoute) -> Iterable[str]:
-    return (t.cluster for t in route.targets)
