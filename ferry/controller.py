@@ -427,6 +427,12 @@ class Controller:
 
     # -- listeners (per group: a gateway may ask for its own listen address) ---------------------------
 
+    @staticmethod
+    def snapshot_key(node) -> str:
+        """A gateway that asks for its own listen address needs its own snapshot, even within its group."""
+        listen = node.metadata.get(LISTEN_METADATA_KEY)
+        return f"{node.group}@{listen}" if listen else node.group
+
     def listener_for_group(self, group: str, metadata) -> dict:
         """SnapshotCache hook for a new group: its listener, from node metadata or gateway.listen."""
         override = metadata.get(LISTEN_METADATA_KEY)

@@ -107,7 +107,7 @@ class Daemon:
         controller_box.append(controller)
         applies = Counter("ferry_config_applies", "routes.yaml applications", ["result"], registry=self.registry)
         metrics = XdsMetrics(self.registry, gateways)
-        servicer = AdsServicer(cache, gateways, metrics, controller.dependencies)
+        servicer = AdsServicer(cache, gateways, metrics, controller.dependencies, controller.snapshot_key)
 
         async def apply_text(path: Path, text: str | None = None) -> None:
             try:

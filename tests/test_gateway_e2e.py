@@ -228,29 +228,34 @@ async def _update_counts(admin: EnvoyAdmin) -> dict[str, int]:
     return counts
 
 
-async def test_two_gateways_in_different_groups(ferry, tmp_path):
+async def test_gateways_in_other_groups_and_with_their_own_listeners(ferry, tmp_path):
     f = ferry()
     f.write_routes(hello("v1"))
     await f.start()
     await f.wait_converged()
-    second_port = free_port()
-    envoy = EnvoyProcess(
-        BootstrapOptions(
-            node_id="edge-2", group="edge", xds_port=f.xds_port, admin_port=free_port(),
-            listen=f"127.0.0.1:{second_port}", delta=False,  # the local gateway speaks Delta: mix them
-        ),
-        tmp_path / "edge",
-    )
-    await envoy.start()
+    edge_port, neighbour_port = free_port(), free_port()
+    gateways = [
+        # Another group, speaking SotW while the local gateway speaks Delta.
+        EnvoyProcess(BootstrapOptions(node_id="edge-2", group="edge", xds_port=f.xds_port, admin_port=free_port(),
+                                      listen=f"127.0.0.1:{edge_port}", delta=False), tmp_path / "edge"),
+        # The local gateway's own group, with its own listener (what the README's `ferry bootstrap --listen` does).
+        EnvoyProcess(BootstrapOptions(node_id="neighbour", xds_port=f.xds_port, admin_port=free_port(),
+                                      listen=f"127.0.0.1:{neighbour_port}"), tmp_path / "neighbour"),
+    ]
     try:
-        await f.wait_converged(gateways=2)
+        for gateway in gateways:
+            await gateway.start()
+        await f.wait_converged(gateways=3)
         async with aiohttp.ClientSession() as session:
-            assert await get(session, f.gateway, "hello.localhost") == (200, "hello-00001")
-            assert await get(session, f"http://127.0.0.1:{second_port}", "hello.localhost") == (200, "hello-00001")
-        groups = {g["node"]: g["group"] for g in (await f.status())["gateways"]}
-        assert groups == {"ferry-local": "default", "edge-2": "edge"}
+            for port in (f.gateway_port, edge_port, neighbour_port):
+                assert await get(session, f"http://127.0.0.1:{port}", "hello.localhost") == (200, "hello-00001")
+        status = (await f.status())["gateways"]
+        assert {g["node"]: g["group"] for g in status} == {"ferry-local": "default", "edge-2": "edge", "neighbour": "default"}
+        listeners = {g["node"]: g["acked"]["LDS"] for g in status}
+        assert len(set(listeners.values())) == 3, listeners  # three different listeners
     finally:
-        await envoy.stop()
+        for gateway in gateways:
+            await gateway.stop()
 
 
 async def test_bad_edit_is_reported_and_last_good_config_keeps_serving(ferry):

@@ -109,14 +109,17 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         gateways: GatewayRegistry,
         observer: StreamObserver | None = None,
         dependencies: Callable[[str, Resource], Iterable[str]] | None = None,
+        snapshot_key: Callable[[Node], str] | None = None,
     ):
         self._cache = cache
         self._gateways = gateways
         self._observer = observer
         self._dependencies = dependencies
+        self._snapshot_key = snapshot_key or (lambda node: node.group)
 
     def _resolve_group(self, node: Node):
-        return self._cache.group(node.group, node.metadata)
+        """Gateways share a snapshot by group (node.cluster) unless the policy says what else sets them apart."""
+        return self._cache.group(self._snapshot_key(node), node.metadata)
 
     # grpc.aio recognises streaming handlers by their being async generator functions.
     async def StreamAggregatedResources(self, request_iterator, context):
