@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -48,6 +49,13 @@ async def test_hello_answers_from_its_revision(ferry, delta):
         assert await get(session, f.gateway, "hello.localhost") == (200, "hello-00001")
         assert await get(session, f.gateway, f"hello.localhost:{f.gateway_port}") == (200, "hello-00001")
         assert (await get(session, f.gateway, "nobody.localhost"))[0] == 404
+        async with session.get(f"{f.api}/metrics") as response:
+            metrics = await response.text()
+    assert "ferry_xds_connected_gateways 1.0" in metrics
+    for kind in ("CDS", "EDS", "LDS", "SRDS", "RDS"):
+        assert f'ferry_xds_acks_total{{type="{kind}"}}' in metrics and f'ferry_xds_pushes_total{{type="{kind}"}}' in metrics
+    assert "ferry_xds_nacks_total{" not in metrics  # a labelled series appears with its first NACK
+    assert 'ferry_xds_push_latency_seconds_count{type="RDS"}' in metrics
 
 
 async def test_split_90_10_and_tag_url(ferry):
@@ -143,6 +151,9 @@ async def test_rejected_config_is_reported_not_resent_and_old_config_keeps_servi
     stats = await admin.get("/stats?filter=rds\\.hello\\.update_rejected")
     assert b"update_rejected: 1" in stats[1], stats
     assert (await f.status())["gateways"][0]["last_nack"] is None
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{f.api}/metrics") as response:
+            assert 'ferry_xds_nacks_total{type="RDS"} 1.0' in await response.text()
     async with aiohttp.ClientSession() as session:
         assert await get(session, f.gateway, "pinned-hello.localhost") == (200, "hello-00001")
 
@@ -352,3 +363,16 @@ async def test_traffic_back_to_a_stopped_revision_waits_for_its_new_instances(fe
 async def _stopped(f: FerryProcess, revision: str) -> bool:
     status = (await f.status())["revisions"].get(revision)
     return status is not None and status["state"] == "retiring" and status["total"] == 0
+
+
+async def test_the_revision_timeout_bounds_requests(ferry):
+    f = ferry()
+    slow = hello("slow", LATENCY_MS="3000").replace("readiness: {path: /healthz}", "readiness: {path: /healthz}\n        timeout: 1s")
+    f.write_routes(slow)
+    await f.start()
+    await f.wait_converged()
+    async with aiohttp.ClientSession() as session:
+        started = asyncio.get_running_loop().time()
+        async with session.get(f.gateway, headers={"Host": "hello.localhost"}) as response:
+            assert response.status == 504
+        assert 0.9 <= asyncio.get_running_loop().time() - started < 2.5
