@@ -94,8 +94,7 @@ class Daemon:
                 ),
                 workdir,
             )
-        controller_box: list[Controller] = []
-        cache = SnapshotCache(on_new_group=lambda group, meta: controller_box[0].listener_for_group(group, meta))
+        cache = SnapshotCache()
         controller = Controller(
             store,
             lambda on_endpoints, drain: LocalProcessBackend(on_endpoints, drain=drain, log_dir=workdir / "logs"),
@@ -104,7 +103,7 @@ class Daemon:
             local_admins=[envoy.admin] if envoy else [],
             cluster_linger_s=options.cluster_linger_s,
         )
-        controller_box.append(controller)
+        cache.on_new_group = controller.listener_for_group  # each group's listener is the controller's call
         applies = Counter("ferry_config_applies", "routes.yaml applications", ["result"], registry=self.registry)
         metrics = XdsMetrics(self.registry, gateways)
         servicer = AdsServicer(cache, gateways, metrics, controller.dependencies, controller.snapshot_key)

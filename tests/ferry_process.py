@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sys
@@ -120,7 +119,3 @@ class FerryProcess:
 async def get(session: aiohttp.ClientSession, url: str, host: str, **headers) -> tuple[int, str]:
     async with session.get(url, headers={"Host": host, **headers}) as response:
         return response.status, response.headers.get("x-revision", "")
-
-
-def json_of(status: dict) -> str:
-    return json.dumps(status, indent=1)

@@ -119,7 +119,7 @@ class SnapshotCache:
 
     def __init__(self, on_new_group: Callable[[str, Mapping[str, str]], Changes] | None = None):
         self._groups: dict[str, GroupSnapshot] = {self.DEFAULT: GroupSnapshot(self.DEFAULT)}
-        self._on_new_group = on_new_group
+        self.on_new_group = on_new_group  # settable: its owner may be built after the cache
 
     def groups(self) -> Iterable[GroupSnapshot]:
         return self._groups.values()
@@ -129,8 +129,8 @@ class SnapshotCache:
         if snapshot is None:
             snapshot = GroupSnapshot(name, self._groups[self.DEFAULT].stores)
             self._groups[name] = snapshot
-            if self._on_new_group is not None:
-                snapshot.apply(self._on_new_group(name, metadata or {}))
+            if self.on_new_group is not None:
+                snapshot.apply(self.on_new_group(name, metadata or {}))
         return snapshot
 
     def update(self, changes: Changes, groups: Iterable[str] | None = None) -> None:
