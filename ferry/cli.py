@@ -24,6 +24,26 @@ def _hostport(value: str) -> HostPort:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds above 0")
+    return number
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ferry", description="Knative-style serving on real Envoy, no Kubernetes.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -40,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--no-watch", action="store_true", help="do not re-apply the file when it changes")
     up.add_argument("--cluster-linger", type=float, default=10.0, metavar="SECONDS",
                     help="how long a retired revision's cluster stays on the gateways")
+    up.add_argument("--activator", type=_hostport, default=HostPort("127.0.0.1", 8012),
+                    help="where the activator listens (holds requests for revisions at zero)")
+    up.add_argument("--queue-limit", type=_positive_int, default=10_000, metavar="N",
+                    help="requests the activator holds per revision before answering 503")
+    up.add_argument("--autoscale-tick", type=_positive_float, default=2.0, metavar="SECONDS",
+                    help="seconds between autoscaling decisions (Knative: 2)")
     up.add_argument("--test-hooks", action="store_true", help=argparse.SUPPRESS)
     up.add_argument("-v", "--verbose", action="count", default=0)
     up.add_argument("-q", "--quiet", action="store_true")
@@ -79,6 +105,7 @@ def _up(args) -> int:
         routes=args.routes, state=args.state, xds=args.xds, api=args.api, admin=args.admin,
         run_envoy=not args.no_envoy, delta=not args.sotw, watch=not args.no_watch,
         test_hooks=args.test_hooks, cluster_linger_s=args.cluster_linger,
+        activator=args.activator, queue_limit=args.queue_limit, autoscale_tick_s=args.autoscale_tick,
     )
     try:
         asyncio.run(Daemon(options).run())

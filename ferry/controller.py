@@ -7,6 +7,10 @@ traffic change is one small RouteConfiguration (each service has its own, select
 Knative's rules for safety: a route moves only when every revision it names is ready (until then the
 previous route keeps serving), and a revision that leaves the route is stopped only after every gateway
 has acknowledged the route without it.
+
+Autoscaled revisions (those ferry runs) have an autoscaler state; their EDS entry holds either their ready
+instances or, while they are at zero or short of burst capacity, the activator. Switching between the two
+is an endpoint-only change: routes and clusters stay as they are.
 """
 
 from __future__ import annotations
@@ -15,12 +19,17 @@ import asyncio
 import gc
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from .activator import Activator
+from .autoscaler.runner import Autoscaler, Sources
+from .autoscaler.scaler import Step
+from .autoscaler.settings import settings_for
 from .backends.base import Backend, DrainHook, Endpoint, EndpointsChanged, Workload
 from .envoy.admin import EnvoyAdmin
-from .envoy.bootstrap import LISTEN_METADATA_KEY
+from .envoy.bootstrap import ADMIN_METADATA_KEY, LISTEN_METADATA_KEY
 from .routing.loader import LoadedRoutes, validate
 from .routing.revisions import Revision, RevisionPlan, RevisionStore
 from .routing.schema import HostPort, ServiceSpec, service_hosts, tag_host
@@ -42,6 +51,19 @@ class RevisionRuntime:
     endpoints: tuple[Endpoint, ...] = ()  # ready ones
     retiring: bool = False
     retire_task: asyncio.Task | None = None
+    activator_in_path: bool = False  # autoscaled only: EDS points at the activator, not the instances
+    scale_events: deque = field(default_factory=lambda: deque(maxlen=20))  # the latest scale changes, for status
+    proven: bool = False  # became ready once (or starts at zero): the activator may wake it for a route
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.workload is not None
+
+    @property
+    def routable(self) -> bool:
+        """Requests sent to it now are answered: it has ready instances, or the activator holds them
+        while it wakes (Knative routes to a Ready revision even at zero)."""
+        return bool(self.endpoints) or (self.autoscaled and self.proven and self.activator_in_path)
 
     @property
     def name(self) -> str:
@@ -71,15 +93,21 @@ class Controller:
         cache: SnapshotCache,
         gateways: GatewayRegistry,
         *,
+        activator: Activator,
         local_admins: Iterable[EnvoyAdmin] = (),
         cluster_linger_s: float = 10.0,
         sync_timeout_s: float = 10.0,
+        autoscale_tick_s: float = 2.0,
     ):
         self.store = store
         self.cache = cache
         self.gateways = gateways
         self.backend = backend_factory(self._on_endpoints, self._drain)
+        self.activator = activator
         self.local_admins = list(local_admins)
+        self.autoscaler = Autoscaler(
+            self, Sources(admins=self.gateway_admins, activator=activator.stats), tick_s=autoscale_tick_s
+        )
         self.cluster_linger_s = cluster_linger_s
         self.sync_timeout_s = sync_timeout_s
         self.loaded: LoadedRoutes | None = None
@@ -188,7 +216,7 @@ class Controller:
 
     def _route_service(self, service: ServiceRuntime, resolved: ResolvedTraffic) -> None:
         # Ready now, not "once": a revision brought back from retirement waits for its new instances.
-        not_ready = [r for r in sorted(resolved.revisions()) if not self.revisions[r].endpoints]
+        not_ready = [r for r in sorted(resolved.revisions()) if not self.revisions[r].routable]
         if not_ready:
             service.waiting = f"waiting for revision {', '.join(not_ready)} to become ready"
             return
@@ -273,6 +301,9 @@ class Controller:
                     runtime.retire_task.cancel()
                     runtime.retire_task = None
                 if runtime.workload is not None:
+                    state = self.autoscaler.track(name, settings_for(runtime.revision.template))
+                    runtime.instances = state.scale
+                    self._set_endpoints(runtime, runtime.endpoints)
                     await self.backend.scale(runtime.workload, runtime.instances)
             return
         revision = self._revision(name)
@@ -294,6 +325,9 @@ class Controller:
         if workload is None:
             self._set_endpoints(runtime, tuple(Endpoint(h, p) for h, p in template.endpoints))
         else:
+            state = self.autoscaler.track(name, settings_for(template))
+            runtime.instances = state.scale
+            runtime.proven = state.scale == 0  # Knative: a revision that starts at zero is ready at once
             self._set_endpoints(runtime, ())
             await self.backend.scale(workload, runtime.instances)
         log.info("revision started", extra={"revision": name, "instances": runtime.instances})
@@ -310,6 +344,7 @@ class Controller:
         if runtime is None or runtime.retiring:
             return
         runtime.retiring = True
+        self.autoscaler.untrack(name)
         runtime.retire_task = self._spawn(self._retire(runtime), f"retire {name}")
 
     async def _retire(self, runtime: RevisionRuntime) -> None:
@@ -322,6 +357,8 @@ class Controller:
         await asyncio.sleep(self.cluster_linger_s)
         if runtime.retiring and self.revisions.get(runtime.name) is runtime:
             del self.revisions[runtime.name]
+            if runtime.autoscaled:
+                self.activator.remove_revision(runtime.name)
             self._put(xds.CLUSTER, runtime.cluster, None)
             self._put(xds.ENDPOINT, runtime.cluster, None)
             self._publish()
@@ -349,11 +386,29 @@ class Controller:
         self._publish()
 
     def _set_endpoints(self, runtime: RevisionRuntime, endpoints: tuple[Endpoint, ...]) -> None:
-        was_ready = bool(runtime.endpoints)
+        was_routable = runtime.routable
         runtime.endpoints = endpoints
-        self._put(xds.ENDPOINT, runtime.cluster, xds.load_assignment(runtime.cluster, endpoints))
-        if endpoints and not was_ready:
+        if runtime.autoscaled:
+            template = runtime.revision.template
+            # The activator learns first: a request it holds may go to a new instance at once, and none
+            # goes to an instance that is leaving.
+            self.activator.set_revision(
+                runtime.name, endpoints, concurrency=template.concurrency, timeout_s=template.timeout
+            )
+            # A retiring revision is routed nowhere: nothing should wake it.
+            runtime.activator_in_path = not runtime.retiring and self._wants_activator(
+                runtime, self.autoscaler.activator_in_path(runtime.name, len(endpoints))
+            )
+            if endpoints:
+                runtime.proven = True
+        self._put_endpoints(runtime)
+        if runtime.routable and not was_routable:
             self._became_ready(runtime)
+
+    def _put_endpoints(self, runtime: RevisionRuntime) -> None:
+        activator = Endpoint(self.activator.host, self.activator.port)
+        endpoints = (activator,) if runtime.activator_in_path else runtime.endpoints
+        self._put(xds.ENDPOINT, runtime.cluster, xds.load_assignment(runtime.cluster, endpoints))
 
     def _became_ready(self, runtime: RevisionRuntime) -> None:
         """A newer ready revision is what latestRevision means now; a route waiting for this one may move."""
@@ -374,24 +429,71 @@ class Controller:
                 self._publish()
 
     async def _drain(self, revision: str, endpoint: Endpoint) -> None:
-        """Before SIGTERM: every gateway has dropped the endpoint and, for a retired revision, its
-        requests in flight have finished (as our own gateways report)."""
+        """Before SIGTERM: every gateway has dropped the endpoint and the activator's requests to it have
+        finished. (The backend then waits for the gateways' own requests: it can see the instance's
+        connections, which Envoy closes once a removed host's last request is answered.)"""
         await self._publish_and_sync()
+        while self.activator.in_flight(revision, endpoint):
+            await asyncio.sleep(0.02)
+
+    # -- autoscaling (the Autoscaler's ScaleTarget) ----------------------------------------------------
+
+    def ready(self, revision: str) -> int:
         runtime = self.revisions.get(revision)
-        if runtime is None or not runtime.retiring or not self.local_admins:
+        return len(runtime.endpoints) if runtime else 0
+
+    def reachable(self, revision: str) -> bool:
+        runtime = self.revisions.get(revision)
+        if runtime is None:
+            return False
+        service = self.services.get(runtime.revision.service)
+        return service is not None and service.traffic is not None and revision in service.traffic.revisions()
+
+    async def apply_step(self, revision: str, step: Step) -> None:
+        runtime = self.revisions.get(revision)
+        if runtime is None or runtime.retiring or runtime.workload is None:
             return
-        deadline = time.monotonic() + runtime.revision.template.timeout
-        while time.monotonic() < deadline:
-            active = 0
-            for admin in self.local_admins:
+        if step.scale is not None and step.scale != runtime.instances:
+            log.info("scaling", extra={"revision": revision, "from": runtime.instances, "to": step.scale,
+                                       "reason": step.reason})
+            runtime.scale_events.append(
+                {"at": round(time.time(), 3), "from": runtime.instances, "to": step.scale, "reason": step.reason}
+            )
+            runtime.instances = step.scale
+            await self.backend.scale(runtime.workload, step.scale)
+        if runtime.retiring:  # retired while the backend was scaling
+            return
+        in_path = self._wants_activator(runtime, step.activator_in_path)
+        if in_path != runtime.activator_in_path:
+            runtime.activator_in_path = in_path
+            log.info("activator in path" if in_path else "activator out of path",
+                     extra={"revision": revision, "ready": len(runtime.endpoints)})
+            self._put_endpoints(runtime)
+            self._publish()
+
+    @staticmethod
+    def _wants_activator(runtime: RevisionRuntime, autoscaler_says: bool) -> bool:
+        """A revision with a concurrency limit keeps the activator in its path at every scale: only the
+        activator sees every gateway's requests, so only it can hold each instance to the limit (Knative
+        puts a queue-proxy beside each instance for that; ferry has none)."""
+        return autoscaler_says or runtime.revision.template.concurrency > 0
+
+    def wake(self, revision: str) -> None:
+        """The activator holds a request for a revision with no ready instance."""
+        self.autoscaler.poke(revision)
+
+    def gateway_admins(self) -> list[EnvoyAdmin]:
+        """Every gateway that told us its admin address, and our own Envoy: the autoscaler's sources."""
+        admins = {(a.host, a.port): a for a in self.local_admins}
+        for stream in list(self.gateways.streams):
+            address = stream.node.metadata.get(ADMIN_METADATA_KEY) if stream.node is not None else None
+            if address:
                 try:
-                    stats = await admin.cluster_stats([runtime.cluster], ("upstream_rq_active",))
-                except (OSError, asyncio.TimeoutError, RuntimeError):
+                    parsed = HostPort.parse(address)
+                except ValueError:
                     continue
-                active += stats.get(runtime.cluster, {}).get("upstream_rq_active", 0)
-            if active == 0:
-                return
-            await asyncio.sleep(0.05)
+                admins.setdefault((parsed.host, parsed.port), EnvoyAdmin(parsed.host, parsed.port, timeout=1.0))
+        return list(admins.values())
 
     # -- publishing -----------------------------------------------------------------------------------
 
@@ -464,6 +566,7 @@ class Controller:
         return task
 
     async def aclose(self) -> None:
+        await self.autoscaler.aclose()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -521,12 +624,42 @@ class Controller:
             "generation": runtime.revision.generation,
             "ready": counts.ready if counts else len(runtime.endpoints),
             "total": counts.total if counts else len(runtime.endpoints),
+            "instances_started": counts.started if counts else None,
             "endpoints": [str(e) for e in runtime.endpoints],
             "state": "retiring" if runtime.retiring else ("ready" if runtime.endpoints else "not ready"),
             "managed": managed,
+            "autoscaling": self._autoscaling_status(runtime) if managed else None,
             "instances": [
                 {"pid": i.pid, "endpoint": str(i.endpoint) if i.endpoint else None, "ready": i.ready,
                  "stopping": i.stopping, "restarts": i.restarts, "log": str(i.log_path)}
                 for i in (self.backend.instances(runtime.name) if managed else ())
             ],
+        }
+
+    def _autoscaling_status(self, runtime: RevisionRuntime) -> dict | None:
+        """What `ferry status` shows about scaling: wanted vs ready, the load seen, and why."""
+        state = self.autoscaler.states.get(runtime.name)
+        if state is None:
+            return {"activator_in_path": runtime.activator_in_path, "tracked": False}
+        now = self.autoscaler.clock()
+        settings = state.settings
+        load = self.autoscaler.last_load.get(runtime.name)
+        decided = self.autoscaler.reasons.get(runtime.name)
+        return {
+            "desired": state.scale,
+            "ready": len(runtime.endpoints),
+            "metric": settings.metric,
+            "target_per_instance": round(settings.target_value, 3),
+            "observed": {
+                "concurrency": round(load.concurrency, 3) if load else None,
+                "rps": round(load.rps, 3) if load else None,
+                "stable": state.stable.average(now),
+                "panic": state.panic.average(now),
+            },
+            "panic_mode": state.decider.panic_since is not None,
+            "active": state.active_since is not None,
+            "activator_in_path": runtime.activator_in_path,
+            "excess_burst_capacity": state.last.excess_burst_capacity if state.last else None,
+            "last_decision": {"reason": decided[1], "seconds_ago": round(now - decided[0], 1)} if decided else None,
+            "scale_events": list(runtime.scale_events),
         }

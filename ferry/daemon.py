@@ -16,6 +16,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
+from .activator import Activator
 from .api import build_api
 from .backends.local import LocalProcessBackend
 from .controller import Controller
@@ -44,6 +45,9 @@ class DaemonOptions:
     test_hooks: bool = False
     cluster_linger_s: float = 10.0
     node_id: str = "ferry-local"
+    activator: HostPort = HostPort("127.0.0.1", 8012)
+    queue_limit: int = 10_000
+    autoscale_tick_s: float = 2.0
 
     @property
     def state_path(self) -> Path:
@@ -95,14 +99,22 @@ class Daemon:
                 workdir,
             )
         cache = SnapshotCache()
+        wake = _Forward()
+        activator = Activator(
+            host=options.activator.host, port=options.activator.port, queue_limit=options.queue_limit,
+            on_demand=wake, registry=self.registry,
+        )
         controller = Controller(
             store,
             lambda on_endpoints, drain: LocalProcessBackend(on_endpoints, drain=drain, log_dir=workdir / "logs"),
             cache,
             gateways,
+            activator=activator,
             local_admins=[envoy.admin] if envoy else [],
             cluster_linger_s=options.cluster_linger_s,
+            autoscale_tick_s=options.autoscale_tick_s,
         )
+        wake.to = controller.wake
         cache.on_new_group = controller.listener_for_group  # each group's listener is the controller's call
         applies = Counter("ferry_config_applies", "routes.yaml applications", ["result"], registry=self.registry)
         metrics = XdsMetrics(self.registry, gateways)
@@ -132,17 +144,26 @@ class Daemon:
             controller.set_endpoints(body["revision"], [HostPort.parse(e) for e in body["endpoints"]])
 
         xds_server = api_runner = None
-        watch_task = supervise_task = None
+        watch_task = supervise_task = autoscale_task = None
         gc_log = GcPauseLog()
         gc.callbacks.append(gc_log)
         # ferry makes little cyclic garbage but allocates in bursts (a /status at 10,000 services is ~10^5
         # objects): with CPython's default thresholds that meant a 50-250 ms full collection every second,
         # finding nothing. Collect young objects every 50,000 allocations and the old ones rarely.
         gc.set_threshold(50_000, 20, 100)
+        activator_started = False
         try:
+            try:
+                await activator.start()
+                activator_started = True
+            except OSError as err:
+                raise OSError(
+                    f"cannot serve the activator on {options.activator}: {err.strerror} (use --activator to move it)"
+                ) from None
             xds_server = await start_xds_server(servicer, str(options.xds))
             await controller.apply(loaded)
             applies.labels("applied").inc()
+            autoscale_task = asyncio.create_task(controller.autoscaler.run(), name="autoscaler")
             hooks = {"poison-routes": poison, "endpoints": set_endpoints} if options.test_hooks else None
             api = build_api(controller.status, self.registry, apply_text, test_hooks=hooks)
             api_runner = web.AppRunner(api, access_log=None)
@@ -166,7 +187,7 @@ class Daemon:
                 supervise_task = asyncio.create_task(envoy.supervise(), name="supervise envoy")
             await stop.wait()
         finally:
-            for task in (watch_task, supervise_task):
+            for task in (watch_task, supervise_task, autoscale_task):
                 if task:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
@@ -175,6 +196,8 @@ class Daemon:
             if envoy:
                 await envoy.stop()
             await controller.aclose()
+            if activator_started:
+                await activator.aclose()
             if xds_server:
                 await xds_server.stop(grace=0.5)
             store.close()
@@ -203,3 +226,14 @@ class Daemon:
                     pass  # logged and recorded in status; the last good configuration keeps serving
                 except OSError as err:
                     log.error("cannot read %s: %s", target, err)
+
+
+class _Forward:
+    """The activator is built before the controller it wakes: forward its calls once that exists."""
+
+    def __init__(self) -> None:
+        self.to = None
+
+    def __call__(self, revision: str) -> None:
+        if self.to is not None:
+            self.to(revision)

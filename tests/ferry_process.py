@@ -24,6 +24,7 @@ class FerryProcess:
         self.api_port = free_port()
         self.xds_port = free_port()
         self.admin_port = free_port()
+        self.activator_port = free_port()
         self.envoy = envoy
         self.delta = delta
         self.extra = extra
@@ -50,7 +51,8 @@ class FerryProcess:
         argv = [
             sys.executable, "-m", "ferry", "up", str(self.routes),
             "--api", f"127.0.0.1:{self.api_port}", "--xds", f"127.0.0.1:{self.xds_port}",
-            "--admin", f"127.0.0.1:{self.admin_port}", "--cluster-linger", "2", "--test-hooks", *self.extra,
+            "--admin", f"127.0.0.1:{self.admin_port}", "--activator", f"127.0.0.1:{self.activator_port}",
+            "--cluster-linger", "2", "--test-hooks", *self.extra,
         ]
         if not self.envoy:
             argv.append("--no-envoy")

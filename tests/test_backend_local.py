@@ -114,10 +114,10 @@ async def test_scale_up_serves_its_revision_with_the_env_contract(make_backend, 
     b, rec = make_backend()
     wl = workload(MESSAGE="hi there")
     await b.scale(wl, 2)
-    assert b.counts(REV) == InstanceCounts(ready=0, total=2)  # returns without waiting for readiness
+    assert b.counts(REV) == InstanceCounts(ready=0, total=2, started=0)  # returns without waiting for readiness
     await wait_until(lambda: len(b.endpoints(REV)) == 2, what="2 ready endpoints")
     eps = b.endpoints(REV)
-    assert rec.current[REV] == eps and b.counts(REV) == InstanceCounts(ready=2, total=2)
+    assert rec.current[REV] == eps and b.counts(REV) == InstanceCounts(ready=2, total=2, started=2)
     assert len({ep.port for ep in eps}) == 2 and all(ep.host == "127.0.0.1" for ep in eps)
 
     pids = {info.endpoint: info.pid for info in b.instances(REV)}
@@ -145,7 +145,7 @@ async def test_http_readiness_waits_for_200_not_just_an_open_port(make_backend):
     await wait_until(lambda: b.instances(REV)[0].endpoint is not None, what="instance spawned")
     port = b.instances(REV)[0].endpoint.port
     await wait_until(lambda: tcp_open(port), what="port open")
-    assert b.endpoints(REV) == () and b.counts(REV) == InstanceCounts(ready=0, total=1)  # listening, /healthz 503
+    assert b.endpoints(REV) == () and b.counts(REV) == InstanceCounts(ready=0, total=1, started=1)  # listening, /healthz 503
 
     await wait_until(lambda: len(b.endpoints(REV)) == 1, what="ready")
     assert health_at_join == [200]
@@ -176,11 +176,12 @@ async def test_crash_leaves_endpoints_at_once_then_restarts_and_rejoins(make_bac
     os.kill(victim.pid, signal.SIGKILL)
     await wait_until(lambda: rec.current[REV] == (survivor.endpoint,), timeout=2, what="victim out of endpoints")
     assert time.monotonic() - t0 < 1.0  # observed via proc.wait(), not a slow health probe
-    assert b.counts(REV) == InstanceCounts(ready=1, total=2)
+    assert (b.counts(REV).ready, b.counts(REV).total) == (1, 2)
 
     await wait_until(lambda: len(b.endpoints(REV)) == 2, what="restarted instance rejoins")
     restarted = next(i for i in b.instances(REV) if i.index == victim.index)
     assert restarted.restarts == 1 and restarted.pid != victim.pid and restarted.ready
+    assert b.counts(REV).started == 3  # two, then the restart
     assert not pid_exists(victim.pid)
 
     (crash,) = [r for r in caplog.records if r.levelno == logging.WARNING and "exited unexpectedly" in r.getMessage()]
@@ -196,7 +197,7 @@ async def test_failing_probes_take_an_instance_out_and_success_brings_it_back(ma
     os.kill(inst.pid, signal.SIGSTOP)  # alive but unresponsive: only probes can tell
     try:
         await wait_until(lambda: b.endpoints(REV) == (), timeout=5, what="out after 3 failed probes")
-        assert b.counts(REV) == InstanceCounts(ready=0, total=1)
+        assert b.counts(REV) == InstanceCounts(ready=0, total=1, started=1)
     finally:
         os.kill(inst.pid, signal.SIGCONT)
     await wait_until(lambda: b.endpoints(REV) == (inst.endpoint,), timeout=5, what="back after a good probe")
@@ -229,7 +230,7 @@ async def test_scale_down_drains_before_sigterm_and_finishes_in_flight_requests(
         await wait_until(inflight, what="slow request in flight")
         await b.scale(wl, 1)
         assert b.endpoints(REV) == (survivor.endpoint,)  # left synchronously, before scale() returned
-        assert b.counts(REV) == InstanceCounts(ready=1, total=1)
+        assert b.counts(REV) == InstanceCounts(ready=1, total=1, started=2)
         await wait_until(lambda: len(b.instances(REV)) == 1, what="victim stopped")
         assert not pid_exists(victim.pid)
         async with await slow as r:
@@ -273,7 +274,7 @@ async def test_stop_and_aclose_leave_no_process(make_backend):
 
     await b.stop("a-00001")  # returns once they have exited
     assert not any(map(pid_exists, a_pids)) and all(map(pid_alive, b_pids))
-    assert rec.current["a-00001"] == () and b.counts("a-00001") == InstanceCounts(0, 0)
+    assert rec.current["a-00001"] == () and b.counts("a-00001") == InstanceCounts(0, 0, started=0)
     assert sorted(e[2] for e in rec.events if e[0] == "drain") == sorted(a_eps)
 
     await b.aclose()

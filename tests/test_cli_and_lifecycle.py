@@ -65,7 +65,10 @@ def test_bootstrap_is_accepted_by_envoy(tmp_path, delta):
     result = ferry_cli(*args, *([] if delta else ["--sotw"]))
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
-    assert config["node"] == {"id": "edge-7", "cluster": "edge", "metadata": {"ferry.listen": "127.0.0.1:8181"}}
+    assert config["node"] == {
+        "id": "edge-7", "cluster": "edge",
+        "metadata": {"ferry.admin": "127.0.0.1:9901", "ferry.listen": "127.0.0.1:8181"},
+    }
     assert config["dynamic_resources"]["ads_config"]["api_type"] == ("DELTA_GRPC" if delta else "GRPC")
     path = tmp_path / "bootstrap.yaml"
     path.write_text(result.stdout)
@@ -180,7 +183,15 @@ async def test_a_crashed_envoy_is_restarted_and_serves_again(ferry):
     await wait_until(lambda: _restarted_envoy(f, envoy_pid), 30, "a new Envoy")
     await f.wait_converged()
     async with aiohttp.ClientSession() as session:
-        assert await get(session, f.gateway, "hello.localhost") == (200, "hello-00001")
+
+        async def serving() -> bool:
+            # Envoy ACKs its listener before its workers have bound the port: wait for the bind itself.
+            try:
+                return await get(session, f.gateway, "hello.localhost") == (200, "hello-00001")
+            except aiohttp.ClientConnectorError:
+                return False
+
+        await wait_until(serving, 10, "the restarted Envoy to serve")
 
 
 def _restarted_envoy(f: FerryProcess, old_pid: int) -> bool:

@@ -583,8 +583,182 @@ def test_scale_bounds_and_metric(tmp_path: Path) -> None:
         ("services.world.template.scale.metric", 9),
     ]
     assert "min 5 is greater than max 2" in found[0].message
-    assert found[1].message == "must be greater than 0, got 0"
+    assert found[1].message == "must be 0.01 or more, got 0"
     assert found[2].message == "expected one of 'concurrency' or 'rps', got 'cpu'"
+
+
+SCALE_FIELD = """
+services:
+  hello:
+    template:
+      command: [a]
+      scale:
+        {field}: {value}
+"""  # the field is on line 6
+
+WHOLE = "(Knative takes it with second precision only)"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("target", "0", "must be 0.01 or more, got 0"),
+        ("target", "0.005", "must be 0.01 or more, got 0.005"),
+        ("target", ".inf", "expected a finite number, got inf: .inf and .nan are not allowed here"),
+        ("utilization", "0", "must be 1 or more, got 0"),
+        ("utilization", "-5", "must be 1 or more, got -5"),
+        ("utilization", "0.7", "must be 1 or more, got 0.7: it is a percentage: write 70 for 70%"),
+        ("utilization", "100.5", "must be 100 or less, got 100.5"),
+        ("utilization", "7e1", "expected a number, got '7e1': YAML reads an exponent without a dot and a sign as text: write 70"),
+        ("utilization", '"70"', "expected a number, got '70': remove the quotes to write a number"),
+        ("utilization", "70%", "expected a number, got '70%'"),
+        ("activation", "0", "must be 1 or more, got 0"),
+        ("activation", "1.5", "expected an integer, got 1.5"),
+        ("stableWindow", "5s", "stableWindow '5s' is shorter than the minimum of 6s: raise it, e.g. 60s"),
+        ("stableWindow", "5999ms", "stableWindow '5999ms' is shorter than the minimum of 6s: raise it, e.g. 60s"),
+        ("stableWindow", "0", "stableWindow 0 is shorter than the minimum of 6s: raise it, e.g. 60s"),
+        ("stableWindow", "3601", "stableWindow 3601 is longer than the maximum of 1h (3600s): lower it"),
+        ("stableWindow", "1h0m1s", "stableWindow '1h0m1s' is longer than the maximum of 1h (3600s): lower it"),
+        ("stableWindow", "60.5s", f"stableWindow '60.5s' is not a whole number of seconds {WHOLE}: round it to 60s or 61s"),
+        ("stableWindow", "6500ms", f"stableWindow '6500ms' is not a whole number of seconds {WHOLE}: round it to 6s or 7s"),
+        ("stableWindow", ".inf", "stableWindow must be a finite duration, got inf: e.g. 60s"),
+        ("stableWindow", "a minute", "invalid duration 'a minute': write a number with a unit, e.g. 300s, 1.5s, 500ms, 2m, 1h or 1m30s"),
+        ("stableWindow", "yes", "expected a duration, got true: write a number with a unit, e.g. 300s, 1.5s, 500ms, 2m, 1h or 1m30s"),
+        ("panicWindowPercent", "0", "must be 1 or more, got 0"),
+        ("panicWindowPercent", "0.5", "must be 1 or more, got 0.5"),
+        ("panicWindowPercent", "101", "must be 100 or less, got 101"),
+        ("panicThreshold", "109.9", "must be 110 or more, got 109.9"),
+        ("panicThreshold", "1001", "must be 1000 or less, got 1001"),
+        ("panicThreshold", "2", "must be 110 or more, got 2: it is a percentage: write 200 for 2 times the ready instances"),
+        ("panicThreshold", "2.5", "must be 110 or more, got 2.5: it is a percentage: write 250 for 2.5 times the ready instances"),
+        ("maxScaleUpRate", "1", "must be greater than 1, got 1"),
+        ("maxScaleUpRate", "0.5", "must be greater than 1, got 0.5"),
+        ("maxScaleUpRate", ".inf", "expected a finite number, got inf: .inf and .nan are not allowed here"),
+        ("maxScaleDownRate", "1", "must be greater than 1, got 1"),
+        ("maxScaleDownRate", ".nan", "expected a finite number, got nan: .inf and .nan are not allowed here"),
+        ("zeroGracePeriod", "-1", "zeroGracePeriod cannot be negative, got -1: e.g. 30s"),
+        ("zeroGracePeriod", "-0.5", "zeroGracePeriod cannot be negative, got -0.5: e.g. 30s"),
+        ("zeroGracePeriod", ".inf", "zeroGracePeriod must be a finite duration, got inf: e.g. 30s"),
+        ("scaleDownDelay", "-1", "scaleDownDelay cannot be negative, got -1: e.g. 0s or 5m"),
+        ("scaleDownDelay", "61m", "scaleDownDelay '61m' is longer than the maximum of 1h (3600s): lower it"),
+        ("scaleDownDelay", "1.5s", f"scaleDownDelay '1.5s' is not a whole number of seconds {WHOLE}: round it to 1s or 2s"),
+        ("burstCapacity", "-2", "must be 0 or more, or -1 for unlimited, got -2"),
+        ("burstCapacity", "-0.5", "must be 0 or more, or -1 for unlimited, got -0.5"),
+        ("burstCapacity", ".inf", "expected a finite number, got inf: .inf and .nan are not allowed here"),
+        ("burstCapacity", "unlimited", "expected a number, got 'unlimited'"),
+        ("burstCapacity", "1e-7", "expected a number, got '1e-7': YAML reads an exponent without a dot and a sign as text: write 1.0e-07"),
+        ("burstCapacity", '"1.0e+3"', "expected a number, got '1.0e+3': remove the quotes to write a number"),
+        ("activation", "2e0", "expected an integer, got '2e0': YAML reads an exponent without a dot and a sign as text: write 2"),
+    ],
+)
+def test_scale_values_out_of_range(tmp_path: Path, field: str, value: str, message: str) -> None:
+    path = write(tmp_path, SCALE_FIELD.format(field=field, value=value))
+    with pytest.raises(ConfigError) as info:
+        load_routes(path)
+    (p,) = info.value.problems
+    assert (p.path, p.line, p.message) == (f"services.hello.template.scale.{field}", 6, message)
+    assert str(info.value) == f"{path}:6: services.hello.template.scale.{field}: {message}"
+
+
+def test_every_bad_scale_value_is_reported_in_one_pass(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        """
+        services:
+          hello:
+            template:
+              command: [a]
+              scale:
+                utilization: 0
+                stableWindow: 2h
+                panicThreshold: 100
+                burstCapacity: -3
+    """,
+    )
+    assert [(p.path, p.line) for p in found] == [
+        ("services.hello.template.scale.utilization", 6),
+        ("services.hello.template.scale.stableWindow", 7),
+        ("services.hello.template.scale.panicThreshold", 8),
+        ("services.hello.template.scale.burstCapacity", 9),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("scale", "message"),
+    [
+        ("{min: 3, max: 2}", "min 3 is greater than max 2: raise max or lower min (max 0 means unbounded)"),
+        ("{max: 2, initial: 3}", "initial 3 is greater than max 2: lower initial or raise max (max 0 means unbounded)"),
+        (
+            "{max: 2, activation: 3}",
+            "activation 3 is greater than max 2: lower activation or raise max (max 0 means unbounded)",
+        ),
+        (
+            "{min: 4, max: 2, initial: 3, activation: 5}",
+            (
+                "min 4 is greater than max 2: raise max or lower min; initial 3 is greater than max 2: lower initial "
+                "or raise max; activation 5 is greater than max 2: lower activation or raise max (max 0 means unbounded)"
+            ),
+        ),
+    ],
+)
+def test_scale_cross_field_bounds(tmp_path: Path, scale: str, message: str) -> None:
+    p = only(
+        tmp_path,
+        f"""
+        services:
+          hello:
+            template:
+              command: [a]
+              scale: {scale}
+    """,
+    )
+    assert (p.path, p.line, p.message) == ("services.hello.template.scale", 5, message)
+
+
+@pytest.mark.parametrize(
+    ("key", "guess"),
+    [
+        ("stable_window", "stableWindow"),
+        ("stablewindow", "stableWindow"),
+        ("StableWindow", "stableWindow"),
+        ("panic_threshold", "panicThreshold"),
+        ("scale-down-delay", "scaleDownDelay"),
+        ("burst_capacity", "burstCapacity"),
+        ("utilisation", "utilization"),
+        # Knative's annotation names
+        ("min-scale", "min"),
+        ("max-scale", "max"),  # not maxScaleUpRate, the closer spelling
+        ("initial-scale", "initial"),
+        ("target-utilization-percentage", "utilization"),
+        ("activation-scale", "activation"),
+        ("window", "stableWindow"),
+        ("panic-window-percentage", "panicWindowPercent"),
+        ("panic-threshold-percentage", "panicThreshold"),
+        ("max-scale-up-rate", "maxScaleUpRate"),
+        ("scale-to-zero-grace-period", "zeroGracePeriod"),
+        ("target-burst-capacity", "burstCapacity"),
+    ],
+)
+def test_misspelled_scale_fields_get_a_guess(tmp_path: Path, key: str, guess: str) -> None:
+    p = only(tmp_path, SCALE_FIELD.format(field=key, value="1"))
+    assert (p.path, p.line) == (f"services.hello.template.scale.{key}", 6)
+    assert p.message.startswith(f"unknown field '{key}'; did you mean '{guess}'? (allowed: min, max, initial, ")
+    assert p.message.endswith(
+        "utilization, activation, stableWindow, panicWindowPercent, panicThreshold, maxScaleUpRate, "
+        "maxScaleDownRate, zeroGracePeriod, scaleDownDelay, burstCapacity)"
+    )
+
+
+def test_knative_annotation_keys_are_recognised(tmp_path: Path) -> None:
+    p = only(tmp_path, SCALE_FIELD.format(field='"autoscaling.knative.dev/target-burst-capacity"', value="0"))
+    assert p.path == 'services.hello.template.scale["autoscaling.knative.dev/target-burst-capacity"]'
+    assert "did you mean 'burstCapacity'?" in p.message and p.line == 6
+
+
+def test_knative_names_outside_scale_guess_ferrys_names(tmp_path: Path) -> None:
+    p = only(tmp_path, "services:\n  hello:\n    template:\n      command: [a]\n      containerConcurrency: 1\n")
+    assert (p.path, p.line) == ("services.hello.template.containerConcurrency", 5)
+    assert "did you mean 'concurrency'?" in p.message
 
 
 def test_readiness_path_must_be_absolute(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from ferry.routing import (
     tag_host,
 )
 from ferry.routing.durations import parse_duration
+from ferry.routing.revisions import canonical_template, template_digest
 
 EXAMPLE = """\
 gateway:
@@ -201,3 +202,159 @@ def test_dumped_spec_loads_back_equal(tmp_path: Path) -> None:
     spec = load_routes(tmp_path / "r.yaml", text=EXAMPLE).spec
     dumped = yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
     assert load_routes(tmp_path / "r.yaml", text=dumped).spec == spec
+
+
+def scale_of(tmp_path: Path, scale: str, extra: str = "") -> Scale:
+    text = f"services:\n  hello:\n    template:\n      command: [app]\n{extra}      scale: {scale}\n"
+    return load_routes(tmp_path / "r.yaml", text=text).spec.services["hello"].template.scale
+
+
+def test_scale_defaults_are_knatives(tmp_path: Path) -> None:
+    s = scale_of(tmp_path, "{}")
+    assert s == Scale()
+    assert (s.min, s.max, s.initial, s.target, s.metric) == (0, 0, 1, 100.0, "concurrency")
+    assert (s.utilization, s.activation, s.stableWindow, s.panicWindowPercent, s.panicThreshold) == (
+        70.0,
+        1,
+        60.0,
+        10.0,
+        200.0,
+    )
+    assert (s.maxScaleUpRate, s.maxScaleDownRate, s.zeroGracePeriod, s.scaleDownDelay, s.burstCapacity) == (
+        1000.0,
+        2.0,
+        30.0,
+        0.0,
+        211.0,
+    )
+    assert scale_of(tmp_path, "{metric: rps}").target == 200.0
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "stored"),
+    [
+        ("target", "0.01", 0.01),
+        ("target", "1000000", 1e6),
+        ("utilization", "1.5", 1.5),
+        ("utilization", "100", 100.0),
+        ("utilization", "1", 1.0),
+        ("activation", "1", 1),
+        ("activation", "500", 500),
+        ("stableWindow", "6s", 6.0),
+        ("stableWindow", "6", 6.0),
+        ("stableWindow", "6000ms", 6.0),
+        ("stableWindow", "1h", 3600.0),
+        ("stableWindow", "3600", 3600.0),
+        ("stableWindow", "1m30s", 90.0),
+        ("stableWindow", "0.1h", 360.0),
+        ("stableWindow", "1.5m", 90.0),
+        ("stableWindow", "60.0", 60.0),
+        ("panicWindowPercent", "1", 1.0),
+        ("panicWindowPercent", "100", 100.0),
+        ("panicWindowPercent", "12.5", 12.5),
+        ("panicThreshold", "110", 110.0),
+        ("panicThreshold", "1000", 1000.0),
+        ("panicThreshold", "150.5", 150.5),
+        ("maxScaleUpRate", "1.001", 1.001),
+        ("maxScaleUpRate", "1.0e+6", 1e6),
+        ("maxScaleDownRate", "1.001", 1.001),
+        ("maxScaleDownRate", "10", 10.0),
+        ("zeroGracePeriod", "0", 0.0),
+        ("zeroGracePeriod", "0s", 0.0),
+        ("zeroGracePeriod", "1.5s", 1.5),
+        ("zeroGracePeriod", "500ms", 0.5),
+        ("zeroGracePeriod", "24h", 86400.0),
+        ("scaleDownDelay", "0s", 0.0),
+        ("scaleDownDelay", "0", 0.0),
+        ("scaleDownDelay", "1h", 3600.0),
+        ("scaleDownDelay", "5m", 300.0),
+        ("scaleDownDelay", "1000ms", 1.0),
+        ("burstCapacity", "-1", -1.0),
+        ("burstCapacity", "0", 0.0),
+        ("burstCapacity", "0.5", 0.5),
+        ("burstCapacity", "1000000", 1e6),
+    ],
+)
+def test_scale_fields_accept_their_range_edges(tmp_path: Path, field: str, value: str, stored: float) -> None:
+    s = scale_of(tmp_path, f"{{{field}: {value}}}")
+    assert getattr(s, field) == stored
+    assert type(getattr(s, field)) is type(stored)
+
+
+@pytest.mark.parametrize(
+    "scale",
+    [
+        "{min: 2, max: 2, initial: 2, activation: 2}",  # equal to max is fine
+        "{max: 0, initial: 50, activation: 50, min: 50}",  # max 0 is unbounded
+        "{min: 3, initial: 0}",  # initial below min: min wins at run time, as in Knative
+    ],
+)
+def test_scale_bounds_accepted(tmp_path: Path, scale: str) -> None:
+    scale_of(tmp_path, scale)
+
+
+def test_target_above_concurrency_is_allowed(tmp_path: Path) -> None:
+    """Knative caps the target at containerConcurrency (ferry.autoscaler.settings does too); it is no error."""
+    assert scale_of(tmp_path, "{target: 500}", extra="      concurrency: 10\n").target == 500.0
+
+
+def test_templates_without_the_autoscaling_knobs_keep_their_digest() -> None:
+    """The knobs were added later with defaults: a template not using them digests as before, so no revision
+    changes; writing a default out explicitly makes no new revision either."""
+    # digests computed by ferry before the knobs existed
+    before = {
+        Template(command=("a",)): "77730907f5a491c1f53aedf3ade7c45e96264b83fe642f020a9c02afc42755dc",
+        Template(command=("a",), scale={"max": 10}): "76cd7e4eb5232b0839d9489cbb3a6f3dc0c54bf0143837428feda0beb2585bea",
+        Template(command=("a",), concurrency=10, scale={"max": 10, "metric": "rps"}): (
+            "9ca24a159bf3d8e13157bd0925df712d50c230d191755cd1371bd2197e34b550"
+        ),
+    }
+    assert {t: template_digest(t) for t in before} == before
+    plain = Template(command=("a",))
+    explicit = Template(
+        command=("a",),
+        scale={
+            "utilization": 70,
+            "activation": 1,
+            "stableWindow": "1m",
+            "panicWindowPercent": 10,
+            "panicThreshold": 200,
+            "maxScaleUpRate": 1000,
+            "maxScaleDownRate": 2,
+            "zeroGracePeriod": "30s",
+            "scaleDownDelay": "0s",
+            "burstCapacity": 211,
+        },
+    )
+    assert explicit == plain and hash(explicit) == hash(plain)
+    assert template_digest(explicit) == template_digest(plain)
+    changed = Template(command=("a",), scale={"panicThreshold": 300})
+    assert changed != plain and template_digest(changed) != template_digest(plain)
+    assert canonical_template(changed) == '{"command":["a"],"scale":{"panicThreshold":300.0,"target":100.0}}'
+
+
+def test_scale_knobs_round_trip_through_a_dump(tmp_path: Path) -> None:
+    text = """\
+services:
+  hello:
+    template:
+      command: [app]
+      scale:
+        utilization: 85.5
+        activation: 2
+        stableWindow: 2m
+        panicWindowPercent: 20
+        panicThreshold: 300
+        maxScaleUpRate: 5
+        maxScaleDownRate: 1.5
+        zeroGracePeriod: 1500ms
+        scaleDownDelay: 10m
+        burstCapacity: -1
+"""
+    spec = load_routes(tmp_path / "r.yaml", text=text).spec
+    s = spec.services["hello"].template.scale
+    assert (s.stableWindow, s.zeroGracePeriod, s.scaleDownDelay, s.burstCapacity) == (120.0, 1.5, 600.0, -1.0)
+    dumped = yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+    assert load_routes(tmp_path / "r.yaml", text=dumped).spec == spec
+    with pytest.raises(ValidationError, match="frozen"):
+        s.utilization = 1  # type: ignore[misc]

@@ -6,7 +6,8 @@ listen on 127.0.0.1:$PORT, name yourself from $K_REVISION, drain gracefully on S
 Paths:
   /healthz  200 once listening (503 for READY_DELAY seconds first)
   /env      JSON of PORT, K_SERVICE, K_CONFIGURATION, K_REVISION, MESSAGE and the pid
-  /stats    JSON {"inflight": requests in flight besides this one, "served": requests answered}
+  /stats    JSON {"inflight": requests in flight besides this one, "served": requests answered,
+            "max_app_inflight": most non-admin requests ever in flight at once (a breaker test reads it)}
   /headers  JSON of the request headers (what the gateway added)
   anything  "<K_REVISION>: <MESSAGE>\\n" with header x-revision (subject to LATENCY_MS and ERROR_RATE)
 
@@ -42,6 +43,8 @@ class State:
         self.cond = threading.Condition()
         self.inflight = 0
         self.served = 0
+        self.app_inflight = 0  # requests outside ADMIN_PATHS
+        self.max_app_inflight = 0
         self.stopping = False
         self.ready_at = 0.0
 
@@ -75,20 +78,31 @@ class Handler(BaseHTTPRequestHandler):
                 self._reply(200, json.dumps(headers).encode() + b"\n", "application/json")
             elif path == "/stats":
                 with STATE.cond:
-                    stats = {"inflight": STATE.inflight - 1, "served": STATE.served}
+                    stats = {"inflight": STATE.inflight - 1, "served": STATE.served,
+                             "max_app_inflight": STATE.max_app_inflight}
                 self._reply(200, json.dumps(stats).encode() + b"\n", "application/json")
             else:
-                if LATENCY_S > 0:
-                    time.sleep(LATENCY_S)
-                if ERROR_RATE > 0 and random.random() < ERROR_RATE:
-                    self._reply(500, f"{REVISION}: injected error\n".encode())
-                else:
-                    self._reply(200, f"{REVISION}: {MESSAGE}\n".encode())
+                self._app()
         finally:
             with STATE.cond:
                 STATE.inflight -= 1
                 STATE.served += 1
                 STATE.cond.notify_all()
+
+    def _app(self) -> None:
+        with STATE.cond:
+            STATE.app_inflight += 1
+            STATE.max_app_inflight = max(STATE.max_app_inflight, STATE.app_inflight)
+        try:
+            if LATENCY_S > 0:
+                time.sleep(LATENCY_S)
+            if ERROR_RATE > 0 and random.random() < ERROR_RATE:
+                self._reply(500, f"{REVISION}: injected error\n".encode())
+            else:
+                self._reply(200, f"{REVISION}: {MESSAGE}\n".encode())
+        finally:
+            with STATE.cond:
+                STATE.app_inflight -= 1
 
     def _drain_body(self) -> None:
         """Read the request body so the next request on this keep-alive connection parses."""

@@ -60,8 +60,10 @@ class Settings:
             problems.append(f"metric must be concurrency or rps, got {self.metric!r}")
         if self.target is not None and self.target < TARGET_MIN:
             problems.append(f"target must be at least {TARGET_MIN}, got {self.target}")
-        if not 0 < self.utilization <= 1:
-            problems.append(f"utilization must be in (0, 1], got {self.utilization}")
+        numbers = {k: v for k, v in vars(self).items() if isinstance(v, (int, float))}
+        problems += [f"{k} must be a finite number, got {v}" for k, v in numbers.items() if not math.isfinite(v)]
+        if not 0.01 <= self.utilization <= 1:
+            problems.append(f"utilization must be in [0.01, 1] (1 %..100 %), got {self.utilization}")
         if not 6 <= self.stable_window <= 3600:
             problems.append(f"stable window must be 6..3600 s, got {self.stable_window}")
         if not 1 <= self.panic_window_percent <= 100:

@@ -44,6 +44,7 @@ DrainHook = Callable[[str, Endpoint], Awaitable[None]]
 class InstanceCounts:
     ready: int
     total: int
+    started: int = 0  # processes started for the revision so far, restarts included
 
 
 @dataclass(frozen=True)

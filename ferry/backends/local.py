@@ -19,7 +19,15 @@ import socket
 import time
 from pathlib import Path
 
-from ferry.backends.base import DrainHook, Endpoint, EndpointsChanged, InstanceCounts, InstanceInfo, Workload
+from ferry.backends.base import (
+    DrainHook,
+    Endpoint,
+    EndpointsChanged,
+    InstanceCounts,
+    InstanceInfo,
+    Workload,
+)
+from ferry.backends.connections import connected_clients
 
 log = logging.getLogger("ferry.backends.local")
 
@@ -96,6 +104,7 @@ class LocalProcessBackend:
         self._backoff_reset_s = backoff_reset_s
         self._setpriv = SETPRIV if os.access(SETPRIV, os.X_OK) else None
         self._revisions: dict[str, _Revision] = {}
+        self._started: dict[str, int] = {}  # processes spawned per revision, across scale to zero and back
         self._closed = False
 
     # ---- Backend protocol ---------------------------------------------------------------------------
@@ -129,12 +138,14 @@ class LocalProcessBackend:
     def counts(self, revision: str) -> InstanceCounts:
         """ready = published endpoints; total = instances not being stopped (starting, ready or restarting)."""
         rev = self._revisions.get(revision)
+        started = self._started.get(revision, 0)
         if rev is None:
-            return InstanceCounts(ready=0, total=0)
-        return InstanceCounts(ready=len(rev.published), total=sum(not i.stopping for i in rev.instances))
+            return InstanceCounts(ready=0, total=0, started=started)
+        return InstanceCounts(ready=len(rev.published), total=sum(not i.stopping for i in rev.instances), started=started)
 
     async def stop(self, revision: str) -> None:
         """Stop every instance of the revision and wait until all have exited (drains included)."""
+        self._started.pop(revision, None)
         rev = self._revisions.get(revision)
         if rev is None:
             return
@@ -191,6 +202,7 @@ class LocalProcessBackend:
         while True:
             try:
                 proc = await self._spawn(rev.workload, inst)
+                self._started[rev.name] = self._started.get(rev.name, 0) + 1
             except OSError as e:
                 log.warning(
                     "instance failed to start",
@@ -339,7 +351,9 @@ class LocalProcessBackend:
                 return
             if self._drain is not None and inst.announced and ep is not None:
                 try:
-                    await asyncio.wait_for(self._drain(rev.name, ep), rev.workload.timeout_s)
+                    async with asyncio.timeout(rev.workload.timeout_s):
+                        await self._drain(rev.name, ep)
+                        await self._wait_for_clients_to_leave(ep.port)
                 except TimeoutError:
                     log.warning("drain timed out", extra={"revision": rev.name, "endpoint": str(ep),
                                                      "after_s": rev.workload.timeout_s})
@@ -355,6 +369,11 @@ class LocalProcessBackend:
                 rev.instances.remove(inst)
                 if not rev.instances and self._revisions.get(rev.name) is rev:
                     del self._revisions[rev.name]
+
+    async def _wait_for_clients_to_leave(self, port: int) -> None:
+        """Gateways finish what they sent the instance, then close their connections to it."""
+        while connected_clients(port):
+            await asyncio.sleep(self._probe_interval)
 
     async def _terminate(self, rev: _Revision, inst: _Instance, proc: asyncio.subprocess.Process) -> None:
         """SIGTERM the process group, SIGKILL it if it outlives the grace period."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 LISTEN_METADATA_KEY = "ferry.listen"
+ADMIN_METADATA_KEY = "ferry.admin"  # where ferry reads this gateway's stats for the autoscaler
 
 
 @dataclass(frozen=True)
@@ -20,9 +21,10 @@ class BootstrapOptions:
 
 
 def bootstrap(options: BootstrapOptions) -> dict:
-    node: dict = {"id": options.node_id, "cluster": options.group}
+    metadata = {ADMIN_METADATA_KEY: f"{options.admin_host}:{options.admin_port}"}
     if options.listen:
-        node["metadata"] = {LISTEN_METADATA_KEY: options.listen}
+        metadata[LISTEN_METADATA_KEY] = options.listen
+    node: dict = {"id": options.node_id, "cluster": options.group, "metadata": metadata}
     ads = {"ads": {}, "resource_api_version": "V3"}
     return {
         "node": node,

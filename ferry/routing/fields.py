@@ -7,15 +7,20 @@ than something to coerce. Every message says what was wrong and how to write it 
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from typing import Annotated, NamedTuple
 
 from pydantic import AfterValidator, Field, PlainSerializer, PlainValidator, Strict
 
+from ..autoscaler.decision import TARGET_MIN
 from .durations import parse_duration
 from .names import dns_label, host_name
 
 MAX_TIMEOUT_S = 3600.0
+# Knative's WindowMin and WindowMax: the bounds of the stable window; the scale-down delay shares the maximum.
+MIN_WINDOW_S = 6.0
+MAX_WINDOW_S = 3600.0
 # Set by ferry for every instance (Knative's runtime contract); a template may not override them.
 RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"})
 
@@ -79,13 +84,58 @@ def _bad_host_port(value: object) -> str:
     return f"invalid host {host!r} in {value!r}: use an IP address or a DNS name"
 
 
-def _timeout(value: object) -> float:
-    seconds = parse_duration(value)
-    if seconds <= 0:
-        raise ValueError(f"timeout must be greater than 0, got {value!r}: e.g. 300s")
-    if seconds > MAX_TIMEOUT_S:
-        raise ValueError(f"timeout {value!r} is longer than the maximum of 1h (3600s): lower it")
-    return seconds
+def _seconds_text(seconds: float) -> str:
+    """3600 -> '1h (3600s)', 6 -> '6s': a bound the way the user writes it."""
+    whole = f"{seconds:g}s"
+    return f"{seconds / 3600:g}h ({whole})" if seconds >= 3600 and seconds % 3600 == 0 else whole
+
+
+def _duration(
+    name: str,
+    example: str,
+    *,
+    minimum: float = 0.0,
+    above_minimum: bool = False,
+    maximum: float | None = None,
+    whole_seconds: bool = False,
+) -> PlainValidator:
+    """A duration field in seconds: parsed like `timeout` (300s, 1m30s, a bare number of seconds), then bounded.
+
+    `above_minimum` makes the minimum itself invalid; `whole_seconds` refuses fractions of a second,
+    as Knative does for its autoscaling windows (it takes them with second precision only).
+    """
+
+    def check(value: object) -> float:
+        seconds = parse_duration(value)
+        if not math.isfinite(seconds):
+            raise ValueError(f"{name} must be a finite duration, got {value!r}: e.g. {example}")
+        if whole_seconds:  # to the nanosecond, as Go reads durations: 0.1h is 360s, not 360.00000000000006s
+            seconds = round(seconds * 1e9) / 1e9
+        if above_minimum and seconds <= minimum:
+            raise ValueError(f"{name} must be greater than {minimum:g}, got {value!r}: e.g. {example}")
+        if seconds < minimum:
+            if minimum == 0:
+                raise ValueError(f"{name} cannot be negative, got {value!r}: e.g. {example}")
+            raise ValueError(
+                f"{name} {value!r} is shorter than the minimum of {_seconds_text(minimum)}: raise it, e.g. {example}"
+            )
+        if maximum is not None and seconds > maximum:
+            raise ValueError(f"{name} {value!r} is longer than the maximum of {_seconds_text(maximum)}: lower it")
+        if whole_seconds and not seconds.is_integer():
+            low = math.floor(seconds)
+            raise ValueError(
+                f"{name} {value!r} is not a whole number of seconds (Knative takes it with second precision only): "
+                f"round it to {low}s or {low + 1}s"
+            )
+        return seconds
+
+    return PlainValidator(check)
+
+
+def _burst_capacity(value: float) -> float:
+    if value < 0 and value != -1:
+        raise ValueError(f"must be 0 or more, or -1 for unlimited, got {value:g}")
+    return value
 
 
 def _command(argv: tuple[str, ...]) -> tuple[str, ...]:
@@ -128,11 +178,24 @@ def _host(what: str) -> AfterValidator:
 
 NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
 Percent = Annotated[int, Strict(), Field(ge=0, le=100)]
-PositiveNumber = Annotated[float, Strict(), Field(gt=0)]
+# Scalars of template.scale: Knative's autoscaling ranges, the same ones ferry.autoscaler.decision.Settings checks.
+# Numbers must be finite: YAML's .inf and .nan would overflow or poison the autoscaler's arithmetic.
+ScaleTarget = Annotated[float, Strict(), Field(ge=TARGET_MIN, allow_inf_nan=False)]
+Utilization = Annotated[float, Strict(), Field(ge=1, le=100, allow_inf_nan=False)]  # Knative's range; 0.7 is a slip
+ActivationScale = Annotated[int, Strict(), Field(ge=1)]
+PanicWindowPercent = Annotated[float, Strict(), Field(ge=1, le=100, allow_inf_nan=False)]
+PanicThreshold = Annotated[float, Strict(), Field(ge=110, le=1000, allow_inf_nan=False)]
+ScaleRate = Annotated[float, Strict(), Field(gt=1, allow_inf_nan=False)]
+BurstCapacity = Annotated[float, Strict(), Field(allow_inf_nan=False), AfterValidator(_burst_capacity)]
 Str = Annotated[str, Strict()]
 Bool = Annotated[bool, Strict()]
 Address = Annotated[HostPort, PlainValidator(HostPort.parse), PlainSerializer(str, return_type=str)]
-Duration = Annotated[float, PlainValidator(_timeout)]
+Duration = Annotated[float, _duration("timeout", "300s", above_minimum=True, maximum=MAX_TIMEOUT_S)]
+StableWindow = Annotated[
+    float, _duration("stableWindow", "60s", minimum=MIN_WINDOW_S, maximum=MAX_WINDOW_S, whole_seconds=True)
+]
+ScaleDownDelay = Annotated[float, _duration("scaleDownDelay", "0s or 5m", maximum=MAX_WINDOW_S, whole_seconds=True)]
+GracePeriod = Annotated[float, _duration("zeroGracePeriod", "30s")]
 ServiceName = Annotated[Str, _label("service name")]
 RevisionName = Annotated[Str, _label("revision name")]
 # Generated names (<service>-00001) of a 63-character service name are longer than one DNS label.

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import math
 import types
 import typing
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
@@ -60,6 +62,8 @@ def _message(error: ErrorDetails, model: type[BaseModel], loc: Loc) -> str:
         return f"expected an integer, got {got}" + _unquote_hint(value, "an integer")
     if kind in ("float_type", "float_parsing"):
         return f"expected a number, got {got}" + _unquote_hint(value, "a number")
+    if kind == "finite_number":
+        return f"expected a finite number, got {got}: .inf and .nan are not allowed here"
     if kind in ("bool_type", "bool_parsing"):
         return f"expected true or false, got {got}"
     if kind == "string_type":
@@ -71,7 +75,7 @@ def _message(error: ErrorDetails, model: type[BaseModel], loc: Loc) -> str:
     if kind == "literal_error":
         return f"expected one of {ctx.get('expected')}, got {got}"
     if kind == "greater_than_equal":
-        return f"must be {_number(ctx['ge'])} or more, got {got}"
+        return f"must be {_number(ctx['ge'])} or more, got {got}" + _percent_hint(loc, value)
     if kind == "less_than_equal":
         return f"must be {_number(ctx['le'])} or less, got {got}"
     if kind == "greater_than":
@@ -85,14 +89,49 @@ def _number(value: Any) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
+# Knative's names for what ferry calls otherwise (autoscaling.knative.dev/<annotation>, Revision spec fields),
+# where the close-match guess would miss or mislead (max-scale is closer to maxScaleUpRate than to max).
+_KNATIVE_NAMES = {
+    "min-scale": "min",
+    "minScale": "min",
+    "max-scale": "max",
+    "maxScale": "max",
+    "initial-scale": "initial",
+    "target-utilization-percentage": "utilization",
+    "activation-scale": "activation",
+    "min-activate-scale": "activation",
+    "window": "stableWindow",
+    "panic-window-percentage": "panicWindowPercent",
+    "panic-threshold-percentage": "panicThreshold",
+    "scale-to-zero-grace-period": "zeroGracePeriod",
+    "target-burst-capacity": "burstCapacity",
+    "containerConcurrency": "concurrency",
+    "timeoutSeconds": "timeout",
+}
+
+
 def _unknown_field(name: str, allowed: list[str]) -> str:
     if not allowed:
         return f"unknown field '{name}': remove it"
-    close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6) or [
-        a for a in allowed if a.lower() == name.lower()
-    ]
+    knative = _KNATIVE_NAMES.get(name.removeprefix("autoscaling.knative.dev/"))
+    close = (
+        [knative]
+        if knative in allowed
+        else difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+        or [a for a in allowed if a.lower() == name.lower()]
+    )
     guess = f"; did you mean '{close[0]}'?" if close else ""
     return f"unknown field '{name}'{guess} (allowed: {', '.join(allowed)})"
+
+
+def _percent_hint(loc: Loc, value: Any) -> str:
+    """panicThreshold: 2 is the ratio Knative's config map also accepts; the field takes the percentage."""
+    if loc and loc[-1] == "panicThreshold" and isinstance(value, (int, float)) and 1 < value <= 10:
+        times = _number(float(value))
+        return f": it is a percentage: write {_number(float(value) * 100)} for {times} times the ready instances"
+    if loc and loc[-1] == "utilization" and isinstance(value, (int, float)) and 0 < value < 1:
+        return f": it is a percentage: write {_number(float(value) * 100)} for {_number(float(value) * 100)}%"
+    return ""
 
 
 def _quote_hint(value: Any) -> str:
@@ -104,13 +143,27 @@ def _quote_hint(value: Any) -> str:
 
 
 def _unquote_hint(value: Any, what: str) -> str:
-    if isinstance(value, str):
-        try:
-            float(value)
-        except ValueError:
-            return ""
-        return f": remove the quotes to write {what}"
-    return ""
+    if not isinstance(value, str):
+        return ""
+    try:
+        number = float(value)
+    except ValueError:
+        return ""
+    if not math.isfinite(number):
+        return ""
+    if not isinstance(yaml.safe_load(value), (int, float)):  # YAML 1.1 reads 1e3 as text, quoted or not
+        return f": YAML reads an exponent without a dot and a sign as text: write {_yaml_number(number)}"
+    return f": remove the quotes to write {what}"
+
+
+def _yaml_number(number: float) -> str:
+    """A number as YAML 1.1 reads it: 1000 for 1e3, 5.0e-324 for 5e-324."""
+    if number.is_integer() and abs(number) < 1e16:
+        return str(int(number))
+    mantissa, e, exponent = repr(number).partition("e")
+    if not e:
+        return mantissa
+    return f"{mantissa if '.' in mantissa else mantissa + '.0'}e{exponent if exponent[0] in '+-' else '+' + exponent}"
 
 
 def _list_hint(value: Any) -> str:

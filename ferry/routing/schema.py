@@ -12,24 +12,33 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from .fields import (
+    ActivationScale,
     Address,
     Bool,
+    BurstCapacity,
     Command,
     Domain,
     Duration,
     Endpoints,
     EnvName,
+    GracePeriod,
     Host,
     HostPort,
     HttpPath,
     NonNegativeInt,
+    PanicThreshold,
+    PanicWindowPercent,
     Percent,
-    PositiveNumber,
     RevisionName,
     RevisionRef,
+    ScaleDownDelay,
+    ScaleRate,
+    ScaleTarget,
     ServiceName,
+    StableWindow,
     Str,
     Tag,
+    Utilization,
 )
 
 __all__ = [
@@ -69,13 +78,25 @@ class Readiness(_Model):
 
 
 class Scale(_Model):
-    """Autoscaling bounds and goal for one revision (Knative's autoscaling.knative.dev annotations)."""
+    """Autoscaling bounds and goal for one revision: Knative's autoscaling.knative.dev annotations (KPA),
+    with Knative's defaults and ranges. Percentages are written as percentages (70, not 0.7); durations
+    like timeout (60s, 1m, or a number of seconds). ferry.autoscaler.settings turns this into Settings."""
 
     min: NonNegativeInt = 0
     max: NonNegativeInt = 0  # 0 = unbounded
     initial: NonNegativeInt = 1
-    target: PositiveNumber | None = None  # filled in from metric: 100 concurrent requests or 200 rps
+    target: ScaleTarget | None = None  # filled in from metric: 100 concurrent requests or 200 rps
     metric: Literal["concurrency", "rps"] = "concurrency"
+    utilization: Utilization = 70.0  # percent of target an instance is sized for, 1..100
+    activation: ActivationScale = 1  # scale from zero to at least this many instances
+    stableWindow: StableWindow = 60.0  # seconds, whole, 6s..1h
+    panicWindowPercent: PanicWindowPercent = 10.0  # panic window as percent of the stable window, 1..100
+    panicThreshold: PanicThreshold = 200.0  # percent of the ready instances that starts panic mode, 110..1000
+    maxScaleUpRate: ScaleRate = 1000.0  # at most this many times the ready instances per decision, > 1
+    maxScaleDownRate: ScaleRate = 2.0  # keep at least ready / this many instances per decision, > 1
+    zeroGracePeriod: GracePeriod = 30.0  # seconds the activator fronts a revision before it reaches zero
+    scaleDownDelay: ScaleDownDelay = 0.0  # seconds, whole, 0..1h: scale down to the highest want in this window
+    burstCapacity: BurstCapacity = 211.0  # load to absorb without the activator; 0 = none, -1 = unlimited
 
     @model_validator(mode="before")
     @classmethod
@@ -86,10 +107,19 @@ class Scale(_Model):
 
     @model_validator(mode="after")
     def _bounds(self) -> Scale:
-        if self.max and self.min > self.max:
-            raise ValueError(
-                f"min {self.min} is greater than max {self.max}: raise max or lower min (max 0 means unbounded)"
+        if not self.max:  # 0: unbounded
+            return self
+        over = [
+            f"{name} {value} is greater than max {self.max}: {fix}"
+            for name, value, fix in (
+                ("min", self.min, "raise max or lower min"),
+                ("initial", self.initial, "lower initial or raise max"),
+                ("activation", self.activation, "lower activation or raise max"),
             )
+            if value > self.max
+        ]
+        if over:
+            raise ValueError("; ".join(over) + " (max 0 means unbounded)")
         return self
 
 
