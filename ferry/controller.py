@@ -644,7 +644,7 @@ class Controller:
         now = self.autoscaler.clock()
         settings = state.settings
         load = self.autoscaler.last_load.get(runtime.name)
-        decided = self.autoscaler.reasons.get(runtime.name)
+        decided = self.autoscaler.decisions.get(runtime.name)
         return {
             "desired": state.scale,
             "ready": len(runtime.endpoints),
@@ -659,7 +659,7 @@ class Controller:
             "panic_mode": state.decider.panic_since is not None,
             "active": state.active_since is not None,
             "activator_in_path": runtime.activator_in_path,
-            "excess_burst_capacity": state.last.excess_burst_capacity if state.last else None,
-            "last_decision": {"reason": decided[1], "seconds_ago": round(now - decided[0], 1)} if decided else None,
+            "excess_burst_capacity": decided[1].decision.excess_burst_capacity if decided else None,
+            "last_decision": {"reason": decided[1].reason, "seconds_ago": round(now - decided[0], 1)} if decided else None,
             "scale_events": list(runtime.scale_events),
         }

@@ -128,7 +128,15 @@ class Decision(NamedTuple):
     """Negative: the instances cannot absorb the target burst, keep the activator in the path.
     -1 also when the burst capacity is unlimited."""
     state: DeciderState
-    reason: str
+    why: tuple
+    """(mode, pods needed, window, metric, window value, target, notes...): `reason` formats it on
+    demand, since most ticks' reasons are never read."""
+
+    @property
+    def reason(self) -> str:
+        mode, needed, window, metric, value, target, *notes = self.why
+        head = f"{mode}: {needed} pods needed for {window}-window {metric} {round(value, 3)} at target {round(target, 3)}"
+        return "".join((head, *notes))
 
 
 def decide(
@@ -171,30 +179,27 @@ def decide(
         max_panic_pods = max(want_stable, want_panic, max_panic_pods)
         desired, needed, mode = max_panic_pods, max(stable_pods, panic_pods), "panic"
     window, value = ("panic", panic) if mode == "panic" and needed == panic_pods else ("stable", stable)
-    reason = (
-        f"{mode}: {needed} pods needed for {window}-window {settings.metric} {round(value, 3)}"
-        f" at target {round(target, 3)}"
-    )
+    why: tuple = (mode, needed, window, settings.metric, value, target)
     if mode == "panic" and desired > max(want_stable, want_panic):
-        reason += f"; holding {desired}, panic mode never scales down"
+        why += (f"; holding {desired}, panic mode never scales down",)
     elif desired != needed:
-        reason += f"; scale rates allow {max_down}..{max_up}"
+        why += (f"; scale rates allow {max_down}..{max_up}",)
         if settings.activation_scale > 1:
-            reason += f", activation scale {settings.activation_scale}"
+            why += (f", activation scale {settings.activation_scale}",)
 
     delay_window = state.delay_window
     if reachable and settings.scale_down_delay > 0:
         delay_window = _record_max(delay_window, now, desired, settings.scale_down_delay)
         delayed = delay_window[0][1]
         if delayed != desired:
-            reason += f"; scale-down delay keeps {delayed} instead of {desired}"
+            why += (f"; scale-down delay keeps {delayed} instead of {desired}",)
             desired = delayed
 
     return Decision(
         desired=desired,
         excess_burst_capacity=_excess_burst_capacity(ready, panic, settings),
         state=DeciderState(panic_since, max_panic_pods, delay_window),
-        reason=reason,
+        why=why,
     )
 
 

@@ -72,7 +72,7 @@ class Autoscaler:
         self.scrape_s = scrape_s
         self.clock = clock
         self.states: dict[str, ScalerState] = {}
-        self.reasons: dict[str, tuple[float, str]] = {}  # revision -> (when, why) of its last decision
+        self.decisions: dict[str, tuple[float, Step]] = {}  # revision -> (when, what) of its last decision
         self.last_load: dict[str, Load] = {}
         self.last_tick: TickTiming | None = None
         self._totals: metrics.Totals | None = None
@@ -93,7 +93,7 @@ class Autoscaler:
 
     def untrack(self, revision: str) -> None:
         self.states.pop(revision, None)
-        self.reasons.pop(revision, None)
+        self.decisions.pop(revision, None)
         self.last_load.pop(revision, None)
         task = self._waking.pop(revision, None)
         if task is not None:
@@ -131,8 +131,8 @@ class Autoscaler:
                 continue
             step = tick(state, now, ready=self.target.ready(revision), reachable=self.target.reachable(revision))
             self.states[revision] = step.state
-            if step.state.last is not None:
-                self.reasons[revision] = (now, step.reason)
+            if step.decision is not None:
+                self.decisions[revision] = (now, step)
             steps[revision] = step
         return steps
 

@@ -16,7 +16,7 @@ same inputs give the same averages.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 
 def _round6(value: float) -> float:
@@ -32,6 +32,7 @@ class Window:
     first_write: int | None = None
     last_write: int | None = None
     buckets: tuple[tuple[int, float], ...] = ()  # (second, total), oldest first
+    total: float = 0.0  # sum of the buckets, kept so averaging 1,000 windows per tick stays cheap
 
     def __post_init__(self) -> None:
         if self.seconds < 1:
@@ -42,21 +43,35 @@ class Window:
 
         A write after a whole window of silence starts the window afresh (the averaging span
         restarts). A late write still inside the window is added to its own second; an older one
-        is dropped, like Knative's ring would.
+        is dropped, like Knative's ring would. Buckets stay sorted, so the usual write (this second
+        or the next) touches only the ends: the autoscaler records one per revision per second.
         """
         second = math.floor(now)
-        if self.last_write is None or second - self.last_write >= self.seconds:
-            return replace(self, first_write=second, last_write=second, buckets=((second, value),))
-        if second <= self.last_write - self.seconds:
+        last = self.last_write
+        if last is None or second - last >= self.seconds:
+            return Window(self.seconds, second, second, ((second, value),), value)
+        buckets = self.buckets
+        if second == last:
+            _, total = buckets[-1]
+            return Window(
+                self.seconds, self.first_write, last, (*buckets[:-1], (second, total + value)), self.total + value
+            )
+        if second > last:
+            cutoff = second - self.seconds
+            start, dropped = 0, 0.0
+            while buckets[start][0] <= cutoff:  # the newest bucket is inside the window: this stops
+                dropped += buckets[start][1]
+                start += 1
+            return Window(
+                self.seconds, self.first_write, second, (*buckets[start:], (second, value)),
+                self.total - dropped + value,
+            )
+        if second <= last - self.seconds:
             return self
-        last = max(second, self.last_write)
-        totals = {s: v for s, v in self.buckets if s > last - self.seconds}
+        totals = dict(buckets)
         totals[second] = totals.get(second, 0.0) + value
-        return replace(
-            self,
-            first_write=min(self.first_write, second),
-            last_write=last,
-            buckets=tuple(sorted(totals.items())),
+        return Window(
+            self.seconds, min(self.first_write, second), last, tuple(sorted(totals.items())), sum(totals.values())
         )
 
     def average(self, now: float) -> float | None:
@@ -72,7 +87,13 @@ class Window:
         idle = second - self.last_write
         if idle >= self.seconds:
             return None
-        total = sum(v for s, v in self.buckets if s > second - self.seconds)
+        total = self.total
+        if idle:
+            cutoff = second - self.seconds
+            for bucket_second, value in self.buckets:
+                if bucket_second > cutoff:
+                    break
+                total -= value
         span = min(self.last_write - self.first_write + 1, self.seconds - idle)
         return _round6(total / span)
 

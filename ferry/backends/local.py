@@ -83,7 +83,7 @@ class LocalProcessBackend:
         drain: DrainHook | None = None,
         log_dir: Path,
         host: str = "127.0.0.1",
-        probe_interval: float = 0.05,
+        probe_interval: float = 0.01,  # until first ready: a cold start waits on this
         stop_grace_s: float = 10.0,
         liveness_interval: float = 1.0,
         liveness_failures: int = 3,

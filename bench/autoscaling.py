@@ -1,0 +1,284 @@
+"""Autoscaling numbers: one autoscaler tick at scale, cold-start overhead, and the activator in the path.
+
+Prints numbers; it is not a test. Usage:
+
+    python bench/autoscaling.py [--revisions 1000] [--cold-starts 10] [--seconds 5] [--concurrency 32]
+
+1. Tick: the autoscaler's decision over N revisions with a full 60 s of history each (in process, no I/O),
+   plus the per-second cost of turning a gateway's stats answer for N revisions into observations.
+2. Cold start: `ferry up` (real Envoy) with services at scale 0 running the example app. The first request
+   to each is timed to its first byte; from it is subtracted the app's own start-to-ready time, measured by
+   starting the same app directly and polling it every millisecond. Target: overhead <= 50 ms.
+3. Activator in the path: two revisions of a minimal asyncio app, each pinned at one instance, one with
+   burstCapacity 0 (Envoy sends straight to the instance) and one with burstCapacity -1 (the activator always
+   in the path). The same closed-loop load (a separate client process, keep-alive) against each: rps and
+   p50/p99; the difference is what the activator adds. Targets: p99 added <= 5 ms, >= 3,000 rps.
+Everything shares this machine's cores with the load generator; the README says which machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from convergence import Processes, free_port, log  # noqa: E402  (bench helpers, not a package)
+
+ROOT = Path(__file__).resolve().parent.parent
+HELLO_APP = ROOT / "examples" / "hello" / "app.py"
+FAST_APP = ROOT / "bench" / "fast_app.py"
+
+
+# -- 1. the tick ------------------------------------------------------------------------------------------
+
+
+class _Target:
+    def ready(self, revision: str) -> int:
+        return 3
+
+    def reachable(self, revision: str) -> bool:
+        return True
+
+    async def apply_step(self, revision, step) -> None:
+        pass
+
+
+def bench_tick(revisions: int, repeat: int = 20) -> dict:
+    from ferry.autoscaler.decision import Settings
+    from ferry.autoscaler.metrics import loads, parse_cluster_stats
+    from ferry.autoscaler.runner import Autoscaler, Sources
+    from ferry.autoscaler.scaler import Load
+
+    scaler = Autoscaler(_Target(), Sources(admins=list, activator=dict), clock=time.monotonic)
+    names = [f"svc{i}-00001" for i in range(revisions)]
+    for name in names:
+        scaler.track(name, Settings(), ready=3)
+    start = 1_000_000.0
+    for second in range(60):  # a full stable window of history
+        scaler.observe(start + second, {n: Load(150.0 + (i + second) % 50, 300.0) for i, n in enumerate(names)})
+    ticks = []
+    for k in range(repeat):
+        began = time.perf_counter()
+        scaler.decide(start + 60 + k * 2)
+        ticks.append((time.perf_counter() - began) * 1000)
+
+    body = json.dumps({"stats": [
+        {"name": f"cluster.svc{i}/{n}.{stat}", "value": i}
+        for i, n in enumerate(names)
+        for stat in ("upstream_rq_active", "upstream_rq_pending_active", "upstream_rq_total")
+    ]}).encode()
+    per_second = []
+    totals = None
+    for k in range(repeat):
+        began = time.perf_counter()
+        parsed = parse_cluster_stats(body)
+        observed, totals = loads(start + 100 + k, {"gw": parsed}, {}, totals)
+        scaler.observe(start + 100 + k, observed)
+        per_second.append((time.perf_counter() - began) * 1000)
+    return {
+        "tick_ms_median": statistics.median(ticks), "tick_ms_max": max(ticks),
+        "scrape_to_windows_ms_median": statistics.median(per_second),
+    }
+
+
+# -- 2 and 3: ferry with a real Envoy ---------------------------------------------------------------------
+
+
+def service(name: str, app: Path, scale: str) -> str:
+    return (
+        f"  {name}:\n    template:\n      command: [{sys.executable}, {app}]\n"
+        f"      readiness: {{path: /healthz}}\n      scale: {scale}\n"
+    )
+
+
+async def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def status(session: aiohttp.ClientSession, api: str) -> dict:
+    async with session.get(f"{api}/status") as response:
+        return await response.json()
+
+
+def app_start_to_ready(runs: int) -> list[float]:
+    """The example app's own start-to-ready time: start it, GET /healthz every millisecond until 200."""
+    import http.client
+
+    times = []
+    for _ in range(runs):
+        port = free_port()
+        began = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, str(HELLO_APP)], env={**os.environ, "PORT": str(port)},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            while True:
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+                    conn.request("GET", "/healthz")
+                    if conn.getresponse().status == 200:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.001)
+            times.append((time.perf_counter() - began) * 1000)
+        finally:
+            proc.terminate()
+            proc.wait()
+    return times
+
+
+async def cold_starts(session: aiohttp.ClientSession, gateway: str, count: int) -> list[float]:
+    out = []
+    for i in range(count):
+        began = time.perf_counter()
+        async with session.get(f"{gateway}/", headers={"Host": f"cold{i}.localhost"}) as response:
+            first_byte = time.perf_counter()
+            await response.read()
+            if response.status != 200:
+                raise RuntimeError(f"cold{i}: {response.status}")
+        out.append((first_byte - began) * 1000)
+    return out
+
+
+def run_client(url: str, host: str, concurrency: int, seconds: float) -> dict:
+    """The load, in its own process so it does not share ferry's event loop."""
+    code = (
+        "import asyncio, json, sys, time\n"
+        "sys.path.insert(0, %r)\n"
+        "from autoscaling import client_main\n"
+        "print(json.dumps(asyncio.run(client_main(%r, %r, %d, %f))))\n"
+    ) % (str(Path(__file__).resolve().parent), url, host, concurrency, seconds)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=seconds + 60)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr)
+    return json.loads(result.stdout)
+
+
+async def client_main(url: str, host: str, concurrency: int, seconds: float) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",)) as session:
+        warm_until = time.perf_counter() + 1.0
+        stop_at = warm_until + seconds
+
+        async def worker() -> None:
+            nonlocal errors
+            while (now := time.perf_counter()) < stop_at:
+                try:
+                    async with session.get(url, headers={"Host": host}) as response:
+                        await response.read()
+                        ok = response.status == 200
+                except aiohttp.ClientError:
+                    ok = False
+                if now >= warm_until:
+                    if ok:
+                        latencies.append(time.perf_counter() - now)
+                    else:
+                        errors += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    latencies.sort()
+    return {
+        "rps": len(latencies) / seconds,
+        "p50_ms": latencies[len(latencies) // 2] * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+        "errors": errors,
+    }
+
+
+async def bench_ferry(args) -> dict:
+    procs = Processes()
+    workdir = Path(tempfile.mkdtemp(prefix="ferry-bench-autoscaling-"))
+    gateway_port, api_port, xds_port, admin_port, activator_port = (free_port() for _ in range(5))
+    gateway, api = f"http://127.0.0.1:{gateway_port}", f"http://127.0.0.1:{api_port}"
+    text = f"gateway: {{listen: 127.0.0.1:{gateway_port}, domain: localhost}}\nservices:\n"
+    for i in range(args.cold_starts):
+        text += service(f"cold{i}", HELLO_APP, "{initial: 0}")
+    text += service("direct", FAST_APP, "{min: 1, max: 1, burstCapacity: 0}")
+    text += service("proxied", FAST_APP, "{min: 1, max: 1, burstCapacity: -1}")
+    (workdir / "routes.yaml").write_text(text)
+    results: dict = {}
+    try:
+        results["app_ready_ms"] = app_start_to_ready(args.cold_starts)
+        ferry_log = open(workdir / "ferry.log", "wb")
+        procs.start("ferry", [
+            sys.executable, "-m", "ferry", "up", str(workdir / "routes.yaml"), "-q",
+            "--api", f"127.0.0.1:{api_port}", "--xds", f"127.0.0.1:{xds_port}",
+            "--admin", f"127.0.0.1:{admin_port}", "--activator", f"127.0.0.1:{activator_port}",
+        ], stdout=ferry_log, stderr=ferry_log, cwd=workdir)
+        async with aiohttp.ClientSession() as session:
+
+            async def converged() -> bool:
+                try:
+                    s = await status(session, api)
+                except aiohttp.ClientError:
+                    return False
+                revisions = s["revisions"]
+                return (
+                    all(v["routed"] for v in s["services"].values())
+                    and any(g["in_sync"] for g in s["gateways"])
+                    and not revisions["direct-00001"]["autoscaling"]["activator_in_path"]
+                    and revisions["proxied-00001"]["ready"] == 1
+                )
+
+            await wait_for(converged, 60, f"ferry to converge (log: {workdir / 'ferry.log'})")
+            log("cold starts")
+            results["cold_ms"] = await cold_starts(session, gateway, args.cold_starts)
+        for name in ("direct", "proxied"):
+            log(f"load: {name}, {args.concurrency} clients, {args.seconds} s")
+            results[name] = run_client(f"{gateway}/", f"{name}.localhost", args.concurrency, args.seconds)
+    finally:
+        procs.stop_all()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--revisions", type=int, default=1000)
+    parser.add_argument("--cold-starts", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+
+    print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}")
+    tick = bench_tick(args.revisions)
+    print(f"\n1. autoscaler tick over {args.revisions} revisions: median {tick['tick_ms_median']:.1f} ms, "
+          f"max {tick['tick_ms_max']:.1f} ms (target <= 20 ms)")
+    print(f"   one scrape answer -> windows for {args.revisions} revisions: {tick['scrape_to_windows_ms_median']:.1f} ms")
+
+    r = asyncio.run(bench_ferry(args))
+    app, cold = statistics.median(r["app_ready_ms"]), statistics.median(r["cold_ms"])
+    print(f"\n2. cold start ({args.cold_starts} revisions at zero, example app):")
+    print(f"   first byte through ferry: median {cold:.0f} ms (min {min(r['cold_ms']):.0f}, max {max(r['cold_ms']):.0f})")
+    print(f"   the app's own start-to-ready: median {app:.0f} ms (min {min(r['app_ready_ms']):.0f}, "
+          f"max {max(r['app_ready_ms']):.0f})")
+    print(f"   overhead: {cold - app:.0f} ms (target <= 50 ms)")
+    d, p = r["direct"], r["proxied"]
+    print(f"\n3. activator in the path ({args.concurrency} keep-alive clients, {args.seconds:g} s, minimal app):")
+    for name, v in (("Envoy -> instance", d), ("Envoy -> activator -> instance", p)):
+        print(f"   {name:32s} {v['rps']:7.0f} rps  p50 {v['p50_ms']:.2f} ms  p99 {v['p99_ms']:.2f} ms  errors {v['errors']}")
+    print(f"   added by the activator: p50 {p['p50_ms'] - d['p50_ms']:+.2f} ms, p99 {p['p99_ms'] - d['p99_ms']:+.2f} ms "
+          f"(target <= 5 ms); {p['rps']:.0f} rps through it (target >= 3,000)")
+
+
+if __name__ == "__main__":
+    main()
