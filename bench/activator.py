@@ -17,8 +17,11 @@ Each round measures (a) straight to the upstream and (b) through the activator, 
 1 s warm-up, in three scenarios: N clients back to back (throughput; latency there is mostly queueing),
 N clients paced at `--rate` requests/s in all (added latency below saturation, which is what the
 <= 5 ms p99 target is about), and a single client (pure per-hop latency). The activator's CPU time per
-request is read from /proc, which contention from the other processes does not inflate as much. The machine's cores are
-shared by all three processes, so the numbers are a floor for the activator, not its ceiling elsewhere.
+request comes from /proc; it is lowest when saturated (many requests per event-loop wake-up) and grows
+under light load and when other processes compete for the cores.
+
+The machine's cores are shared by all three processes (and by anything else running), so the numbers
+are a floor for the activator, not its ceiling elsewhere; the load average is printed before and after.
 """
 
 from __future__ import annotations
@@ -202,6 +205,13 @@ async def load(port: int, clients: int, seconds: float, rate: float = 0.0, warmu
     return result
 
 
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
 def median(results: list[Result], measure) -> float:
     return statistics.median(measure(result) for result in results)
 
@@ -240,6 +250,7 @@ def main() -> None:
     upstream_port, activator_port = free_port(), free_port()
     print(f"cores: {os.cpu_count()}; the load generator, the activator and the upstream share them "
           f"(3 processes), so these numbers understate what the activator alone would do")
+    print(f"load average before: {load_average()} (anything else busy on the machine skews every number below)")
     scenarios = [(f"{args.clients} clients, back to back (saturated)", args.clients, 0.0),
                  (f"{args.clients} clients, paced at {args.rate:,.0f} req/s in all", args.clients, args.rate),
                  ("1 client, back to back", 1, 0.0)]
@@ -279,6 +290,7 @@ def main() -> None:
             print(f"  {scenario}: activator {median(via, lambda r: r.rps):,.0f} req/s "
                   f"(direct {median(direct, lambda r: r.rps):,.0f}); "
                   f"added p50 {added_p50:+.2f} ms, added p99 {added_p99:+.2f} ms{cpu}")
+        print(f"load average after: {load_average()}")
         saturated, paced = scenarios[0][0], scenarios[1][0]
         best_rps = median(summary[("via activator", saturated)], lambda r: r.rps)
         added_p99 = (median(summary[("via activator", paced)], lambda r: r.percentile(0.99))

@@ -99,10 +99,10 @@ class Daemon:
                 workdir,
             )
         cache = SnapshotCache()
-        wake = _Forward()
         activator = Activator(
             host=options.activator.host, port=options.activator.port, queue_limit=options.queue_limit,
-            on_demand=wake, registry=self.registry,
+            # Looked up when called: requests arrive only after start(), by when the controller exists.
+            on_demand=lambda revision: controller.wake(revision), registry=self.registry,
         )
         controller = Controller(
             store,
@@ -114,7 +114,6 @@ class Daemon:
             cluster_linger_s=options.cluster_linger_s,
             autoscale_tick_s=options.autoscale_tick_s,
         )
-        wake.to = controller.wake
         cache.on_new_group = controller.listener_for_group  # each group's listener is the controller's call
         applies = Counter("ferry_config_applies", "routes.yaml applications", ["result"], registry=self.registry)
         metrics = XdsMetrics(self.registry, gateways)
@@ -227,13 +226,3 @@ class Daemon:
                 except OSError as err:
                     log.error("cannot read %s: %s", target, err)
 
-
-class _Forward:
-    """The activator is built before the controller it wakes: forward its calls once that exists."""
-
-    def __init__(self) -> None:
-        self.to = None
-
-    def __call__(self, revision: str) -> None:
-        if self.to is not None:
-            self.to(revision)

@@ -222,6 +222,47 @@ async def test_the_timeout_bounds_the_proxied_request_too(instances, make_activa
     await wait_until(lambda: activator.in_flight(REV, instance.address) == 0, what="the slot to be released")
 
 
+async def test_a_timeout_mid_response_cuts_the_connection(instances, make_activator, client):
+    async def stall(request):
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"partial")
+        await asyncio.Event().wait()
+
+    instance = await instances(stall)
+    activator = await make_activator()
+    activator.set_revision(REV, [instance.address], concurrency=0, timeout_s=0.3)
+    async with client.get(url(activator), headers=HEADERS) as response:
+        assert response.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):  # never a body that looks complete
+            await response.read()
+    await wait_until(lambda: activator.in_flight(REV, instance.address) == 0, what="the slot to be released")
+
+
+async def test_requests_waiting_for_a_slot_poke_when_the_instances_go(instances, make_activator, client):
+    release = asyncio.Event()
+
+    async def held(request):
+        await release.wait()
+        return web.Response(text="done")
+
+    instance = await instances(held)
+    pokes: list[str] = []
+    activator = await make_activator(on_demand=pokes.append)
+    activator.set_revision(REV, [instance.address], concurrency=1, timeout_s=30)
+    first = asyncio.create_task(get(client, activator))
+    await wait_until(lambda: instance.requests == 1, what="the first request at the instance")
+    second = asyncio.create_task(get(client, activator))
+    await wait_until(lambda: activator.stats()[REV].queued == 1, what="the second to wait for a slot")
+    assert pokes == []  # an instance exists: waking is the autoscaler's business, by the stats
+    activator.set_revision(REV, [], concurrency=1, timeout_s=30)
+    assert pokes == [REV]
+    activator.set_revision(REV, [instance.address], concurrency=1, timeout_s=30)
+    release.set()
+    assert await first == (200, "done")
+    assert await second == (200, "done")
+
+
 async def test_client_disconnect_while_queued_frees_its_place(make_activator, client):
     activator = await make_activator()
     activator.set_revision(REV, [], concurrency=0, timeout_s=30)
@@ -537,6 +578,44 @@ async def test_websocket_echo_through_the_activator(instances, make_activator, c
     finally:
         await ws.close()
     await wait_until(lambda: activator.in_flight(REV, instance.address) == 0, what="the websocket slot released")
+
+
+async def test_websocket_closed_by_the_instance_closes_the_client_with_its_code(instances, make_activator, client):
+    async def goodbye(request):
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_str("bye")
+        await ws.close(code=4000, message=b"done")
+        return ws
+
+    instance = await instances(goodbye)
+    activator = await make_activator()
+    activator.set_revision(REV, [instance.address], concurrency=0, timeout_s=30)
+    async with client.ws_connect(url(activator, "/ws"), headers=HEADERS) as ws:
+        assert await ws.receive_str(timeout=10) == "bye"
+        message = await ws.receive(timeout=10)
+        assert message.type is aiohttp.WSMsgType.CLOSE and ws.close_code == 4000
+    await wait_until(lambda: activator.in_flight(REV, instance.address) == 0, what="the websocket slot released")
+
+
+async def test_aclose_closes_open_websockets_going_away(instances, make_activator, client):
+    async def idle(request):
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for _ in ws:
+            pass
+        return ws
+
+    instance = await instances(idle)
+    activator = await make_activator()
+    activator.set_revision(REV, [instance.address], concurrency=0, timeout_s=30)
+    async with client.ws_connect(url(activator, "/ws"), headers=HEADERS) as ws:
+        started = time.monotonic()
+        closing = asyncio.create_task(activator.aclose())
+        message = await ws.receive(timeout=10)
+        assert message.type is aiohttp.WSMsgType.CLOSE and ws.close_code == aiohttp.WSCloseCode.GOING_AWAY
+    await closing
+    assert time.monotonic() - started < 5  # no waiting out the shutdown grace on an idle session
 
 
 # -- counts and metrics ---------------------------------------------------------------------------------

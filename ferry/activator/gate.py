@@ -97,7 +97,9 @@ class RevisionGate:
         if ready:
             self._last_poke = None  # this wake-up is over: the next time at zero pokes at once
             self._cancel_repoke()
-        self._dispatch()
+            self._dispatch()
+        else:
+            self._poke_if_due()  # requests that waited for a free slot now wait for an instance
 
     def remove(self, reason: str) -> None:
         """Fail every waiting request with `reason`; requests being proxied finish normally."""
@@ -149,10 +151,6 @@ class RevisionGate:
     @property
     def queued(self) -> int:
         return len(self._waiters)
-
-    @property
-    def has_endpoints(self) -> bool:
-        return bool(self._ready)
 
     def in_flight(self, address: Address) -> int:
         instance = self._known.get(address)

@@ -101,6 +101,12 @@ class Forwarder:
             max_line_size=MAX_HEADER_BYTES,
             max_field_size=MAX_HEADER_BYTES,
         )
+        self._websockets: set[web.WebSocketResponse] = set()
+
+    async def close_websockets(self) -> None:
+        """Tell every client websocket we are going away, so a shutdown does not wait on idle sessions."""
+        await asyncio.gather(*(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY) for ws in list(self._websockets)),
+                             return_exceptions=True)
 
     async def aclose(self) -> None:
         await self._session.close()
@@ -132,12 +138,17 @@ class Forwarder:
         """Stream the instance's response to the client as it arrives; status and headers as the instance set them.
 
         If the instance breaks off mid-body, the client connection is cut: a truncated body must not look whole.
-        The same happens when the caller is cancelled (timeout) after the response started."""
+        The same happens when the caller is cancelled (timeout) after the response started. A complete but
+        broken answer noticed before anything was sent raises InstanceFailed."""
         headers = without(upstream.headers, HOP_BY_HOP)
         content = upstream.content
         if content.is_eof():
             # The whole answer is already here (the common small response): one write, head and body together.
-            body = content.read_nowait()
+            try:
+                body = content.read_nowait()
+            except aiohttp.ClientError as error:  # a malformed body; nothing sent to the client yet
+                upstream.close()
+                raise InstanceFailed(f"{type(error).__name__}: {error}") from error
             upstream.release()
             return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
@@ -149,7 +160,7 @@ class Forwarder:
                 await response.write(chunk)
             complete = True
         except aiohttp.ClientError as error:
-            log.debug("instance broke off its response", extra={"url": str(upstream.url), "error": repr(error)})
+            log.debug("response relay broken off", extra={"url": str(upstream.url), "error": repr(error)})
             abort(request)
         except BaseException:
             abort(request)
@@ -182,6 +193,7 @@ class Forwarder:
         """Accept the client's websocket and pipe messages both ways until either side closes."""
         downstream = web.WebSocketResponse(protocols=(upstream.protocol,) if upstream.protocol else (),
                                            max_msg_size=0, autoping=True)
+        self._websockets.add(downstream)
         try:
             await downstream.prepare(request)
             to_client = asyncio.get_running_loop().create_task(_pipe(upstream, downstream))
@@ -193,6 +205,7 @@ class Forwarder:
                     to_client.cancel()
                 await asyncio.gather(to_client, return_exceptions=True)
         finally:
+            self._websockets.discard(downstream)
             await upstream.close()
         return downstream
 

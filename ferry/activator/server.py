@@ -91,7 +91,8 @@ class Activator:
         log.info("activator listening", extra={"address": f"{self.host}:{self.port}"})
 
     async def aclose(self) -> None:
-        """Stop accepting, answer every queued request 503, let proxied ones finish (up to the grace), close all."""
+        """Stop accepting, answer every queued request 503, close websockets (1001), let proxied requests
+        finish (up to SHUTDOWN_GRACE_S), then close the client pool."""
         self._closing = True
         runner, self._runner = self._runner, None
         try:
@@ -100,6 +101,8 @@ class Activator:
                     await site.stop()
                 for gate in self._gates.values():
                     gate.remove("ferry activator: shutting down; retry")
+                if self._forwarder is not None:
+                    await self._forwarder.close_websockets()
                 await runner.cleanup()
         finally:
             if self._forwarder is not None:
