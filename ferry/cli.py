@@ -221,6 +221,22 @@ def format_status(status: dict) -> str:
         lines.append(
             f"{name:24} {rev['service']:18} {rev['state']:12} {rev['ready']}/{rev['total']:<4} {' '.join(rev['endpoints'])}"
         )
+    scaled = {name: rev["autoscaling"] for name, rev in status["revisions"].items() if rev.get("autoscaling")}
+    if scaled:
+        lines.append("")
+        lines.append("AUTOSCALING              WANT READY METRIC       STABLE   PANIC    NOW conc/rps   MODE   ACTIVATOR  LAST DECISION")
+        for name, a in scaled.items():
+            if "desired" not in a:
+                continue
+            observed = a["observed"]
+            now = f"{_num(observed['concurrency'])}/{_num(observed['rps'])}"
+            decided = a["last_decision"]
+            decision = f"{decided['seconds_ago']}s ago: {decided['reason']}" if decided else "-"
+            lines.append(
+                f"{name:24} {a['desired']:<4} {a['ready']:<5} {a['metric']:12} {_num(observed['stable']):8} "
+                f"{_num(observed['panic']):8} {now:14} {'panic' if a['panic_mode'] else 'stable':6} "
+                f"{'in path' if a['activator_in_path'] else '-':10} {decision}"
+            )
     lines.append("")
     lines.append("GATEWAY              GROUP       PROTO  CONNECTED  IN SYNC  ACKED                      LAST NACK")
     for gw in status["gateways"]:
@@ -232,6 +248,10 @@ def format_status(status: dict) -> str:
             f"{'yes' if gw['in_sync'] else 'no':8} {acked:26} {nack_text}"
         )
     return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
 
 
 def _bootstrap(args) -> int:

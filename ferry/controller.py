@@ -83,6 +83,7 @@ class ServiceRuntime:
     traffic: ResolvedTraffic | None = None  # the split those routes implement
     waiting: str | None = None  # why the file's traffic is not (yet) what gateways serve
     revisions: set[str] = field(default_factory=set)  # revisions this service keeps running
+    wanted: frozenset[str] = frozenset()  # what the file's traffic names now, routed or still becoming ready
 
 
 class Controller:
@@ -181,6 +182,7 @@ class Controller:
 
     async def _reconcile_service(self, service: ServiceRuntime) -> None:
         resolved = await self._run_wanted_revisions(service)
+        service.wanted = resolved.revisions() if isinstance(resolved, ResolvedTraffic) else frozenset()
         if isinstance(resolved, Unresolved):
             service.waiting = resolved.reason
         else:
@@ -443,11 +445,18 @@ class Controller:
         return len(runtime.endpoints) if runtime else 0
 
     def reachable(self, revision: str) -> bool:
+        """Routed now, named by the file's traffic, or the newest revision of a service that follows the
+        latest: only an unreachable revision may go below its min scale (to zero, when idle)."""
         runtime = self.revisions.get(revision)
         if runtime is None:
             return False
         service = self.services.get(runtime.revision.service)
-        return service is not None and service.traffic is not None and revision in service.traffic.revisions()
+        if service is None:
+            return False
+        if revision in service.wanted or (service.traffic is not None and revision in service.traffic.revisions()):
+            return True
+        traffic = service.spec.traffic
+        return revision == service.current.name and (traffic is None or any(t.latestRevision for t in traffic))
 
     async def apply_step(self, revision: str, step: Step) -> None:
         runtime = self.revisions.get(revision)
@@ -626,7 +635,7 @@ class Controller:
             "total": counts.total if counts else len(runtime.endpoints),
             "instances_started": counts.started if counts else None,
             "endpoints": [str(e) for e in runtime.endpoints],
-            "state": "retiring" if runtime.retiring else ("ready" if runtime.endpoints else "not ready"),
+            "state": self._revision_state(runtime, counts),
             "managed": managed,
             "autoscaling": self._autoscaling_status(runtime) if managed else None,
             "instances": [
@@ -636,12 +645,23 @@ class Controller:
             ],
         }
 
+    @staticmethod
+    def _revision_state(runtime: RevisionRuntime, counts) -> str:
+        if runtime.retiring:
+            return "retiring"
+        if runtime.endpoints:
+            return "ready"
+        if runtime.routable:  # the activator holds its requests
+            return "at zero" if counts is not None and counts.total == 0 else "activating"
+        return "not ready"
+
     def _autoscaling_status(self, runtime: RevisionRuntime) -> dict | None:
         """What `ferry status` shows about scaling: wanted vs ready, the load seen, and why."""
         state = self.autoscaler.states.get(runtime.name)
         if state is None:
             return {"activator_in_path": runtime.activator_in_path, "tracked": False}
-        now = self.autoscaler.clock()
+        observed_at = self.autoscaler.observed_at
+        now = self.autoscaler.clock() if observed_at is None else observed_at  # averages as decisions see them
         settings = state.settings
         load = self.autoscaler.last_load.get(runtime.name)
         decided = self.autoscaler.decisions.get(runtime.name)
@@ -660,6 +680,7 @@ class Controller:
             "active": state.active_since is not None,
             "activator_in_path": runtime.activator_in_path,
             "excess_burst_capacity": decided[1].decision.excess_burst_capacity if decided else None,
-            "last_decision": {"reason": decided[1].reason, "seconds_ago": round(now - decided[0], 1)} if decided else None,
+            "last_decision": {"reason": decided[1].reason, "seconds_ago": round(self.autoscaler.clock() - decided[0], 1)}
+            if decided else None,
             "scale_events": list(runtime.scale_events),
         }

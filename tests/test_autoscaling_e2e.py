@@ -13,6 +13,8 @@ import time
 import aiohttp
 import pytest
 
+from ferry.cli import format_status
+
 from .ferry_process import HELLO_APP, FerryProcess
 from .helpers import wait_until
 from .load import Load
@@ -58,6 +60,7 @@ async def test_200_concurrent_requests_from_zero_are_all_answered(ferry):
     await started(f)
     before = await revision(f)
     assert before["total"] == 0 and before["autoscaling"]["activator_in_path"]  # routed through the activator
+    assert before["state"] == "at zero"
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         results = await asyncio.gather(*(request(session, f) for _ in range(200)))
@@ -70,6 +73,8 @@ async def test_200_concurrent_requests_from_zero_are_all_answered(ferry):
     # No herd: the instances started are exactly the most the decisions asked for, none restarted.
     assert after["instances_started"] == max(e["to"] for e in events), (after["instances_started"], events)
     assert all(i["restarts"] == 0 for i in after["instances"])
+    (line,) = [line for line in format_status(await f.status()).splitlines() if line.startswith(f"{REVISION} ")][1:]
+    assert f" {after['autoscaling']['desired']} " in line and "pods needed" in line, line  # the AUTOSCALING row
 
 
 async def test_an_idle_revision_scales_to_zero_and_the_next_request_cold_starts(ferry):

@@ -277,11 +277,11 @@ def reconcile_scale(
     if active_since is not None:
         idle_left = active_since + settings.stable_window - now
         if idle_left > 0:
-            return Applied(1, False, f"idle: keeping 1 instance {idle_left:g}s more before deactivating")
+            return Applied(1, False, f"idle: keeping 1 instance {idle_left:.1f}s more before deactivating")
         return Applied(None, True, "idle for a stable window: deactivate, put the activator in the path")
     if proxied_since is None:
         return Applied(None, False, "waiting for the activator to front the revision before zero")
     grace_left = proxied_since + settings.scale_to_zero_grace - now
     if grace_left > 0:
-        return Applied(None, False, f"activator in path; zero in {grace_left:g}s (grace period)")
+        return Applied(None, False, f"activator in path; zero in {grace_left:.1f}s (grace period)")
     return Applied(0, False, "scale to zero: activator has fronted the revision for the grace period")
