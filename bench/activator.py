@@ -38,6 +38,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fast_app import next_message  # bench/ is the script's folder, first on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_RPS = 3000.0
 TARGET_ADDED_P99_MS = 5.0
@@ -156,16 +158,8 @@ class KeepAliveClient(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        while True:
-            head_end = self.buffer.find(b"\r\n\r\n")
-            if head_end < 0:
-                return
-            head = self.buffer[:head_end].lower()
-            start = head.find(b"content-length:")
-            length = int(head[start + 15:head.find(b"\r\n", start)]) if start >= 0 else 0
-            end = head_end + 4 + length
-            if len(self.buffer) < end:
-                return
+        while (message := next_message(self.buffer)) is not None:
+            end = message[1]
             status_ok = self.buffer.startswith(b"HTTP/1.1 200")
             self.buffer = self.buffer[end:]
             now = time.perf_counter()
@@ -184,11 +178,14 @@ class KeepAliveClient(asyncio.Protocol):
             self.done.set_result(None)
 
 
-async def load(port: int, clients: int, seconds: float, rate: float = 0.0, warmup: float = 1.0) -> Result:
-    """`clients` connections for `seconds` after `warmup`; back to back, or `rate` requests/s in all if given."""
+async def load(port: int, clients: int, seconds: float, rate: float = 0.0, warmup: float = 1.0, *,
+               host: str = "bench.localhost", revision: str | None = REVISION) -> Result:
+    """`clients` connections for `seconds` after `warmup`; back to back, or `rate` requests/s in all if given.
+    Straight to an activator, requests name their revision as Envoy would; through Envoy (`revision` None) the
+    route adds it."""
     loop = asyncio.get_running_loop()
-    request = (f"GET /hello?x=1 HTTP/1.1\r\nHost: bench.localhost\r\n{REVISION_HEADER}: {REVISION}\r\n"
-               f"User-Agent: bench\r\n\r\n").encode()
+    revision_header = f"{REVISION_HEADER}: {revision}\r\n" if revision else ""
+    request = f"GET /hello?x=1 HTTP/1.1\r\nHost: {host}\r\n{revision_header}User-Agent: bench\r\n\r\n".encode()
     result = Result()
     now = time.perf_counter()
     record_from = now + warmup

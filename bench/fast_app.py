@@ -13,6 +13,18 @@ import signal
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\nx-revision: %s\r\n\r\nok\n"
 
 
+def next_message(buffer: bytes) -> tuple[bytes, int] | None:
+    """The first complete HTTP/1.1 message in `buffer` (Content-Length framing): (lower-cased head, end), or None."""
+    head_end = buffer.find(b"\r\n\r\n")
+    if head_end < 0:
+        return None
+    head = buffer[:head_end].lower()
+    marker = head.find(b"content-length:")
+    length = int(head[marker + 15:].split(b"\r\n", 1)[0]) if marker >= 0 else 0
+    end = head_end + 4 + length
+    return (head, end) if len(buffer) >= end else None
+
+
 class Responder(asyncio.Protocol):
     def __init__(self, response: bytes) -> None:
         self.response = response
@@ -23,19 +35,8 @@ class Responder(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        while True:
-            head_end = self.buffer.find(b"\r\n\r\n")
-            if head_end < 0:
-                return
-            head = self.buffer[:head_end].lower()
-            length = 0
-            marker = head.find(b"content-length:")
-            if marker >= 0:
-                length = int(head[marker + 15:].split(b"\r\n", 1)[0])
-            end = head_end + 4 + length
-            if len(self.buffer) < end:
-                return
-            self.buffer = self.buffer[end:]
+        while (message := next_message(self.buffer)) is not None:
+            self.buffer = self.buffer[message[1]:]
             self.transport.write(self.response)
 
 

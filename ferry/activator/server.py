@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -38,6 +39,15 @@ CLIENT_CLOSED = 499
 
 # Where a request is, so a timeout can say what it timed out on.
 _WAITING, _SENDING, _RELAYING = "waiting", "sending", "relaying"
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Progress:
+    arrived: float
+    stage: str = _WAITING
+    address: Address | None = None
 
 
 @dataclass(frozen=True)
@@ -183,77 +193,65 @@ class Activator:
         return self._count(revision, response)
 
     async def _http(self, request: web.BaseRequest, gate: RevisionGate) -> web.StreamResponse:
-        forwarder = self._forwarder
-        arrived = self._loop.time()
-        avoid = NO_AVOID
-        stage = _WAITING
-        address: Address | None = None
+        """The revision timeout covers the wait, the send and the whole answer."""
+        progress = _Progress(self._loop.time())
         try:
-            async with asyncio.timeout_at(arrived + gate.timeout_s):
-                while True:
-                    stage = _WAITING
-                    instance = await gate.acquire(avoid)
-                    address = instance.address
-                    if self._metrics is not None and not avoid:
-                        self._metrics.queue_seconds.observe(self._loop.time() - arrived)
-                    try:
-                        stage = _SENDING
-                        upstream = await forwarder.send(request, address)
-                        stage = _RELAYING
-                        return await forwarder.relay(request, upstream)
-                    except InstanceUnreachable as error:
-                        log.debug("instance unreachable; trying another", extra={
-                            "revision": gate.name, "instance": _show(address), "error": str(error)})
-                        avoid = avoid | {address}
-                    finally:
-                        gate.release(instance)
-        except TimeoutError:
-            return self._timed_out(gate, stage, address)
-        except QueueFull as full:
-            return _queue_full(gate, full)
-        except RevisionRemoved as removed:
-            return _reply(503, str(removed), retry_after=True)
-        except InstanceFailed as error:
-            return _instance_failed(gate, address, error)
+            async with asyncio.timeout_at(progress.arrived + gate.timeout_s):
+                instance, upstream = await self._reach(gate, progress, lambda a: self._forwarder.send(request, a))
+                try:
+                    progress.stage = _RELAYING
+                    return await self._forwarder.relay(request, upstream)
+                finally:
+                    gate.release(instance)
+        except (TimeoutError, QueueFull, RevisionRemoved, InstanceFailed) as error:
+            return self._failed(gate, progress, error)
 
     async def _websocket(self, request: web.BaseRequest, gate: RevisionGate) -> web.StreamResponse:
         """Like `_http`, but the timeout covers only the wait and the handshake: an open websocket is a
         session, not a request, and stays open (and counted on its instance) as long as both ends want."""
-        forwarder = self._forwarder
-        arrived = self._loop.time()
-        avoid = NO_AVOID
-        stage = _WAITING
-        address: Address | None = None
+        progress = _Progress(self._loop.time())
         try:
-            async with asyncio.timeout_at(arrived + gate.timeout_s):
-                while True:
-                    stage = _WAITING
-                    instance = await gate.acquire(avoid)
-                    address = instance.address
-                    if self._metrics is not None and not avoid:
-                        self._metrics.queue_seconds.observe(self._loop.time() - arrived)
-                    try:
-                        stage = _SENDING
-                        upstream = await forwarder.connect_websocket(request, address)
-                        break
-                    except InstanceUnreachable:
-                        avoid = avoid | {address}
-                        gate.release(instance)
-                    except BaseException:
-                        gate.release(instance)
-                        raise
-        except TimeoutError:
-            return self._timed_out(gate, stage, address)
-        except QueueFull as full:
-            return _queue_full(gate, full)
-        except RevisionRemoved as removed:
-            return _reply(503, str(removed), retry_after=True)
-        except InstanceFailed as error:
-            return _instance_failed(gate, address, error)
+            async with asyncio.timeout_at(progress.arrived + gate.timeout_s):
+                instance, upstream = await self._reach(
+                    gate, progress, lambda a: self._forwarder.connect_websocket(request, a)
+                )
+        except (TimeoutError, QueueFull, RevisionRemoved, InstanceFailed) as error:
+            return self._failed(gate, progress, error)
         try:
-            return await forwarder.relay_websocket(request, upstream)
+            return await self._forwarder.relay_websocket(request, upstream)
         finally:
             gate.release(instance)
+
+    async def _reach(self, gate: RevisionGate, progress: _Progress, connect: Callable[[Address], Awaitable[T]]):
+        """Wait for an instance with a free slot and connect to it; one found unreachable is skipped for the
+        rest of this request. Returns (instance, connection) with the slot held: the caller releases it."""
+        avoid = NO_AVOID
+        while True:
+            progress.stage = _WAITING
+            instance = await gate.acquire(avoid)
+            progress.address = instance.address
+            if self._metrics is not None and not avoid:
+                self._metrics.queue_seconds.observe(self._loop.time() - progress.arrived)
+            try:
+                progress.stage = _SENDING
+                return instance, await connect(instance.address)
+            except InstanceUnreachable as error:
+                log.debug("instance unreachable; trying another", extra={
+                    "revision": gate.name, "instance": _show(instance.address), "error": str(error)})
+                avoid = avoid | {instance.address}
+                gate.release(instance)
+            except BaseException:
+                gate.release(instance)
+                raise
+
+    def _failed(self, gate: RevisionGate, progress: _Progress, error: Exception) -> web.StreamResponse:
+        if isinstance(error, TimeoutError):
+            return self._timed_out(gate, progress.stage, progress.address)
+        if isinstance(error, QueueFull):
+            return _queue_full(gate, error)
+        if isinstance(error, RevisionRemoved):
+            return _reply(503, str(error), retry_after=True)
+        return _instance_failed(gate, progress.address, error)
 
     def _timed_out(self, gate: RevisionGate, stage: str, address: Address | None) -> web.StreamResponse:
         log.debug("request timed out", extra={"revision": gate.name, "stage": stage})
