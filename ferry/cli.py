@@ -251,7 +251,7 @@ def format_status(status: dict) -> str:
 
 
 def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:g}"
+    return "-" if value is None else f"{value:.4g}"
 
 
 def _bootstrap(args) -> int:

@@ -112,7 +112,8 @@ async def scrape(admins: Iterable[EnvoyAdmin]) -> dict[str, dict[str, ClusterCou
     """Every reachable gateway's revision counters, fetched concurrently; an unreachable one is skipped
     (its load is unknown this second, which the windows tolerate)."""
     admins = list(admins)
-    path = f"/stats?format=json&filter={quote(STATS_FILTER, safe='')}"
+    # usedonly: a cluster that never had a request has no stats to send (idle revisions cost nothing).
+    path = f"/stats?format=json&usedonly&filter={quote(STATS_FILTER, safe='')}"
     answers = await asyncio.gather(*(_fetch(a, path) for a in admins), return_exceptions=True)
     out: dict[str, dict[str, ClusterCounters]] = {}
     for admin, answer in zip(admins, answers, strict=True):

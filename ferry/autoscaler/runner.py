@@ -115,6 +115,8 @@ class Autoscaler:
         self.observed_at = now
 
     async def scrape_once(self) -> None:
+        if not self.states:
+            return  # nothing autoscaled (every revision's endpoints are managed elsewhere)
         gateways = await metrics.scrape(self.sources.admins())
         now = self.clock()
         loads, self._totals = metrics.loads(now, gateways, self.sources.activator(), self._totals)
@@ -132,7 +134,7 @@ class Autoscaler:
             step = tick(state, now, ready=self.target.ready(revision), reachable=self.target.reachable(revision))
             self.states[revision] = step.state
             if step.decision is not None:
-                self.decisions[revision] = (now, step)
+                self.decisions[revision] = (self.clock(), step)
             steps[revision] = step
         return steps
 
