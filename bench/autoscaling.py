@@ -222,7 +222,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0, help="requests/s in all for the latency run")
     args = parser.parse_args()
 
-    print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}")
+    print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
+          f"load average {Path('/proc/loadavg').read_text().split()[0] if Path('/proc/loadavg').exists() else '?'}")
     tick = bench_tick(args.revisions)
     print(f"\n1. autoscaler tick over {args.revisions} revisions: median {tick['tick_ms_median']:.1f} ms, "
           f"max {tick['tick_ms_max']:.1f} ms (target <= 20 ms)")
