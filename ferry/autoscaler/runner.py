@@ -184,8 +184,8 @@ class Autoscaler:
                 raise
             except Exception:
                 log.exception("autoscaler %s failed", what)
-            next_at += interval
-            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            next_at = max(next_at + interval, loop.time())  # a slow step delays the next; no catch-up burst
+            await asyncio.sleep(next_at - loop.time())
 
     async def aclose(self) -> None:
         tasks = list(self._waking.values())
