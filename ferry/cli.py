@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -83,6 +84,24 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--api", default=DEFAULT_API)
     status.add_argument("--json", action="store_true")
 
+    rollout = sub.add_parser("rollout", help="a service's rollout: status, promote, abort, retry")
+    rollout.add_argument("action", choices=["status", "promote", "abort", "retry"])
+    rollout.add_argument("service")
+    rollout.add_argument("--watch", action="store_true", help="status: refresh every second until the rollout ends")
+    rollout.add_argument("--api", default=DEFAULT_API)
+    rollout.add_argument("--json", action="store_true")
+
+    revisions = sub.add_parser("revisions", help="a service's revisions: created, ready, traffic, rollout result")
+    revisions.add_argument("service")
+    revisions.add_argument("--api", default=DEFAULT_API)
+    revisions.add_argument("--json", action="store_true")
+
+    traffic = sub.add_parser("traffic", help="set a service's split by hand (kept until the file agrees or --reset)")
+    traffic.add_argument("service")
+    traffic.add_argument("splits", nargs="*", metavar="REVISION=PERCENT")
+    traffic.add_argument("--reset", action="store_true", help="back to the file's traffic block")
+    traffic.add_argument("--api", default=DEFAULT_API)
+
     boot = sub.add_parser("bootstrap", help="print an Envoy bootstrap that connects a gateway to ferry")
     boot.add_argument("--node-id", default="gateway-1")
     boot.add_argument("--group", default="default", help="node.cluster: gateways of one group share a snapshot")
@@ -93,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     boot.add_argument("--format", choices=["yaml", "json"], default="yaml")
 
     args = parser.parse_args(argv)
-    return {"up": _up, "apply": _apply, "validate": _validate, "status": _status, "bootstrap": _bootstrap}[args.command](args)
+    commands = {"up": _up, "apply": _apply, "validate": _validate, "status": _status, "bootstrap": _bootstrap,
+                "rollout": _rollout, "revisions": _revisions, "traffic": _traffic}
+    return commands[args.command](args)
 
 
 def _up(args) -> int:
@@ -248,6 +269,107 @@ def format_status(status: dict) -> str:
             f"{'yes' if gw['in_sync'] else 'no':8} {acked:26} {nack_text}"
         )
     return "\n".join(lines)
+
+
+def _call(api: str, path: str, body: dict | None = None) -> dict | None:
+    """One API call; prints the error and returns None when it fails."""
+    try:
+        code, answer = _request(api, path, body)
+    except OSError as err:
+        print(f"ferry: no ferry answers at {api} ({err})", file=sys.stderr)
+        return None
+    if code != 200:
+        print(f"ferry: {answer.get('error', answer)}", file=sys.stderr)
+        return None
+    return answer
+
+
+def _rollout(args) -> int:
+    service = urllib.parse.quote(args.service)
+    if args.action != "status":
+        answer = _call(args.api, f"/rollouts/{service}/{args.action}", {})
+        if answer is None:
+            return 1
+        print(format_rollout(answer))
+        return 0
+    while True:
+        answer = _call(args.api, f"/rollouts/{service}")
+        if answer is None:
+            return 1
+        if args.json:
+            json.dump(answer, sys.stdout, indent=1)
+            print()
+        else:
+            print(format_rollout(answer), flush=True)
+        if not args.watch or not answer.get("active"):
+            return 0
+        time.sleep(1)
+        print()
+
+
+def format_rollout(r: dict) -> str:
+    if r.get("phase") is None:
+        return f"{r['service']}: no rollout yet (a template change on a service with a rollout block starts one)"
+    served = ", ".join(f"{s['revision']} {s['percent']}%" for s in r.get("served", [])) or "-"
+    lines = [
+        f"service {r['service']}: {r['strategy']} rollout {r['stable']} -> {r['candidate']}, {r['phase']}"
+        + (f" ({r['reason']})" if r.get("reason") else ""),
+        f"  step {r['step']}, {r['weight']}% of main traffic to {r['candidate']}"
+        + ("; preview host serves the candidate" if r.get("preview") else "")
+        + f"; gateways serve: {served}",
+    ]
+    if r.get("rollback_ms") is not None:
+        lines.append(f"  rollback reached every gateway {r['rollback_ms']} ms after the failing check")
+    history = r.get("history") or []
+    if history:
+        lines.append("  TIME      EVENT               STEP WEIGHT REQUESTS SUCCESS   P99        WHY")
+        for h in history[-20:]:
+            v = h.get("verdict") or {}
+            rate = f"{v['success_rate']:.2f}%" if v.get("success_rate") is not None else "-"
+            p99 = f"{v['latency_p99_ms']:.1f} ms" if v.get("latency_p99_ms") is not None else "-"
+            why = v.get("message") or h.get("note") or ""
+            lines.append(f"  {time.strftime('%H:%M:%S', time.localtime(h['at']))}  {h['event']:19} {h['step']:<4} "
+                         f"{h['weight']:<6} {v.get('requests', '-'):<8} {rate:9} {p99:10} {why}")
+    return "\n".join(lines)
+
+
+def _revisions(args) -> int:
+    answer = _call(args.api, f"/revisions/{urllib.parse.quote(args.service)}")
+    if answer is None:
+        return 1
+    if args.json:
+        json.dump(answer, sys.stdout, indent=1)
+        print()
+        return 0
+    print("REVISION                 CREATED              STATE        READY TRAFFIC  TAGS         ROLLOUT")
+    for r in answer:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"]))
+        result = r["rollout"]
+        outcome = f"{result['result']}" + (f": {result['reason']}" if result.get("reason") else "") if result else "-"
+        latest = " (latest)" if r["latest_ready"] else ""
+        print(f"{r['name'] + latest:24} {created:20} {r['state']:12} {r['ready']:<5} {str(r['traffic']) + '%':8} "
+              f"{','.join(r['tags']) or '-':12} {outcome}")
+    return 0
+
+
+def _traffic(args) -> int:
+    if args.reset == bool(args.splits):
+        print("ferry: give REVISION=PERCENT pairs, or --reset", file=sys.stderr)
+        return 2
+    splits = []
+    for pair in args.splits:
+        revision, sep, percent = pair.partition("=")
+        if not sep or not percent.strip().isdigit():
+            print(f"ferry: {pair!r}: write REVISION=PERCENT, e.g. hello-00002=10", file=sys.stderr)
+            return 2
+        splits.append([revision, int(percent)])
+    body = {"reset": True} if args.reset else {"splits": splits}
+    answer = _call(args.api, f"/traffic/{urllib.parse.quote(args.service)}", body)
+    if answer is None:
+        return 1
+    print(f"{args.service}: traffic back to the file" if args.reset else
+          f"{args.service}: {', '.join(f'{r}={p}%' for r, p in splits)} (differs from the file until it agrees or --reset)")
+    return 0
 
 
 def _num(value: float | None) -> str:

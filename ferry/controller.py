@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterable
 
 from .activator import Activator
@@ -30,10 +31,13 @@ from .autoscaler.settings import settings_for
 from .backends.base import Backend, DrainHook, Endpoint, EndpointsChanged, Workload
 from .envoy.admin import EnvoyAdmin
 from .envoy.bootstrap import ADMIN_METADATA_KEY, LISTEN_METADATA_KEY
+from .rollout import machine
+from .rollout.config import rollout_spec
+from .rollout.runner import ActiveRollout, RolloutRunner
 from .routing.loader import LoadedRoutes, validate
 from .routing.revisions import Revision, RevisionPlan, RevisionStore
-from .routing.schema import HostPort, ServiceSpec, service_hosts, tag_host
-from .routing.traffic import ResolvedTraffic, Unresolved, resolve_traffic
+from .routing.schema import PREVIEW_TAG, HostPort, ServiceSpec, service_hosts, tag_host
+from .routing.traffic import ResolvedTraffic, Split, Unresolved, blend, resolve_traffic
 from .xds import resources as xds
 from .xds.cache import Resource, SnapshotCache
 from .xds.server import GatewayRegistry
@@ -41,6 +45,8 @@ from .xds.server import GatewayRegistry
 log = logging.getLogger("ferry.controller")
 
 BackendFactory = Callable[[EndpointsChanged, DrainHook], Backend]
+
+ENDED_BADLY = ("rolled-back", "aborted")
 
 
 @dataclass
@@ -84,6 +90,10 @@ class ServiceRuntime:
     waiting: str | None = None  # why the file's traffic is not (yet) what gateways serve
     revisions: set[str] = field(default_factory=set)  # revisions this service keeps running
     wanted: frozenset[str] = frozenset()  # what the file's traffic names now, routed or still becoming ready
+    rollout: machine.Rollout | None = None  # in progress, or the last one (for status)
+    failed: set[str] = field(default_factory=set)  # revisions whose rollout was rolled back or aborted
+    override: tuple[Split, ...] | None = None  # `ferry traffic`: an imperative main split, until the file agrees
+    rollback_ms: float | None = None  # the last rollback: failing check -> every gateway in sync
 
 
 class Controller:
@@ -129,6 +139,8 @@ class Controller:
         self._group_listen: dict[str, HostPort | None] = {}
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
+        self.rollouts = RolloutRunner(self, self.gateway_admins)
+        self._protected: dict[str, int] = {}  # a rollout's stable revision -> the scale it keeps at least
 
     # -- applying a routes file -----------------------------------------------------------------------
 
@@ -152,9 +164,11 @@ class Controller:
                 current = plan.current[name]
                 if service is None:
                     service = self.services[name] = ServiceRuntime(name, spec, current)
+                    self._restore_rollout_state(service)
                 elif (service.spec is spec or service.spec == spec) and service.current == current and not gateway_changed:
                     continue  # untouched: a one-service edit reconciles one service
                 service.spec, service.current = spec, current
+                self._rollout_follows_file(service)
                 if gateway_changed:
                     service.routes = ()  # hosts derive from the domain: rebuild
                 await self._reconcile_service(service)
@@ -183,6 +197,10 @@ class Controller:
     async def _reconcile_service(self, service: ServiceRuntime) -> None:
         resolved = await self._run_wanted_revisions(service)
         service.wanted = resolved.revisions() if isinstance(resolved, ResolvedTraffic) else frozenset()
+        if service.override is not None and isinstance(resolved, ResolvedTraffic):
+            steady = resolve_traffic(service.spec, self._latest_ready(service.name))
+            if isinstance(steady, ResolvedTraffic) and set(steady.main) == set(service.override):
+                self._clear_override(service, "the file now says the same")
         if isinstance(resolved, Unresolved):
             service.waiting = resolved.reason
         else:
@@ -197,7 +215,7 @@ class Controller:
         elsewhere), which can change what latestRevision means: resolve until it settles."""
         while True:
             latest_ready = self._latest_ready(service.name)
-            resolved = resolve_traffic(service.spec, latest_ready)
+            resolved = self._shape(service, resolve_traffic(service.spec, latest_ready))
             needed = self._needed_revisions(service, resolved)
             for name in needed - service.revisions:
                 await self._start_revision(name)
@@ -205,11 +223,26 @@ class Controller:
             if self._latest_ready(service.name) == latest_ready:
                 return resolved
 
+    def _shape(self, service: ServiceRuntime, steady: ResolvedTraffic | Unresolved) -> ResolvedTraffic | Unresolved:
+        """Who owns the main split: a rollout in progress (part way from the stable revision's traffic to the
+        file's), else a `ferry traffic` override, else the file."""
+        if isinstance(steady, Unresolved):
+            return steady
+        rollout = service.rollout
+        if rollout is not None and rollout.active:
+            before = resolve_traffic(service.spec, rollout.stable)
+            if isinstance(before, ResolvedTraffic):
+                preview = ((PREVIEW_TAG, rollout.candidate),) if rollout.preview else ()
+                return blend(before, steady, rollout.weight, preview)
+        if service.override is not None:
+            return ResolvedTraffic(service.override, steady.tags)
+        return steady
+
     @staticmethod
     def _needed_revisions(service: ServiceRuntime, resolved: ResolvedTraffic | Unresolved) -> set[str]:
         """What the traffic names, what gateways still route to, and the newest revision (it must run
-        to become ready)."""
-        needed = {service.current.name}
+        to become ready; not once its rollout failed)."""
+        needed = {service.current.name} - service.failed
         if isinstance(resolved, ResolvedTraffic):
             needed |= resolved.revisions()
         if service.traffic is not None:
@@ -270,6 +303,7 @@ class Controller:
                     domains=tuple(service_hosts(service.name, service.spec, gateway)),
                     targets=main,
                     timeout_s=max(runtime[t.revision].revision.template.timeout for t in main),
+                    tagged=tuple((tag, target(revision, 100)) for tag, revision in resolved.tags),
                 )
             )
         for tag, revision in resolved.tags:
@@ -303,7 +337,7 @@ class Controller:
                     runtime.retire_task.cancel()
                     runtime.retire_task = None
                 if runtime.workload is not None:
-                    state = self.autoscaler.track(name, settings_for(runtime.revision.template))
+                    state = self.autoscaler.track(name, self._settings(runtime.revision))
                     runtime.instances = state.scale
                     self._set_endpoints(runtime, runtime.endpoints)
                     await self.backend.scale(runtime.workload, runtime.instances)
@@ -327,7 +361,7 @@ class Controller:
         if workload is None:
             self._set_endpoints(runtime, tuple(Endpoint(h, p) for h, p in template.endpoints))
         else:
-            state = self.autoscaler.track(name, settings_for(template))
+            state = self.autoscaler.track(name, self._settings(revision))
             runtime.instances = state.scale
             runtime.proven = state.scale == 0  # Knative: a revision that starts at zero is ready at once
             self._set_endpoints(runtime, ())
@@ -415,14 +449,23 @@ class Controller:
     def _became_ready(self, runtime: RevisionRuntime) -> None:
         """A newer ready revision is what latestRevision means now; a route waiting for this one may move."""
         revision = runtime.revision
+        service = self.services.get(revision.service)
+        if service is not None and revision.name in service.failed:
+            return  # its rollout failed: it is never the latest again, unless `ferry rollout retry`
         latest = self._latest_ready(revision.service)
         newer = revision.generation > (self._revision(latest).generation if latest else 0)
         if newer:
-            self._latest_ready_cache[revision.service] = revision.name
-            self._latest_ready_unsaved[revision.service] = revision.name  # written with the next publish
-        service = self.services.get(revision.service)
+            self._set_latest_ready(revision.service, revision.name)
+            if service is not None and service.spec.rollout is not None and latest is not None:
+                rollout = service.rollout
+                if rollout is None or not rollout.active or rollout.candidate != revision.name:
+                    self._start_rollout(service, stable=latest, candidate=revision.name)
         if service is not None and not runtime.retiring and (newer or service.waiting is not None):
             self._spawn(self._reconcile_after_ready(service), f"route {service.name}")
+
+    def _set_latest_ready(self, service: str, revision: str) -> None:
+        self._latest_ready_cache[service] = revision
+        self._latest_ready_unsaved[service] = revision  # written with the next publish
 
     async def _reconcile_after_ready(self, service: ServiceRuntime) -> None:
         async with self._lock:
@@ -437,6 +480,182 @@ class Controller:
         await self._publish_and_sync()
         while self.activator.in_flight(revision, endpoint):
             await asyncio.sleep(0.02)
+
+    # -- rollouts (the RolloutRunner's RolloutTarget) ---------------------------------------------------
+
+    def _restore_rollout_state(self, service: ServiceRuntime) -> None:
+        """After a restart: which revisions failed, any `ferry traffic` override, and a rollout to resume at
+        the step it had reached (its analysis window starts afresh: the gateways' counters did too)."""
+        results = self.store.results(service.name)
+        service.failed = {revision for revision, (result, _, _) in results.items() if result in ENDED_BADLY}
+        override = self.store.traffic_override(service.name)
+        service.override = tuple(Split(r, p) for r, p in override) if override else None
+        text = self.store.rollout(service.name)
+        if text:
+            rollout = machine.Rollout.from_json(text)
+            if rollout.active:
+                rollout = machine.resume(rollout, now=time.time())
+                self._protect(rollout.stable)
+            service.rollout = rollout
+        self._rollout_follows_file(service)
+
+    def _rollout_follows_file(self, service: ServiceRuntime) -> None:
+        """A rollout in progress ends when the file moves on: a newer template supersedes its candidate (which
+        then counts as aborted), and a removed rollout block leaves the file's split in charge."""
+        rollout = service.rollout
+        if rollout is None or not rollout.active:
+            return
+        if rollout.candidate != service.current.name:
+            self._end_rollout(service, machine.abort(
+                rollout, now=time.time(), reason=f"superseded by the newer revision {service.current.name}"))
+        elif service.spec.rollout is None:
+            self._end_rollout(service, machine.promote(rollout, self._rollout_spec(service), now=time.time()))
+
+    def _rollout_spec(self, service: ServiceRuntime) -> machine.RolloutSpec:
+        block = service.spec.rollout
+        return rollout_spec(block) if block is not None else machine.RolloutSpec(strategy=service.rollout.strategy)
+
+    def _start_rollout(self, service: ServiceRuntime, *, stable: str, candidate: str) -> None:
+        rollout = machine.start(
+            self._rollout_spec(service), service=service.name, stable=stable, candidate=candidate, now=time.time()
+        )
+        service.rollout = rollout
+        self.store.save_rollout(service.name, rollout.to_json())
+        self._protect(stable)
+        log.info("rollout started", extra={"service": service.name, "strategy": rollout.strategy,
+                                            "stable": stable, "candidate": candidate, "weight": rollout.weight})
+
+    def _end_rollout(self, service: ServiceRuntime, rollout: machine.Rollout) -> None:
+        """Record how it ended. A failure makes the stable revision the latest again and keeps the candidate
+        out of latestRevision until a retry."""
+        service.rollout = rollout
+        self.store.save_rollout(service.name, rollout.to_json())
+        self._unprotect(rollout.stable)
+        if rollout.phase in ENDED_BADLY:
+            self.store.set_result(rollout.candidate, rollout.phase, rollout.reason)
+            service.failed.add(rollout.candidate)
+            if self._latest_ready(service.name) == rollout.candidate:
+                self._set_latest_ready(service.name, rollout.stable)
+            log.warning("rollout %s", rollout.phase, extra={
+                "service": service.name, "candidate": rollout.candidate, "stable": rollout.stable,
+                "reason": rollout.reason})
+        else:
+            self.store.set_result(rollout.candidate, rollout.phase, rollout.reason)
+            log.info("rollout promoted", extra={"service": service.name, "candidate": rollout.candidate})
+
+    def active_rollouts(self) -> dict[str, ActiveRollout]:
+        return {
+            name: ActiveRollout(s.rollout, self._rollout_spec(s), xds.cluster_name(name, s.rollout.candidate))
+            for name, s in self.services.items()
+            if s.rollout is not None and s.rollout.active
+        }
+
+    async def rollout_changed(
+        self, service_name: str, rollout: machine.Rollout, *, previous: machine.Rollout | None, decided_at: float
+    ) -> None:
+        async with self._lock:
+            service = self.services.get(service_name)
+            if service is None or service.rollout is not previous:
+                return  # it moved on while this step was being decided
+            if previous is not None and previous.active and not rollout.active:
+                self._end_rollout(service, rollout)
+            else:
+                service.rollout = rollout
+                self.store.save_rollout(service_name, rollout.to_json())
+                if previous is not None and rollout.weight != previous.weight:
+                    log.info("rollout step", extra={"service": service_name, "candidate": rollout.candidate,
+                                                     "weight": rollout.weight, "step": rollout.step})
+            await self._reconcile_service(service)
+            self._publish()
+        if rollout.phase in ENDED_BADLY and previous is not None and previous.active:
+            # The whole point of a rollback is speed: measure it to the last gateway's ACK.
+            if await self.gateways.wait_in_sync(self.sync_timeout_s):
+                service.rollback_ms = round((time.perf_counter() - decided_at) * 1000, 2)
+
+    async def rollout_action(self, service_name: str, action: str) -> machine.Rollout:
+        """`ferry rollout promote|abort|retry`. KeyError: no such service; ValueError: not possible now (says why)."""
+        service = self.services[service_name]
+        rollout = service.rollout
+        now = time.time()
+        if action == "retry":
+            if rollout is None or rollout.phase not in ENDED_BADLY:
+                raise ValueError(f"service {service_name} has no rolled-back or aborted rollout to retry")
+            if rollout.candidate != service.current.name:
+                raise ValueError(f"revision {rollout.candidate} is no longer the newest ({service.current.name} is); "
+                                 "a template change starts a fresh rollout by itself")
+            self.store.clear_result(rollout.candidate)
+            service.failed.discard(rollout.candidate)
+            following = machine.retry(rollout, self._rollout_spec(service), now=now)
+            self._protect(following.stable)
+        elif rollout is None or not rollout.active:
+            raise ValueError(f"service {service_name} has no rollout in progress")
+        elif action == "promote":
+            following = machine.promote(rollout, self._rollout_spec(service), now=now)
+        elif action == "abort":
+            following = machine.abort(rollout, now=now, reason="aborted with `ferry rollout abort`")
+        else:
+            raise ValueError(f"unknown rollout action {action!r}: promote, abort or retry")
+        if action == "retry":
+            async with self._lock:
+                service.rollout = following
+                self.store.save_rollout(service_name, following.to_json())
+                await self._reconcile_service(service)
+                self._publish()
+        else:
+            await self.rollout_changed(service_name, following, previous=rollout, decided_at=time.perf_counter())
+        return service.rollout
+
+    async def set_traffic(self, service_name: str, splits: list[tuple[str, int]] | None) -> None:
+        """`ferry traffic`: an imperative main split (None resets to the file). ValueError says what is wrong."""
+        service = self.services[service_name]
+        if splits is not None:
+            if service.rollout is not None and service.rollout.active:
+                raise ValueError(f"a rollout owns the split of {service_name}; promote or abort it first")
+            known = {r.name for r in self.store.revisions(service_name)}
+            unknown = [r for r, _ in splits if r not in known]
+            if unknown:
+                raise ValueError(f"{', '.join(unknown)}: not a revision of {service_name} "
+                                 f"(known: {', '.join(sorted(known)[-10:])})")
+            if sum(p for _, p in splits) != 100 or any(not 0 <= p <= 100 for _, p in splits):
+                raise ValueError(f"percents must be 0..100 and sum to exactly 100, got {sum(p for _, p in splits)}")
+            if len({r for r, _ in splits}) != len(splits):
+                raise ValueError("each revision may appear once")
+        async with self._lock:
+            self.store.set_traffic_override(service_name, splits)
+            service.override = tuple(Split(r, p) for r, p in splits if p > 0) if splits is not None else None
+            await self._reconcile_service(service)
+            self._publish()
+
+    def _clear_override(self, service: ServiceRuntime, why: str) -> None:
+        self.store.set_traffic_override(service.name, None)
+        service.override = None
+        log.info("traffic override cleared", extra={"service": service.name, "why": why})
+
+    # -- a rollout's stable revision keeps its capacity --------------------------------------------------
+
+    def _settings(self, revision: Revision):
+        """The revision's autoscaling settings; while a rollout may fall back to it, its scale at the rollout's
+        start is a floor (Flagger keeps the primary scaled the same way)."""
+        settings = settings_for(revision.template)
+        floor = self._protected.get(revision.name)
+        if floor is None:
+            return settings
+        if settings.max_scale:
+            floor = min(floor, settings.max_scale)
+        return replace(settings, min_scale=max(settings.min_scale, floor))
+
+    def _protect(self, revision: str) -> None:
+        runtime = self.revisions.get(revision)
+        self._protected[revision] = max(1, runtime.instances if runtime is not None else 1)
+        if runtime is not None and runtime.autoscaled and not runtime.retiring:
+            self.autoscaler.track(revision, self._settings(runtime.revision))
+
+    def _unprotect(self, revision: str) -> None:
+        if self._protected.pop(revision, None) is None:
+            return
+        runtime = self.revisions.get(revision)
+        if runtime is not None and runtime.autoscaled and not runtime.retiring:
+            self.autoscaler.track(revision, self._settings(runtime.revision))
 
     # -- autoscaling (the Autoscaler's ScaleTarget) ----------------------------------------------------
 
@@ -623,6 +842,60 @@ class Controller:
             "traffic": traffic,
             "routed": service.waiting is None,
             "waiting": service.waiting,
+            "split_owner": self._split_owner(service),
+            "traffic_override": [[s.revision, s.percent] for s in service.override] if service.override else None,
+            "rollout": self.rollout_status(service.name) if service.rollout is not None else None,
+        }
+
+    def revisions_status(self, service_name: str) -> list[dict]:
+        """`ferry revisions`: every revision the service ever had, newest first, with its traffic and how its
+        rollout ended."""
+        service = self.services[service_name]
+        results = self.store.results(service_name)
+        served = {s.revision: s.percent for s in service.traffic.main} if service.traffic else {}
+        tags: dict[str, list[str]] = {}
+        for tag, revision in service.traffic.tags if service.traffic else ():
+            tags.setdefault(revision, []).append(tag)
+        out = []
+        for revision in reversed(self.store.revisions(service_name)):
+            runtime = self.revisions.get(revision.name)
+            result = results.get(revision.name)
+            out.append({
+                "name": revision.name,
+                "generation": revision.generation,
+                "created_at": revision.created_at,
+                "state": self._revision_state(runtime, self.backend.counts(revision.name) if runtime and runtime.autoscaled else None)
+                if runtime else "stopped",
+                "ready": len(runtime.endpoints) if runtime else 0,
+                "traffic": served.get(revision.name, 0),
+                "tags": tags.get(revision.name, []),
+                "latest_ready": revision.name == self._latest_ready(service_name),
+                "rollout": {"result": result[0], "reason": result[1], "at": result[2]} if result else None,
+            })
+        return out
+
+    @staticmethod
+    def _split_owner(service: ServiceRuntime) -> str:
+        """Who decides the main split now; an override differs from the file (drift) until reset or agreed."""
+        if service.rollout is not None and service.rollout.active:
+            return "rollout"
+        return "override (drift from the file)" if service.override is not None else "file"
+
+    def rollout_status(self, service_name: str) -> dict:
+        """`ferry rollout status`: where it is, the weights gateways serve, every check and its verdict."""
+        service = self.services[service_name]
+        rollout = service.rollout
+        if rollout is None:
+            return {"service": service_name, "phase": None}
+        state = json.loads(rollout.to_json())
+        return {
+            **state,
+            "active": rollout.active,
+            "preview": rollout.preview,
+            "spec": json.loads(json.dumps(asdict(self._rollout_spec(service)))),
+            "served": [{"revision": s.revision, "percent": s.percent} for s in service.traffic.main]
+            if service.traffic else [],
+            "rollback_ms": service.rollback_ms,
         }
 
     def _revision_status(self, runtime: RevisionRuntime) -> dict:

@@ -143,7 +143,7 @@ class Daemon:
             controller.set_endpoints(body["revision"], [HostPort.parse(e) for e in body["endpoints"]])
 
         xds_server = api_runner = None
-        watch_task = supervise_task = autoscale_task = None
+        watch_task = supervise_task = autoscale_task = rollout_task = None
         gc_log = GcPauseLog()
         gc.callbacks.append(gc_log)
         # ferry makes little cyclic garbage but allocates in bursts (a /status at 10,000 services is ~10^5
@@ -163,8 +163,9 @@ class Daemon:
             await controller.apply(loaded)
             applies.labels("applied").inc()
             autoscale_task = asyncio.create_task(controller.autoscaler.run(), name="autoscaler")
+            rollout_task = asyncio.create_task(controller.rollouts.run(), name="rollouts")
             hooks = {"poison-routes": poison, "endpoints": set_endpoints} if options.test_hooks else None
-            api = build_api(controller.status, self.registry, apply_text, test_hooks=hooks)
+            api = build_api(controller.status, self.registry, apply_text, controller, test_hooks=hooks)
             api_runner = web.AppRunner(api, access_log=None)
             await api_runner.setup()
             try:
@@ -186,7 +187,7 @@ class Daemon:
                 supervise_task = asyncio.create_task(envoy.supervise(), name="supervise envoy")
             await stop.wait()
         finally:
-            for task in (watch_task, supervise_task, autoscale_task):
+            for task in (watch_task, supervise_task, autoscale_task, rollout_task):
                 if task:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)

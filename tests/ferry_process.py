@@ -92,7 +92,12 @@ class FerryProcess:
 
     async def converged(self, gateways: int = 1) -> bool:
         """Every service routed as the file says, and every gateway running the current config."""
-        status = await self.status()
+        try:
+            status = await self.status()
+        except aiohttp.ClientConnectorError:
+            if self.proc.returncode is not None:
+                raise AssertionError(f"ferry exited with {self.proc.returncode}:\n{self.log_text}") from None
+            raise AssertionError(f"ferry's API stopped answering; log:\n{self.log_text}") from None
         return (
             all(s["routed"] for s in status["services"].values())
             and sum(1 for g in status["gateways"] if g["connected"]) >= gateways

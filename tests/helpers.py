@@ -3,15 +3,41 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import time
 from typing import Awaitable, Callable
 
+_handed_out: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below the kernel's ephemeral range (32768+ here), never the same twice in a run.
+
+    The ports a test gives ferry are bound only later (Envoy's listener and admin); a port taken with
+    bind(0) would come from the range the kernel also hands to instances and client sockets meanwhile,
+    and a collision made a test fail now and then.
+    """
+    low, _ = _ephemeral_range()
+    while True:
+        port = random.randrange(10_000, max(low, 20_000))
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = open("/proc/sys/net/ipv4/ip_local_port_range").read().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 async def wait_until(condition: Callable[[], Awaitable[bool] | bool], timeout: float = 20.0, what: str = "condition",

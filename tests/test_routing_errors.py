@@ -761,6 +761,72 @@ def test_knative_names_outside_scale_guess_ferrys_names(tmp_path: Path) -> None:
     assert "did you mean 'concurrency'?" in p.message
 
 
+def test_misspelled_rollout_fields_get_a_guess(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        """
+        services:
+          hello:
+            template: {command: [a]}
+            rollout:
+              strategy: blue-green
+              autopromote: false
+              analysis:
+                failure_limit: 2
+    """,
+    )
+    assert [(p.path, p.line, p.message) for p in found] == [
+        (
+            "services.hello.rollout.autopromote",
+            6,
+            "unknown field 'autopromote'; did you mean 'autoPromote'? "
+            "(allowed: strategy, steps, interval, duration, analysis, autoPromote)",
+        ),
+        (
+            "services.hello.rollout.analysis.failure_limit",
+            8,
+            "unknown field 'failure_limit'; did you mean 'failureLimit'? "
+            "(allowed: minRequests, successRate, maxLatencyP99, failureLimit)",
+        ),
+    ]
+
+
+def test_rollout_rules_are_reported_with_the_other_problems(tmp_path: Path) -> None:
+    """A rollout's field rules, its traffic rules and everything else come back in one pass, in file order."""
+    found = problems(
+        tmp_path,
+        """
+        services:
+          hello:
+            template: {command: [a], timeout: soon}
+            rollout: {strategy: gradual, steps: [5, 100]}
+          world:
+            template: {command: [a]}
+            rollout:
+              strategy: blue-green
+              duration: 1m
+            traffic:
+              - {revision: world-00001, percent: 100, tag: preview}
+          other:
+            template: {command: [a]}
+            rollout: {strategy: canary}
+            traffic:
+              - {revision: other-00001, percent: 100}
+    """,
+    )
+    assert [(p.path, p.line, p.message) for p in found] == [
+        ("services.hello.template.timeout", 3, "invalid duration 'soon': write a number with a unit, e.g. 300s, "
+         "1.5s, 500ms, 2m, 1h or 1m30s"),
+        ("services.hello.rollout.steps", 4, "steps are for strategy canary, not gradual: remove them or use "
+         "strategy: canary"),
+        ("services.world.rollout.duration", 9, "duration is for strategy gradual (Knative's rollout-duration), "
+         "not blue-green: remove it (interval sets the time at each step) or use strategy: gradual"),
+        ("services.other.rollout", 14, "traffic has no latestRevision: true target, so the new revision would "
+         "never receive traffic once the rollout ends: add a latestRevision: true target to "
+         "services.other.traffic or remove the rollout"),
+    ]
+
+
 def test_readiness_path_must_be_absolute(tmp_path: Path) -> None:
     p = only(
         tmp_path,

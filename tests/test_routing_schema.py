@@ -9,10 +9,12 @@ import yaml
 from pydantic import ValidationError
 
 from ferry.routing import (
+    Analysis,
     Gateway,
     HostPort,
     LoadedRoutes,
     Readiness,
+    Rollout,
     RoutesFile,
     Scale,
     ServiceSpec,
@@ -358,3 +360,16 @@ services:
     assert load_routes(tmp_path / "r.yaml", text=dumped).spec == spec
     with pytest.raises(ValidationError, match="frozen"):
         s.utilization = 1  # type: ignore[misc]
+
+
+def test_a_rollout_block_is_service_level_and_keeps_the_pinned_digest(tmp_path: Path) -> None:
+    """rollout: lives beside the template, not in it: the digest pinned above is the same with any rollout."""
+    base = "services:\n  hello:\n    template: {command: [a]}\n"
+    for rollout in ("", "{strategy: canary}", "{strategy: blue-green, autoPromote: false}", "{strategy: gradual}"):
+        text = base + (f"    rollout: {rollout}\n" if rollout else "")
+        hello = load_routes(tmp_path / "r.yaml", text=text).spec.services["hello"]
+        assert hello.template == Template(command=("a",))
+        assert template_digest(hello.template) == "77730907f5a491c1f53aedf3ade7c45e96264b83fe642f020a9c02afc42755dc"
+    spec = load_routes(tmp_path / "r.yaml", text=base + "    rollout: {strategy: canary}\n").spec
+    assert spec.services["hello"] == ServiceSpec(template=Template(command=("a",)), rollout=Rollout(strategy="canary"))
+    assert spec.services["hello"].rollout == Rollout(strategy="canary", steps=(5, 25, 50, 100), analysis=Analysis())

@@ -28,6 +28,8 @@ def bootstrap(options: BootstrapOptions) -> dict:
     ads = {"ads": {}, "resource_api_version": "V3"}
     return {
         "node": node,
+        # Histograms (upstream_rq_time, which rollout analysis reads) reach the admin API at each flush.
+        "stats_flush_interval": "1s",
         "admin": {"address": {"socket_address": {"address": options.admin_host, "port_value": options.admin_port}}},
         "dynamic_resources": {
             "ads_config": {

@@ -4,9 +4,11 @@ from .errors import ConfigError, Problem
 from .loader import LoadedRoutes, load_routes, validate
 from .revisions import Revision, RevisionPlan, RevisionStore, default_store_path
 from .schema import (
+    Analysis,
     Gateway,
     HostPort,
     Readiness,
+    Rollout,
     RoutesFile,
     Scale,
     ServiceSpec,
@@ -18,6 +20,7 @@ from .schema import (
 from .traffic import ResolvedTraffic, Split, Unresolved, resolve_traffic
 
 __all__ = [
+    "Analysis",
     "ConfigError",
     "Gateway",
     "HostPort",
@@ -28,6 +31,7 @@ __all__ = [
     "Revision",
     "RevisionPlan",
     "RevisionStore",
+    "Rollout",
     "RoutesFile",
     "Scale",
     "ServiceSpec",

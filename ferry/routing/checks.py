@@ -9,7 +9,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from .errors import Problem, format_path
-from .schema import Gateway, ServiceSpec, TrafficTarget, service_hosts, tag_host
+from .schema import (
+    PREVIEW_TAG,
+    Gateway,
+    Rollout,
+    ServiceSpec,
+    TrafficTarget,
+    service_hosts,
+    tag_host,
+)
 
 
 def check_routes(gateway: Gateway | None, services: Mapping[str, ServiceSpec]) -> list[Problem]:
@@ -35,6 +43,57 @@ def check_service(name: str, spec: ServiceSpec) -> list[Problem]:
         )
     if spec.traffic is not None:
         problems += check_traffic(name, spec.traffic)
+    if spec.rollout is not None:
+        problems += check_rollout(name, spec.rollout, spec.traffic)
+    return problems
+
+
+def check_rollout(service: str, rollout: Rollout, traffic: tuple[TrafficTarget, ...] | None) -> list[Problem]:
+    """A rollout moves main traffic to the new revision and ends at the file's traffic, with the new revision
+    as the latest: so that traffic must give latestRevision a share; blue-green owns the `preview` tag."""
+    base = ("services", service, "rollout")
+    problems: list[Problem] = []
+    if traffic:  # None: 100% to the latest revision; empty is reported by check_traffic
+        latest = [i for i, target in enumerate(traffic) if target.latestRevision]
+        if not latest:
+            problems.append(
+                Problem(
+                    format_path(base),
+                    "traffic has no latestRevision: true target, so the new revision would never receive traffic "
+                    f"once the rollout ends: add a latestRevision: true target to {format_path(base[:2] + ('traffic',))} "
+                    "or remove the rollout",
+                )
+            )
+        elif not any(traffic[i].percent for i in latest):
+            where = ", ".join(f"traffic[{i}]" for i in latest)
+            problems.append(
+                Problem(
+                    format_path(base),
+                    f"the latestRevision: true target ({where}) has percent 0, so the new revision would never "
+                    "receive main traffic once the rollout ends: give it a percent above 0 or remove the rollout",
+                )
+            )
+    if rollout.strategy == "blue-green":
+        label = f"{PREVIEW_TAG}-{service}"
+        if len(label) > 63:
+            problems.append(
+                Problem(
+                    format_path((*base, "strategy")),
+                    f"blue-green previews the new revision at the host {label}.<domain>, whose first label is "
+                    f"{len(label)} characters; a DNS label holds at most 63: shorten the service name or use "
+                    "strategy: canary or gradual",
+                )
+            )
+        for i, target in enumerate(traffic or ()):
+            if target.tag == PREVIEW_TAG:
+                problems.append(
+                    Problem(
+                        format_path(("services", service, "traffic", i, "tag")),
+                        f"tag {PREVIEW_TAG!r} is taken by the blue-green rollout, which previews the new revision "
+                        f"at {label}.<domain>: rename this tag",
+                    )
+                )
+                break  # a repeated tag is reported by check_traffic
     return problems
 
 
@@ -121,6 +180,8 @@ def check_hosts(gateway: Gateway, services: Mapping[str, ServiceSpec]) -> list[P
             if target.tag is not None and target.tag not in seen_tags:  # a repeated tag is reported elsewhere
                 seen_tags.add(target.tag)
                 claim(tag_host(target.tag, name, gateway), ("services", name, "traffic", i, "tag"))
+        if spec.rollout is not None and spec.rollout.strategy == "blue-green" and PREVIEW_TAG not in seen_tags:
+            claim(tag_host(PREVIEW_TAG, name, gateway), ("services", name, "rollout"))  # a `preview` tag is reported
     return problems
 
 
@@ -130,4 +191,6 @@ def _claimant(loc: tuple[str | int, ...]) -> str:
         return f"service {service} (its own host)"
     if loc[2] == "hosts":
         return f"service {service} (in its hosts)"
+    if loc[2] == "rollout":
+        return f"service {service} (the preview host of its blue-green rollout)"
     return f"service {service} (the host of its tag)"

@@ -21,6 +21,9 @@ MAX_TIMEOUT_S = 3600.0
 # Knative's WindowMin and WindowMax: the bounds of the stable window; the scale-down delay shares the maximum.
 MIN_WINDOW_S = 6.0
 MAX_WINDOW_S = 3600.0
+# A gradual rollout moves traffic in steps of at least 1 s (Knative's rollout-duration), and takes at least two.
+MIN_ROLLOUT_DURATION_S = 2.0
+MIN_ROLLOUT_INTERVAL_S = 1.0
 # Set by ferry for every instance (Knative's runtime contract); a template may not override them.
 RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"})
 
@@ -98,12 +101,15 @@ def _duration(
     above_minimum: bool = False,
     maximum: float | None = None,
     whole_seconds: bool = False,
+    why_minimum: str = "",
 ) -> PlainValidator:
     """A duration field in seconds: parsed like `timeout` (300s, 1m30s, a bare number of seconds), then bounded.
 
     `above_minimum` makes the minimum itself invalid; `whole_seconds` refuses fractions of a second,
-    as Knative does for its autoscaling windows (it takes them with second precision only).
+    as Knative does for its autoscaling windows (it takes them with second precision only);
+    `why_minimum` says, in the message, why the minimum is what it is.
     """
+    why = f" ({why_minimum})" if why_minimum else ""
 
     def check(value: object) -> float:
         seconds = parse_duration(value)
@@ -117,7 +123,7 @@ def _duration(
             if minimum == 0:
                 raise ValueError(f"{name} cannot be negative, got {value!r}: e.g. {example}")
             raise ValueError(
-                f"{name} {value!r} is shorter than the minimum of {_seconds_text(minimum)}: raise it, e.g. {example}"
+                f"{name} {value!r} is shorter than the minimum of {_seconds_text(minimum)}{why}: raise it, e.g. {example}"
             )
         if maximum is not None and seconds > maximum:
             raise ValueError(f"{name} {value!r} is longer than the maximum of {_seconds_text(maximum)}: lower it")
@@ -168,6 +174,22 @@ def _http_path(path: str) -> str:
     return path
 
 
+def _rollout_steps(steps: tuple[int, ...]) -> tuple[int, ...]:
+    if not steps:
+        raise ValueError(
+            "steps is empty: list the percents of main traffic the new revision gets at each step, "
+            "e.g. [5, 25, 50, 100], or remove steps for that default"
+        )
+    for i in range(1, len(steps)):
+        if steps[i] <= steps[i - 1]:
+            fixed = ", ".join(map(str, sorted(set(steps))))
+            raise ValueError(
+                f"steps must increase strictly, but steps[{i}] ({steps[i]}) is not greater than "
+                f"steps[{i - 1}] ({steps[i - 1]}): sort them and drop repeats, e.g. [{fixed}]"
+            )
+    return steps
+
+
 def _label(what: str, max_length: int = 63) -> AfterValidator:
     return AfterValidator(lambda value: dns_label(value, what, max_length))
 
@@ -196,6 +218,22 @@ StableWindow = Annotated[
 ]
 ScaleDownDelay = Annotated[float, _duration("scaleDownDelay", "0s or 5m", maximum=MAX_WINDOW_S, whole_seconds=True)]
 GracePeriod = Annotated[float, _duration("zeroGracePeriod", "30s")]
+# rollout: and its analysis:
+RolloutStep = Annotated[int, Strict(), Field(ge=1, le=100)]  # percent of main traffic to the new revision
+RolloutSteps = Annotated[tuple[RolloutStep, ...], AfterValidator(_rollout_steps)]
+RolloutInterval = Annotated[float, _duration("interval", "30s", minimum=MIN_ROLLOUT_INTERVAL_S)]
+RolloutDuration = Annotated[
+    float,
+    _duration(
+        "duration",
+        "120s",
+        minimum=MIN_ROLLOUT_DURATION_S,
+        why_minimum="a gradual rollout needs at least one 1s step after the first",
+    ),
+]
+SuccessRate = Annotated[float, Strict(), Field(ge=0, le=100, allow_inf_nan=False)]  # percent of non-5xx answers
+LatencyLimit = Annotated[float, _duration("maxLatencyP99", "500ms", above_minimum=True, maximum=MAX_TIMEOUT_S)]
+FailureLimit = Annotated[int, Strict(), Field(ge=1)]
 ServiceName = Annotated[Str, _label("service name")]
 RevisionName = Annotated[Str, _label("revision name")]
 # Generated names (<service>-00001) of a 63-character service name are longer than one DNS label.

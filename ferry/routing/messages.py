@@ -53,7 +53,8 @@ def _message(error: ErrorDetails, model: type[BaseModel], loc: Loc) -> str:
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
     if kind == "missing":
-        return f"required field '{loc[-1]}' is missing: add it"
+        choices = _literal_choices(_type_at(model, loc))
+        return f"required field '{loc[-1]}' is missing: add it" + (f", one of {_or_list(choices)}" if choices else "")
     if kind == "invalid_key":
         return f"field names are text, got {got}: remove it or quote it if you meant a field"
     if kind == "extra_forbidden":
@@ -69,11 +70,11 @@ def _message(error: ErrorDetails, model: type[BaseModel], loc: Loc) -> str:
     if kind == "string_type":
         return f"expected a string, got {got}" + _quote_hint(value)
     if kind in ("dict_type", "model_type", "model_attributes_type", "mapping_type"):
-        return f"expected a mapping (key: value lines), got {got}"
+        return f"expected a mapping (key: value lines), got {got}" + _mapping_hint(model, loc, value)
     if kind in ("list_type", "tuple_type", "iterable_type", "sequence_str"):
         return f"expected a list, got {got}" + _list_hint(value)
     if kind == "literal_error":
-        return f"expected one of {ctx.get('expected')}, got {got}"
+        return f"expected one of {ctx.get('expected')}, got {got}" + _choice_hint(value, _literal_choices(_type_at(model, loc)))
     if kind == "greater_than_equal":
         return f"must be {_number(ctx['ge'])} or more, got {got}" + _percent_hint(loc, value)
     if kind == "less_than_equal":
@@ -107,13 +108,23 @@ _KNATIVE_NAMES = {
     "target-burst-capacity": "burstCapacity",
     "containerConcurrency": "concurrency",
     "timeoutSeconds": "timeout",
+    # rollout: Knative's serving.knative.dev/rollout-duration, and Flagger's and Argo Rollouts' names
+    "rollout-duration": "duration",
+    "rolloutDuration": "duration",
+    "stepWeights": "steps",
+    "setWeight": "steps",
+    "threshold": "failureLimit",
+    "failureThreshold": "failureLimit",
+    "autoPromotionEnabled": "autoPromote",
+    "request-success-rate": "successRate",
+    "request-duration": "maxLatencyP99",
 }
 
 
 def _unknown_field(name: str, allowed: list[str]) -> str:
     if not allowed:
         return f"unknown field '{name}': remove it"
-    knative = _KNATIVE_NAMES.get(name.removeprefix("autoscaling.knative.dev/"))
+    knative = _KNATIVE_NAMES.get(name.removeprefix("autoscaling.knative.dev/").removeprefix("serving.knative.dev/"))
     close = (
         [knative]
         if knative in allowed
@@ -174,22 +185,58 @@ def _list_hint(value: Any) -> str:
     return ""
 
 
+def _choice_hint(value: Any, choices: list[str]) -> str:
+    """strategy: bluegreen -> did you mean 'blue-green'?"""
+    if not isinstance(value, str) or not choices:
+        return ""
+    close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6) or [
+        c for c in choices if c.replace("-", "").lower() == value.replace("-", "").replace("_", "").lower()
+    ]
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _mapping_hint(model: type[BaseModel], loc: Loc, value: Any) -> str:
+    """rollout: canary -> write rollout: {strategy: canary}: a required choice given in place of its mapping."""
+    tp = _unwrap(_type_at(model, loc))
+    if not isinstance(value, str) or not (isinstance(tp, type) and issubclass(tp, BaseModel)):
+        return ""
+    for name, field in tp.model_fields.items():
+        if field.is_required() and value in _literal_choices(field.annotation):
+            return f": write {loc[-1]}: {{{name}: {value}}}" if loc else ""
+    return ""
+
+
+def _literal_choices(tp: Any) -> list[str]:
+    tp = _unwrap(tp)
+    return [str(c) for c in typing.get_args(tp)] if typing.get_origin(tp) is typing.Literal else []
+
+
+def _or_list(choices: list[str]) -> str:
+    quoted = [f"'{c}'" for c in choices]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
 def _fields_at(model: type[BaseModel], loc: Loc) -> list[str]:
     """The field names of the model found at `loc`, following field types through mappings and lists."""
+    tp = _unwrap(_type_at(model, loc))
+    return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else []
+
+
+def _type_at(model: type[BaseModel], loc: Loc) -> Any:
+    """The annotation of the field found at `loc` (None if there is none), following mappings and lists."""
     tp: Any = model
     for seg in loc:
         tp = _unwrap(tp)
         if isinstance(tp, type) and issubclass(tp, BaseModel):
             field = tp.model_fields.get(str(seg))
             if field is None:
-                return []
+                return None
             tp = field.annotation
         elif typing.get_origin(tp) in (dict, list, tuple):
             tp = typing.get_args(tp)[-1 if typing.get_origin(tp) is dict else 0]
         else:
-            return []
-    tp = _unwrap(tp)
-    return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else []
+            return None
+    return tp
 
 
 def _unwrap(tp: Any) -> Any:

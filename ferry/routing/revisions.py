@@ -34,6 +34,22 @@ CREATE TABLE IF NOT EXISTS services (
     name         TEXT PRIMARY KEY,
     latest_ready TEXT REFERENCES revisions (name)
 );
+CREATE TABLE IF NOT EXISTS rollouts (       -- a service's rollout in progress (or its last), as the engine's JSON
+    service    TEXT PRIMARY KEY,
+    state      TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS revision_results (  -- how a revision's rollout ended: promoted, rolled-back, aborted
+    revision TEXT PRIMARY KEY REFERENCES revisions (name),
+    result   TEXT NOT NULL,
+    reason   TEXT,
+    at       REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS traffic_overrides (  -- `ferry traffic`: an imperative split, until reset
+    service TEXT PRIMARY KEY,
+    splits  TEXT NOT NULL,              -- JSON [[revision, percent], ...]
+    at      REAL NOT NULL
+);
 PRAGMA user_version = 1;
 """
 _SHOWN_NAMES = 10  # known revisions listed in a message
@@ -264,6 +280,52 @@ class RevisionStore:
             )
 
     # -- helpers ------------------------------------------------------------------------------------
+
+    # -- rollouts, their results, and imperative traffic --------------------------------------------
+
+    def rollout(self, service: str) -> str | None:
+        row = self._db.execute("SELECT state FROM rollouts WHERE service = ?", (service,)).fetchone()
+        return row[0] if row else None
+
+    def save_rollout(self, service: str, state: str) -> None:
+        self._db.execute(
+            "INSERT INTO rollouts VALUES (?, ?, ?) ON CONFLICT (service) DO UPDATE SET state = excluded.state,"
+            " updated_at = excluded.updated_at",
+            (service, state, time.time()),
+        )
+
+    def set_result(self, revision: str, result: str, reason: str | None = None) -> None:
+        self._db.execute(
+            "INSERT INTO revision_results VALUES (?, ?, ?, ?) ON CONFLICT (revision) DO UPDATE SET"
+            " result = excluded.result, reason = excluded.reason, at = excluded.at",
+            (revision, result, reason, time.time()),
+        )
+
+    def clear_result(self, revision: str) -> None:
+        self._db.execute("DELETE FROM revision_results WHERE revision = ?", (revision,))
+
+    def results(self, service: str) -> dict[str, tuple[str, str | None, float]]:
+        """revision -> (result, reason, when) for the service's revisions that went through a rollout."""
+        rows = self._db.execute(
+            "SELECT r.revision, r.result, r.reason, r.at FROM revision_results r JOIN revisions v ON v.name = r.revision"
+            " WHERE v.service = ?",
+            (service,),
+        )
+        return {revision: (result, reason, at) for revision, result, reason, at in rows}
+
+    def traffic_override(self, service: str) -> list[tuple[str, int]] | None:
+        row = self._db.execute("SELECT splits FROM traffic_overrides WHERE service = ?", (service,)).fetchone()
+        return [tuple(split) for split in json.loads(row[0])] if row else None
+
+    def set_traffic_override(self, service: str, splits: list[tuple[str, int]] | None) -> None:
+        if splits is None:
+            self._db.execute("DELETE FROM traffic_overrides WHERE service = ?", (service,))
+        else:
+            self._db.execute(
+                "INSERT INTO traffic_overrides VALUES (?, ?, ?) ON CONFLICT (service) DO UPDATE SET"
+                " splits = excluded.splits, at = excluded.at",
+                (service, json.dumps(splits), time.time()),
+            )
 
     def _newest_revisions(self) -> dict[str, _Newest]:
         # SQLite returns the other columns from the row holding MAX(generation).

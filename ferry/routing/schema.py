@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 
 from .fields import (
     ActivationScale,
@@ -21,30 +29,39 @@ from .fields import (
     Duration,
     Endpoints,
     EnvName,
+    FailureLimit,
     GracePeriod,
     Host,
     HostPort,
     HttpPath,
+    LatencyLimit,
     NonNegativeInt,
     PanicThreshold,
     PanicWindowPercent,
     Percent,
     RevisionName,
     RevisionRef,
+    RolloutDuration,
+    RolloutInterval,
+    RolloutSteps,
     ScaleDownDelay,
     ScaleRate,
     ScaleTarget,
     ServiceName,
     StableWindow,
     Str,
+    SuccessRate,
     Tag,
     Utilization,
 )
 
 __all__ = [
+    "PREVIEW_TAG",
+    "Analysis",
     "Gateway",
     "HostPort",
     "Readiness",
+    "Rollout",
     "RoutesFile",
     "Scale",
     "ServiceSpec",
@@ -162,10 +179,87 @@ class TrafficTarget(_Model):
         return self
 
 
+# A blue-green rollout serves its new revision at this tag's host, <tag>-<service>.<domain>, before promotion.
+PREVIEW_TAG = "preview"
+DEFAULT_CANARY_STEPS = (5, 25, 50, 100)
+DEFAULT_GRADUAL_DURATION = 120.0  # seconds: Knative's default rollout-duration is 0 (off); this is ferry's
+_PROMOTES = {
+    "canary": "a canary rollout promotes after its last passing step",
+    "gradual": "a gradual rollout promotes when its duration has passed",
+}
+
+
+class Analysis(_Model):
+    """How a rollout judges its new revision at each check, from Envoy's stats for that revision."""
+
+    minRequests: NonNegativeInt = 50  # fewer answers than this: the check waits (inconclusive), never passes
+    successRate: SuccessRate = 99.0  # percent of answers that are not 5xx, 0..100
+    maxLatencyP99: LatencyLimit | None = None  # seconds; None = latency is not judged
+    failureLimit: FailureLimit = 1  # failed checks before the rollout rolls back
+
+
+class Rollout(_Model):
+    """How a new revision takes over the service's main traffic: canary steps, a blue-green preview, or
+    Knative's gradual rollout. Service-level, not part of the template: changing it makes no new revision.
+
+    Canary `steps` and gradual `duration` are filled in when omitted, so they are never None for their
+    strategy (and always None for the others); `autoPromote` may only be written for blue-green."""
+
+    strategy: Literal["canary", "blue-green", "gradual"]
+    steps: RolloutSteps | None = Field(None, validate_default=True)  # canary: percents, strictly increasing
+    interval: RolloutInterval = 30.0  # seconds at each step; blue-green: how long the preview must pass
+    duration: RolloutDuration | None = Field(None, validate_default=True)  # gradual: Knative's rollout-duration
+    analysis: Analysis = Analysis()
+    autoPromote: Bool = True  # blue-green: promote after a passing interval, else wait for `ferry rollout promote`
+
+    _empty_means_default = field_validator("analysis", mode="before")(_none_as_empty)
+
+    # Field validators, not a model validator: each problem is reported at its own field (and line).
+    # `strategy` is declared first, so it is in info.data once valid. steps and duration are checked against
+    # the strategy before their own value ("remove them" is the fix, whatever they hold).
+
+    @field_validator("steps", mode="wrap")
+    @classmethod
+    def _steps_are_for_canary(
+        cls, steps: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+    ) -> tuple[int, ...] | None:
+        strategy = info.data.get("strategy")
+        if steps is not None and strategy not in (None, "canary"):
+            raise ValueError(f"steps are for strategy canary, not {strategy}: remove them or use strategy: canary")
+        steps = handler(steps)
+        return DEFAULT_CANARY_STEPS if steps is None and strategy == "canary" else steps
+
+    @field_validator("duration", mode="wrap")
+    @classmethod
+    def _duration_is_for_gradual(
+        cls, duration: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+    ) -> float | None:
+        strategy = info.data.get("strategy")
+        if duration is not None and strategy not in (None, "gradual"):
+            raise ValueError(
+                f"duration is for strategy gradual (Knative's rollout-duration), not {strategy}: remove it "
+                "(interval sets the time at each step) or use strategy: gradual"
+            )
+        duration = handler(duration)
+        return DEFAULT_GRADUAL_DURATION if duration is None and strategy == "gradual" else duration
+
+    @field_validator("autoPromote")  # runs only when written: the default is not validated
+    @classmethod
+    def _auto_promote_is_for_blue_green(cls, auto_promote: bool, info: ValidationInfo) -> bool:
+        strategy = info.data.get("strategy")
+        if strategy is not None and strategy != "blue-green":
+            raise ValueError(
+                f"autoPromote is for strategy blue-green, not {strategy}: remove it ({_PROMOTES[strategy]}) "
+                "or use strategy: blue-green"
+            )
+        return auto_promote
+
+
 class ServiceSpec(_Model):
     hosts: tuple[Host, ...] = ()  # extra hosts besides <service>.<domain>
     template: Template
     traffic: tuple[TrafficTarget, ...] | None = None  # None = 100% to the latest ready revision
+    rollout: Rollout | None = None  # None = a new revision takes the traffic as soon as it is ready
 
 
 class Gateway(_Model):

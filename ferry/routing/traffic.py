@@ -46,3 +46,22 @@ def resolve_traffic(spec: ServiceSpec, latest_ready: str | None) -> ResolvedTraf
         if target.tag is not None:
             tags.append((target.tag, revision))
     return ResolvedTraffic(tuple(Split(r, p) for r, p in percents.items()), tuple(tags))
+
+
+def blend(old: ResolvedTraffic, new: ResolvedTraffic, weight: int, extra_tags: tuple[tuple[str, str], ...] = ()) -> ResolvedTraffic:
+    """Pure. A rollout `weight` percent of the way from `old` to `new`: each revision gets
+    (100 - weight)% of its old share plus weight% of its new one, in whole percents that sum to 100
+    (largest remainder). Tags follow `new` (a tag on latestRevision means the candidate), plus `extra_tags`
+    (a blue-green preview)."""
+    shares: dict[str, float] = {}
+    for splits, part in ((old.main, 100 - weight), (new.main, weight)):
+        for split in splits:
+            shares[split.revision] = shares.get(split.revision, 0.0) + split.percent * part / 100
+    floors = {revision: int(share) for revision, share in shares.items()}
+    short = 100 - sum(floors.values())
+    by_remainder = sorted(shares, key=lambda r: shares[r] - floors[r], reverse=True)
+    for revision in by_remainder[:short]:
+        floors[revision] += 1
+    main = tuple(Split(revision, percent) for revision, percent in floors.items() if percent > 0)
+    tags = tuple(dict.fromkeys((*new.tags, *extra_tags)))
+    return ResolvedTraffic(main, tags)

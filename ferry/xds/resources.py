@@ -21,6 +21,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as http_options_pb2
+from envoy.type.matcher.v3 import string_pb2 as string_matcher_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -37,6 +38,7 @@ LISTENER_NAME = "ferry_http"
 SCOPES_NAME = "ferry_hosts"
 REVISION_HEADER = "ferry-revision"
 SERVICE_HEADER = "ferry-service"
+TAG_HEADER = "ferry-tag"  # on a service's main host, selects that tag's revision (Knative's tag header routing)
 
 # Retry only where no request byte reached an app: safe for any method, and what turns an instance that
 # is stopping or just crashed into zero client errors.
@@ -63,6 +65,7 @@ class HostRoute:
     domains: tuple[str, ...]
     targets: tuple[WeightedTarget, ...]  # weight > 0 only
     timeout_s: float
+    tagged: tuple[tuple[str, WeightedTarget], ...] = ()  # (tag, its revision): chosen by the ferry-tag header
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -106,9 +109,28 @@ _RETRY_POLICY = route_components_pb2.RetryPolicy(
 
 
 def virtual_host(route: HostRoute) -> bytes:
-    """Serialized VirtualHost: weighted clusters by percent, each split naming its revision in a header."""
-    action = route_components_pb2.RouteAction(timeout=_duration(route.timeout_s), retry_policy=_RETRY_POLICY)
+    """Serialized VirtualHost: weighted clusters by percent, each split naming its revision in a header;
+    first, a route per tag for requests that name it in the ferry-tag header (an unknown tag falls through)."""
     service_header = _header(SERVICE_HEADER, route.service)
+    routes = [
+        route_components_pb2.Route(
+            name=f"{route.name}/{TAG_HEADER}/{tag}",
+            match=route_components_pb2.RouteMatch(
+                prefix="/",
+                headers=[
+                    route_components_pb2.HeaderMatcher(
+                        name=TAG_HEADER, string_match=string_matcher_pb2.StringMatcher(exact=tag)
+                    )
+                ],
+            ),
+            route=route_components_pb2.RouteAction(
+                cluster=target.cluster, timeout=_duration(route.timeout_s), retry_policy=_RETRY_POLICY
+            ),
+            request_headers_to_add=[service_header, _header(REVISION_HEADER, target.revision)],
+        )
+        for tag, target in route.tagged
+    ]
+    action = route_components_pb2.RouteAction(timeout=_duration(route.timeout_s), retry_policy=_RETRY_POLICY)
     if len(route.targets) == 1:
         (target,) = route.targets
         action.cluster = target.cluster
@@ -127,18 +149,15 @@ def virtual_host(route: HostRoute) -> bytes:
             )
         )
         headers = [service_header]
-    vh = route_components_pb2.VirtualHost(
-        name=route.name,
-        domains=list(route.domains),
-        routes=[
-            route_components_pb2.Route(
-                name=route.name,
-                match=route_components_pb2.RouteMatch(prefix="/"),
-                route=action,
-                request_headers_to_add=headers,
-            )
-        ],
+    routes.append(
+        route_components_pb2.Route(
+            name=route.name,
+            match=route_components_pb2.RouteMatch(prefix="/"),
+            route=action,
+            request_headers_to_add=headers,
+        )
     )
+    vh = route_components_pb2.VirtualHost(name=route.name, domains=list(route.domains), routes=routes)
     return vh.SerializeToString()
 
 

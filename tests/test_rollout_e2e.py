@@ -1,0 +1,258 @@
+"""Rollouts end to end: `ferry up`, a real Envoy and the example app, whose env knobs make a revision fail or slow.
+
+Intervals are 2 s and minRequests small so a rollout takes seconds; the judging arithmetic is the same as with
+Flagger-like defaults (it is unit-tested in test_rollout_engine.py).
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+import time
+
+import aiohttp
+import pytest
+
+from ferry.rollout.gradual import gradual_steps
+
+from .ferry_process import HELLO_APP, FerryProcess
+from .helpers import wait_until
+from .load import Load, count_revisions
+
+pytestmark = pytest.mark.timeout(240)
+
+V1, V2 = "hello-00001", "hello-00002"
+HOST = "hello.localhost"
+
+
+def hello(message: str, rollout: str = "", traffic: str = "", **env) -> str:
+    env_yaml = "".join(f", {k}: '{v}'" for k, v in env.items())
+    return f"""
+    hello:
+      template:
+        command: [{sys.executable}, {HELLO_APP}]
+        env: {{MESSAGE: {message}{env_yaml}}}
+        readiness: {{path: /healthz}}
+        scale: {{min: 1}}
+      {rollout}
+      {traffic}
+    """
+
+
+def canary(steps: str = "[20, 50, 100]", interval: str = "2s", **analysis) -> str:
+    checks = {"minRequests": 20, **analysis}
+    return (f"rollout: {{strategy: canary, steps: {steps}, interval: {interval}, "
+            f"analysis: {{{', '.join(f'{k}: {v}' for k, v in checks.items())}}}}}")
+
+
+async def rollout(f: FerryProcess) -> dict:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{f.api}/rollouts/hello") as response:
+            return await response.json()
+
+
+async def phase_is(f: FerryProcess, *phases: str) -> bool:
+    return (await rollout(f)).get("phase") in phases
+
+
+async def start_v1(f: FerryProcess, rollout_block: str, **env) -> None:
+    f.write_routes(hello("v1", rollout_block, **env))
+    await f.start()
+    await f.wait_converged()
+
+
+async def test_a_healthy_canary_goes_through_every_step_with_zero_errors(ferry):
+    f = ferry()
+    await start_v1(f, canary())
+    async with Load(f.gateway, HOST, concurrency=8) as load:
+        f.write_routes(hello("v2", canary()))
+        await wait_until(lambda: phase_is(f, "progressing"), 30, f"the rollout to start; log:\n{f.log_text}")
+        weights = set()
+
+        async def promoted() -> bool:
+            state = await rollout(f)
+            weights.add(state["weight"])
+            return state["phase"] == "promoted"
+
+        await wait_until(promoted, 60, f"promotion; log:\n{f.log_text}")
+        await load.wait_for(50)
+    assert load.failures == 0, load.bad
+    assert {20, 50} <= weights, weights  # it dwelt on the steps
+    state = await rollout(f)
+    assert [h["verdict"]["outcome"] for h in state["history"] if h["verdict"]].count("pass") >= 2
+    counts = await count_revisions(f.gateway, HOST, 100)
+    assert counts == {V2: 100}
+    revisions = {r["name"]: r for r in await revisions_of(f)}
+    assert revisions[V2]["rollout"]["result"] == "promoted" and revisions[V2]["traffic"] == 100
+
+
+async def revisions_of(f: FerryProcess) -> list[dict]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{f.api}/revisions/hello") as response:
+            return await response.json()
+
+
+async def test_a_revision_answering_20_percent_500s_is_rolled_back_at_the_first_step(ferry):
+    f = ferry()
+    block = canary(steps="[10, 50, 100]", interval="3s", successRate=99)
+    await start_v1(f, block)
+    async with Load(f.gateway, HOST, concurrency=8) as load:
+        f.write_routes(hello("v2", block, ERROR_RATE=0.2))
+        await wait_until(lambda: phase_is(f, "rolled-back"), 60, f"the rollback; log:\n{f.log_text}")
+        await load.wait_for(50)
+    state = await rollout(f)
+    assert state["step"] == 0 and state["weight"] == 0
+    assert "success" in state["reason"].lower() and "99" in state["reason"], state["reason"]
+    # Every error came from the candidate, which only ever had its first step's 10 %.
+    failing = collections.Counter(line.split()[1] for line in load.bad if line.startswith("500"))
+    assert set(failing) <= {V2}, load.bad
+    assert load.revisions[V2] <= 0.2 * load.total, (load.revisions, load.total)
+    assert load.failures <= 0.2 * load.revisions[V2] * 2 + 5, (load.failures, load.revisions)
+    assert await count_revisions(f.gateway, HOST, 100) == {V1: 100}
+    status = await f.status()
+    assert status["services"]["hello"]["latest_ready"] == V1
+    revisions = {r["name"]: r for r in await revisions_of(f)}
+    assert revisions[V2]["rollout"]["result"] == "rolled-back"
+    assert state["rollback_ms"] is not None and state["rollback_ms"] < 1000, state
+    print(f"\nrollback reached the gateway {state['rollback_ms']} ms after the failing check")
+
+
+async def test_a_slow_revision_is_rolled_back_on_its_p99(ferry):
+    f = ferry()
+    block = canary(steps="[20, 100]", interval="3s", maxLatencyP99="100ms")
+    await start_v1(f, block)
+    async with Load(f.gateway, HOST, concurrency=8):
+        f.write_routes(hello("v2", block, LATENCY_MS=300))
+        await wait_until(lambda: phase_is(f, "rolled-back"), 60, f"the rollback; log:\n{f.log_text}")
+    state = await rollout(f)
+    assert "p99" in state["reason"].lower() or "latency" in state["reason"].lower(), state["reason"]
+    assert await count_revisions(f.gateway, HOST, 50) == {V1: 50}
+
+
+async def test_without_traffic_a_step_waits_and_never_promotes(ferry):
+    f = ferry()
+    block = canary(steps="[20, 100]", interval="1s")
+    await start_v1(f, block)
+    f.write_routes(hello("v2", block))
+    await wait_until(lambda: phase_is(f, "progressing"), 30, "the rollout to start")
+    started = await rollout(f)
+    # No load at all: four intervals go by, every check is inconclusive, the rollout stays where it was.
+    await wait_until(lambda: time.time() - started["step_started_at"] >= 4.0, 20, "four intervals")
+    state = await rollout(f)
+    assert state["phase"] == "progressing" and state["step"] == 0 and state["weight"] == 20, state
+    assert all(h["verdict"]["outcome"] != "pass" for h in state["history"] if h["verdict"]), state["history"]
+
+
+async def test_blue_green_previews_the_new_revision_then_switches_with_zero_errors(ferry):
+    f = ferry()
+    block = "rollout: {strategy: blue-green, interval: 2s, autoPromote: false, analysis: {minRequests: 10}}"
+    await start_v1(f, block)
+    f.write_routes(hello("v2", block))
+    await wait_until(lambda: phase_is(f, "progressing", "awaiting-promotion"), 30, "the preview")
+    preview = f"preview-{HOST}"
+    await wait_until(lambda: _serves(f, preview, V2), 10, "the preview host")
+    assert await count_revisions(f.gateway, preview, 60) == {V2: 60}
+    assert await count_revisions(f.gateway, HOST, 60) == {V1: 60}
+    async with Load(f.gateway, preview, concurrency=2) as testers:  # someone tries the preview
+        await wait_until(lambda: phase_is(f, "awaiting-promotion"), 30, f"a passing preview; log:\n{f.log_text}")
+    assert testers.failures == 0 and set(testers.revisions) == {V2}, testers.revisions
+    assert await count_revisions(f.gateway, HOST, 40) == {V1: 40}  # no promotion without the command
+    async with Load(f.gateway, HOST, concurrency=8) as load:
+        await load.wait_for(100)
+        code, answer = await f.post("/rollouts/hello/promote")
+        assert code == 200 and answer["phase"] == "promoted", answer
+        await wait_until(lambda: _serves(f, HOST, V2), 10, "the switch")
+        await load.wait_for(100)
+    assert load.failures == 0, load.bad
+    assert load.revisions[V1] > 0 and load.revisions[V2] > 0
+
+
+async def _serves(f: FerryProcess, host: str, revision: str) -> bool:
+    try:
+        return await count_revisions(f.gateway, host, 10, concurrency=2) == {revision: 10}
+    except aiohttp.ClientError:
+        return False
+
+
+async def test_gradual_steps_follow_knatives_arithmetic_to_the_end(ferry):
+    f = ferry()
+    block = "rollout: {strategy: gradual, duration: 5s, analysis: {minRequests: 1000000}}"
+    await start_v1(f, block)
+    async with Load(f.gateway, HOST, concurrency=4) as load:
+        f.write_routes(hello("v2", block))
+        await wait_until(lambda: phase_is(f, "progressing"), 30, "the rollout to start")
+        seen = set()
+
+        async def promoted() -> bool:
+            state = await rollout(f)
+            seen.add(state["weight"])
+            return state["phase"] == "promoted"
+
+        await wait_until(promoted, 30, f"the end of the gradual rollout; log:\n{f.log_text}")
+    assert load.failures == 0, load.bad
+    state = await rollout(f)
+    # Knative's arithmetic, from when the candidate was seen ready at 1 % (typically within the first second:
+    # minStep 1 s, 4 s left for 99 %, so 4 steps of 25 %, 1 s each).
+    events = {h["event"]: h["at"] for h in state["history"]}
+    plan = gradual_steps(100, 5.0, events["planned"] - events["started"])
+    assert (state["step_size"], state["step_duration_s"]) == (plan.step_size, plan.step_duration_s), state
+    assert 1 in seen and seen <= {min(100, 1 + k * plan.step_size) for k in range(100)}, seen
+
+
+async def test_a_restart_mid_rollout_resumes_at_the_same_step(ferry):
+    f = ferry()
+    block = canary(steps="[20, 50, 100]", interval="2s")
+    await start_v1(f, block)
+    async with Load(f.gateway, HOST, concurrency=8):
+        f.write_routes(hello("v2", block))
+
+        async def at_second_step() -> bool:
+            return (await rollout(f)).get("step") == 1
+
+        await wait_until(at_second_step, 60, f"step 2; log:\n{f.log_text}")
+    # No more traffic: the step cannot pass, so it stays here across the restart.
+    before = await rollout(f)
+    assert before["weight"] == 50
+    await f.stop()
+    await f.start()
+    await f.wait_converged()
+    after = await rollout(f)
+    assert (after["phase"], after["step"], after["weight"]) == ("progressing", 1, 50), after
+    counts = await count_revisions(f.gateway, HOST, 200)
+    assert set(counts) == {V1, V2} and 60 <= counts[V2] <= 140, counts
+
+
+async def test_the_tag_header_reaches_the_tagged_revision_on_the_main_host(ferry):
+    f = ferry()
+    traffic = f"traffic: [{{revision: {V1}, percent: 100}}, {{latestRevision: true, percent: 0, tag: next}}]"
+    f.write_routes(hello("v1"))
+    await f.start()
+    await f.wait_converged()
+    f.write_routes(hello("v2", traffic=traffic))
+    await wait_until(lambda: _serves(f, f"next-{HOST}", V2), 30, "the tag host")
+    async with aiohttp.ClientSession() as session:
+        for tag, revision in (("next", V2), ("unknown", V1)):
+            async with session.get(f.gateway, headers={"Host": HOST, "ferry-tag": tag}) as response:
+                assert response.headers["x-revision"] == revision, tag
+
+
+async def test_ferry_traffic_overrides_the_split_until_reset(ferry):
+    f = ferry()
+    traffic = f"traffic: [{{latestRevision: true, percent: 100}}, {{revision: {V1}, percent: 0, tag: old}}]"
+    f.write_routes(hello("v1"))
+    await f.start()
+    await f.wait_converged()
+    f.write_routes(hello("v2", traffic=traffic))
+    await wait_until(lambda: _serves(f, HOST, V2), 30, "v2")
+    code, answer = await f.post("/traffic/hello", {"splits": [[V1, 50], [V2, 50]]})
+    assert code == 200, answer
+    counts = await count_revisions(f.gateway, HOST, 200)
+    assert 60 <= counts[V1] <= 140 and counts[V1] + counts[V2] == 200, counts
+    service = (await f.status())["services"]["hello"]
+    assert service["split_owner"].startswith("override") and service["traffic_override"] == [[V1, 50], [V2, 50]]
+    code, answer = await f.post("/traffic/hello", {"splits": [[V1, 60], [V2, 50]]})
+    assert code == 422 and "sum to exactly 100" in answer["error"]
+    code, _ = await f.post("/traffic/hello", {"reset": True})
+    assert code == 200
+    assert await count_revisions(f.gateway, HOST, 50) == {V2: 50}
+    assert (await f.status())["services"]["hello"]["split_owner"] == "file"
