@@ -235,6 +235,12 @@ def format_status(status: dict) -> str:
         )
         if svc["waiting"]:
             traffic += f"  [{svc['waiting']}]"
+        rollout = svc.get("rollout")
+        if rollout and rollout.get("active"):
+            traffic += (f"  [{rollout['strategy']} rollout to {rollout['candidate']}: {rollout['phase']}, "
+                        f"step {rollout['step']}, {rollout['weight']}%]")
+        elif svc.get("split_owner", "file") != "file":
+            traffic += f"  [{svc['split_owner']}]"
         lines.append(f"{name:18} {svc['url']:40} {svc['latest_ready'] or '-':17} {traffic}")
     lines.append("")
     lines.append("REVISION                 SERVICE            STATE        READY  ENDPOINTS")

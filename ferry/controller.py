@@ -239,6 +239,14 @@ class Controller:
         return steady
 
     @staticmethod
+    def _sticky_cookie(service: ServiceRuntime) -> str | None:
+        """During a sticky rollout, a cookie per service keeps each client on the revision it first got."""
+        rollout, block = service.rollout, service.spec.rollout
+        if rollout is None or not rollout.active or block is None or not block.sticky:
+            return None
+        return f"ferry-rollout-{service.name}"
+
+    @staticmethod
     def _needed_revisions(service: ServiceRuntime, resolved: ResolvedTraffic | Unresolved) -> set[str]:
         """What the traffic names, what gateways still route to, and the newest revision (it must run
         to become ready; not once its rollout failed)."""
@@ -304,6 +312,7 @@ class Controller:
                     targets=main,
                     timeout_s=max(runtime[t.revision].revision.template.timeout for t in main),
                     tagged=tuple((tag, target(revision, 100)) for tag, revision in resolved.tags),
+                    sticky_cookie=self._sticky_cookie(service),
                 )
             )
         for tag, revision in resolved.tags:

@@ -6,6 +6,7 @@ Flagger-like defaults (it is unit-tested in test_rollout_engine.py).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import sys
 import time
@@ -115,6 +116,26 @@ async def test_a_revision_answering_20_percent_500s_is_rolled_back_at_the_first_
     assert revisions[V2]["rollout"]["result"] == "rolled-back"
     assert state["rollback_ms"] is not None and state["rollback_ms"] < 1000, state
     print(f"\nrollback reached the gateway {state['rollback_ms']} ms after the failing check")
+
+    # What a user sees on the command line.
+    api = ("--api", f"127.0.0.1:{f.api_port}")
+    shown = await _cli("rollout", "status", "hello", *api)
+    assert f"canary rollout {V1} -> {V2}, rolled-back" in shown and "success rate" in shown, shown
+    listed = await _cli("revisions", "hello", *api)
+    v2_line = next(line for line in listed.splitlines() if line.startswith(V2))
+    assert "rolled-back" in v2_line and "0%" in v2_line, listed
+    assert next(line for line in listed.splitlines() if line.startswith(V1)).split()[1] == "(latest)", listed
+    refused = await _cli("rollout", "promote", "hello", *api, ok=False)
+    assert "no rollout in progress" in refused, refused
+
+
+async def _cli(*args: str, ok: bool = True) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ferry", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    assert (proc.returncode == 0) == ok, (proc.returncode, out, err)
+    return (out + err).decode()
 
 
 async def test_a_slow_revision_is_rolled_back_on_its_p99(ferry):
@@ -256,3 +277,28 @@ async def test_ferry_traffic_overrides_the_split_until_reset(ferry):
     assert code == 200
     assert await count_revisions(f.gateway, HOST, 50) == {V2: 50}
     assert (await f.status())["services"]["hello"]["split_owner"] == "file"
+
+
+async def test_a_sticky_canary_keeps_each_client_on_the_revision_it_first_got(ferry):
+    f = ferry()
+    block = "rollout: {strategy: canary, steps: [50, 100], interval: 60s, sticky: true, analysis: {minRequests: 10}}"
+    await start_v1(f, block)
+    f.write_routes(hello("v2", block))
+    await wait_until(lambda: phase_is(f, "progressing"), 30, "the rollout to start")
+    await wait_until(lambda: _serves_both(f), 30, "the 50/50 split")
+    firsts = collections.Counter()
+    for _ in range(20):  # 20 new clients, each with its own cookie jar, 10 requests each
+        # unsafe: the gateway is addressed by IP here (Host header hello.localhost); browsers use the name.
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
+            seen = []
+            for _ in range(10):
+                async with client.get(f.gateway, headers={"Host": HOST}) as response:
+                    assert response.status == 200
+                    seen.append(response.headers["x-revision"])
+            assert len(set(seen)) == 1, seen  # sticky from the first answer on
+            firsts[seen[0]] += 1
+    assert set(firsts) == {V1, V2}, firsts  # and the first answers still follow the split
+
+
+async def _serves_both(f: FerryProcess) -> bool:
+    return set(await count_revisions(f.gateway, HOST, 40, concurrency=4)) == {V1, V2}

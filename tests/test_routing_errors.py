@@ -780,7 +780,7 @@ def test_misspelled_rollout_fields_get_a_guess(tmp_path: Path) -> None:
             "services.hello.rollout.autopromote",
             6,
             "unknown field 'autopromote'; did you mean 'autoPromote'? "
-            "(allowed: strategy, steps, interval, duration, analysis, autoPromote)",
+            "(allowed: strategy, steps, interval, duration, analysis, autoPromote, sticky)",
         ),
         (
             "services.hello.rollout.analysis.failure_limit",

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from ferry.routing import ConfigError, RevisionStore, RoutesFile, ServiceSpec, Template, TrafficTarget
+from ferry.routing import (
+    ConfigError,
+    RevisionStore,
+    RoutesFile,
+    ServiceSpec,
+    Template,
+    TrafficTarget,
+)
 from ferry.routing.revisions import default_store_path, template_digest
 
 

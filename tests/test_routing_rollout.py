@@ -525,7 +525,7 @@ def test_a_strategy_in_place_of_the_block_says_how_to_write_it(tmp_path: Path) -
     assert p.message == "expected a mapping (key: value lines), got 'fast'"
 
 
-ROLLOUT_FIELDS = "(allowed: strategy, steps, interval, duration, analysis, autoPromote)"
+ROLLOUT_FIELDS = "(allowed: strategy, steps, interval, duration, analysis, autoPromote, sticky)"
 ANALYSIS_FIELDS = "(allowed: minRequests, successRate, maxLatencyP99, failureLimit)"
 
 
@@ -717,3 +717,12 @@ def test_rollout_problems_do_not_hide_other_services_problems(tmp_path: Path) ->
         """,
     )
     assert [(p.path, p.line) for p in found] == [("services.hello.rollout.steps[0]", 4), ("services.world.rollout", 7)]
+
+
+def test_sticky_is_for_rollouts_that_split_the_main_host() -> None:
+    from ferry.routing.schema import Rollout
+
+    assert Rollout(strategy="canary", sticky=True).sticky
+    assert not Rollout(strategy="gradual").sticky
+    with pytest.raises(ValueError, match="sticky is for canary and gradual rollouts"):
+        Rollout(strategy="blue-green", sticky=True)

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from ferry.routing import ResolvedTraffic, ServiceSpec, Split, Template, TrafficTarget, Unresolved, resolve_traffic
+from ferry.routing import (
+    ResolvedTraffic,
+    ServiceSpec,
+    Split,
+    Template,
+    TrafficTarget,
+    Unresolved,
+    resolve_traffic,
+)
 
 
 def service(*targets: TrafficTarget) -> ServiceSpec:

@@ -211,6 +211,7 @@ class Rollout(_Model):
     duration: RolloutDuration | None = Field(None, validate_default=True)  # gradual: Knative's rollout-duration
     analysis: Analysis = Analysis()
     autoPromote: Bool = True  # blue-green: promote after a passing interval, else wait for `ferry rollout promote`
+    sticky: Bool = False  # canary/gradual: a cookie keeps each client on the revision it first got
 
     _empty_means_default = field_validator("analysis", mode="before")(_none_as_empty)
 
@@ -253,6 +254,16 @@ class Rollout(_Model):
                 "or use strategy: blue-green"
             )
         return auto_promote
+
+    @field_validator("sticky")
+    @classmethod
+    def _sticky_needs_a_split(cls, sticky: bool, info: ValidationInfo) -> bool:
+        if sticky and info.data.get("strategy") == "blue-green":
+            raise ValueError(
+                "sticky is for canary and gradual rollouts, where clients share the main host; blue-green "
+                "previews on its own host and switches at once: remove sticky"
+            )
+        return sticky
 
 
 class ServiceSpec(_Model):

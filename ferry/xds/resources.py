@@ -7,6 +7,7 @@ to one service from re-encoding ten thousand others (see `route_configuration`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -20,7 +21,10 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
-from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as http_options_pb2
+from envoy.extensions.upstreams.http.v3 import (
+    http_protocol_options_pb2 as http_options_pb2,
+)
+from envoy.type.matcher.v3 import regex_pb2
 from envoy.type.matcher.v3 import string_pb2 as string_matcher_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
@@ -66,6 +70,7 @@ class HostRoute:
     targets: tuple[WeightedTarget, ...]  # weight > 0 only
     timeout_s: float
     tagged: tuple[tuple[str, WeightedTarget], ...] = ()  # (tag, its revision): chosen by the ferry-tag header
+    sticky_cookie: str | None = None  # a split sets this cookie to the revision a client got, and honours it
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -130,6 +135,9 @@ def virtual_host(route: HostRoute) -> bytes:
         )
         for tag, target in route.tagged
     ]
+    sticky = route.sticky_cookie if len(route.targets) > 1 else None
+    if sticky:
+        routes += [_sticky_route(route, sticky, target, service_header) for target in route.targets]
     action = route_components_pb2.RouteAction(timeout=_duration(route.timeout_s), retry_policy=_RETRY_POLICY)
     if len(route.targets) == 1:
         (target,) = route.targets
@@ -143,6 +151,7 @@ def virtual_host(route: HostRoute) -> bytes:
                         name=t.cluster,
                         weight=wrappers_pb2.UInt32Value(value=t.weight),
                         request_headers_to_add=[_header(REVISION_HEADER, t.revision)],
+                        response_headers_to_add=[_set_cookie(sticky, t.revision)] if sticky else [],
                     )
                     for t in route.targets
                 ]
@@ -159,6 +168,34 @@ def virtual_host(route: HostRoute) -> bytes:
     )
     vh = route_components_pb2.VirtualHost(name=route.name, domains=list(route.domains), routes=routes)
     return vh.SerializeToString()
+
+
+def _sticky_route(route: HostRoute, cookie: str, target: WeightedTarget, service_header) -> route_components_pb2.Route:
+    """A client that carries the cookie for one of the split's revisions stays on it."""
+    pattern = rf"(^|.*;\s*){re.escape(cookie)}={re.escape(target.revision)}(;.*|\s*)$"
+    return route_components_pb2.Route(
+        name=f"{route.name}/sticky/{target.revision}",
+        match=route_components_pb2.RouteMatch(
+            prefix="/",
+            headers=[
+                route_components_pb2.HeaderMatcher(
+                    name="cookie",
+                    string_match=string_matcher_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=pattern)),
+                )
+            ],
+        ),
+        route=route_components_pb2.RouteAction(
+            cluster=target.cluster, timeout=_duration(route.timeout_s), retry_policy=_RETRY_POLICY
+        ),
+        request_headers_to_add=[service_header, _header(REVISION_HEADER, target.revision)],
+    )
+
+
+def _set_cookie(cookie: str, revision: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key="set-cookie", value=f"{cookie}={revision}; Path=/; HttpOnly; SameSite=Lax"),
+        append_action=base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD,
+    )
 
 
 def route_configuration(name: str, virtual_hosts: Iterable[bytes]) -> bytes:
