@@ -302,3 +302,26 @@ async def test_a_sticky_canary_keeps_each_client_on_the_revision_it_first_got(fe
 
 async def _serves_both(f: FerryProcess) -> bool:
     return set(await count_revisions(f.gateway, HOST, 40, concurrency=4)) == {V1, V2}
+
+
+async def test_the_stable_revision_keeps_its_instances_while_the_rollout_may_fall_back(ferry):
+    f = ferry(extra=("--autoscale-tick", "0.5"))
+    idle_fast = "scale: {stableWindow: 6s, zeroGracePeriod: 1s}"
+    block = canary(steps="[20, 100]", interval="60s")
+
+    def service(message: str) -> str:
+        return hello(message, block).replace("scale: {min: 1}", idle_fast)
+
+    f.write_routes(service("v1"))
+    await f.start()
+    await f.wait_converged()
+    f.write_routes(service("v2"))
+    await wait_until(lambda: phase_is(f, "progressing"), 30, "the rollout to start")
+
+    async def candidate_idled_to_zero() -> bool:
+        return (await f.status())["revisions"][V2]["total"] == 0
+
+    # Both idle with the same settings: the candidate goes to zero, the stable one is held at its scale.
+    await wait_until(candidate_idled_to_zero, 60, f"the idle candidate to reach zero; log:\n{f.log_text}")
+    stable = (await f.status())["revisions"][V1]
+    assert stable["ready"] == 1 and stable["autoscaling"]["desired"] == 1, stable
