@@ -325,3 +325,27 @@ async def test_the_stable_revision_keeps_its_instances_while_the_rollout_may_fal
     await wait_until(candidate_idled_to_zero, 60, f"the idle candidate to reach zero; log:\n{f.log_text}")
     stable = (await f.status())["revisions"][V1]
     assert stable["ready"] == 1 and stable["autoscaling"]["desired"] == 1, stable
+
+
+async def test_abort_goes_back_to_stable_and_retry_starts_the_same_rollout_again(ferry):
+    f = ferry()
+    block = canary(steps="[30, 100]", interval="60s")
+    await start_v1(f, block)
+    f.write_routes(hello("v2", block))
+    await wait_until(lambda: phase_is(f, "progressing"), 30, "the rollout to start")
+    api = ("--api", f"127.0.0.1:{f.api_port}")
+    shown = await _cli("rollout", "abort", "hello", *api)
+    assert "aborted" in shown, shown
+    await wait_until(lambda: _serves(f, HOST, V1), 10, "the stable revision alone")
+    revisions = {r["name"]: r for r in await revisions_of(f)}
+    assert revisions[V2]["rollout"]["result"] == "aborted" and revisions[V1]["latest_ready"]
+
+    shown = await _cli("rollout", "retry", "hello", *api)
+    assert "progressing" in shown, shown
+    await wait_until(lambda: _serves_both(f), 30, f"the retried split; log:\n{f.log_text}")
+    state = await rollout(f)
+    assert (state["phase"], state["step"], state["weight"], state["candidate"]) == ("progressing", 0, 30, V2)
+    assert (await f.status())["services"]["hello"]["split_owner"] == "rollout"
+    # ferry traffic is refused while a rollout owns the split.
+    refused = await _cli("traffic", "hello", f"{V1}=50", f"{V2}=50", *api, ok=False)
+    assert "a rollout owns the split" in refused, refused
