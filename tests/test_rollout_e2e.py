@@ -56,6 +56,19 @@ async def phase_is(f: FerryProcess, *phases: str) -> bool:
     return (await rollout(f)).get("phase") in phases
 
 
+async def weights_until_promoted(f: FerryProcess, timeout: float) -> set[int]:
+    """Every weight the rollout showed while we watched it reach promotion."""
+    weights = set()
+
+    async def promoted() -> bool:
+        state = await rollout(f)
+        weights.add(state["weight"])
+        return state["phase"] == "promoted"
+
+    await wait_until(promoted, timeout, f"promotion; log:\n{f.log_text}")
+    return weights
+
+
 async def start_v1(f: FerryProcess, rollout_block: str, **env) -> None:
     f.write_routes(hello("v1", rollout_block, **env))
     await f.start()
@@ -68,14 +81,7 @@ async def test_a_healthy_canary_goes_through_every_step_with_zero_errors(ferry):
     async with Load(f.gateway, HOST, concurrency=8) as load:
         f.write_routes(hello("v2", canary()))
         await wait_until(lambda: phase_is(f, "progressing"), 30, f"the rollout to start; log:\n{f.log_text}")
-        weights = set()
-
-        async def promoted() -> bool:
-            state = await rollout(f)
-            weights.add(state["weight"])
-            return state["phase"] == "promoted"
-
-        await wait_until(promoted, 60, f"promotion; log:\n{f.log_text}")
+        weights = await weights_until_promoted(f, 60)
         await load.wait_for(50)
     assert load.failures == 0, load.bad
     assert {20, 50} <= weights, weights  # it dwelt on the steps
@@ -202,14 +208,7 @@ async def test_gradual_steps_follow_knatives_arithmetic_to_the_end(ferry):
     async with Load(f.gateway, HOST, concurrency=4) as load:
         f.write_routes(hello("v2", block))
         await wait_until(lambda: phase_is(f, "progressing"), 30, "the rollout to start")
-        seen = set()
-
-        async def promoted() -> bool:
-            state = await rollout(f)
-            seen.add(state["weight"])
-            return state["phase"] == "promoted"
-
-        await wait_until(promoted, 30, f"the end of the gradual rollout; log:\n{f.log_text}")
+        seen = await weights_until_promoted(f, 30)
     assert load.failures == 0, load.bad
     state = await rollout(f)
     # Knative's arithmetic, from when the candidate was seen ready at 1 % (typically within the first second:
