@@ -403,6 +403,7 @@ services:
         ("minRequests", "-1", "must be 0 or more, got -1"),
         ("minRequests", "1.5", "expected an integer, got 1.5"),
         ("successRate", "-0.1", "must be 0 or more, got -0.1"),
+        ("successRate", "0.99", "successRate 0.99 is a percentage: write 99 for 99%"),
         ("successRate", "100.5", "must be 100 or less, got 100.5"),
         ("successRate", "99%", "expected a number, got '99%'"),
         ("successRate", ".nan", "expected a finite number, got nan: .inf and .nan are not allowed here"),
@@ -470,7 +471,7 @@ def test_every_misplaced_field_is_reported_in_one_pass(tmp_path: Path) -> None:
               duration: 60s
               autoPromote: false
               interval: 0s
-              analysis: {successRate: 0.99, failureLimit: 0}
+              analysis: {successRate: 99, failureLimit: 0}
           world:
             template: {command: [a]}
             rollout: {strategy: gradual, steps: [10], autoPromote: true}

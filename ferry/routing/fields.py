@@ -231,7 +231,14 @@ RolloutDuration = Annotated[
         why_minimum="a gradual rollout needs at least one 1s step after the first",
     ),
 ]
-SuccessRate = Annotated[float, Strict(), Field(ge=0, le=100, allow_inf_nan=False)]  # percent of non-5xx answers
+def _success_rate(percent: float) -> float:
+    if 0 < percent < 1:
+        raise ValueError(f"successRate {percent:g} is a percentage: write {percent * 100:g} for {percent * 100:g}%")
+    return percent
+
+
+# Percent of non-5xx answers; 0 judges nothing; a fraction below 1 is a slip for a percentage.
+SuccessRate = Annotated[float, Strict(), Field(ge=0, le=100, allow_inf_nan=False), AfterValidator(_success_rate)]
 LatencyLimit = Annotated[float, _duration("maxLatencyP99", "500ms", above_minimum=True, maximum=MAX_TIMEOUT_S)]
 FailureLimit = Annotated[int, Strict(), Field(ge=1)]
 ServiceName = Annotated[Str, _label("service name")]
