@@ -134,6 +134,15 @@ async def test_a_revision_answering_20_percent_500s_is_rolled_back_at_the_first_
     refused = await _cli("rollout", "promote", "hello", *api, ok=False)
     assert "no rollout in progress" in refused, refused
 
+    # The next template change starts a fresh rollout, from the stable revision.
+    f.write_routes(hello("v3", block))
+
+    async def fresh_rollout() -> bool:
+        state = await rollout(f)
+        return (state["candidate"], state["stable"], state["phase"]) == ("hello-00003", V1, "progressing")
+
+    await wait_until(fresh_rollout, 30, f"a fresh rollout; log:\n{f.log_text}")
+
 
 async def _cli(*args: str, ok: bool = True) -> str:
     proc = await asyncio.create_subprocess_exec(
