@@ -34,6 +34,7 @@ from .envoy.bootstrap import ADMIN_METADATA_KEY, LISTEN_METADATA_KEY
 from .rollout import machine
 from .rollout.config import rollout_spec
 from .rollout.runner import ActiveRollout, RolloutRunner
+from .routing.errors import ConfigError, Problem
 from .routing.loader import LoadedRoutes, validate
 from .routing.revisions import Revision, RevisionPlan, RevisionStore
 from .routing.schema import PREVIEW_TAG, HostPort, ServiceSpec, service_hosts, tag_host
@@ -148,6 +149,10 @@ class Controller:
         """Validate against the revision history, then converge. Raises ConfigError and changes nothing."""
         async with self._lock:
             started = time.perf_counter()
+            if self.loaded is not None and loaded.spec.backend != self.loaded.spec.backend:
+                raise ConfigError(str(loaded.path), [Problem(
+                    "backend", "where revisions run is chosen when ferry starts: restart `ferry up` to change the "
+                    "backend (revision names and history are kept)")])
             plan = validate(loaded, self.store, (self.loaded, self.plan) if self.loaded and self.plan else None)
             self.store.commit(plan)
             self.plan = plan
@@ -354,15 +359,20 @@ class Controller:
         revision = self._revision(name)
         template = revision.template
         workload = None
-        if template.command:
+        if template.command or template.image:
             workload = Workload(
                 service=revision.service,
                 revision=revision.name,
-                command=tuple(template.command),
+                command=tuple(template.command or ()),
                 cwd=self.loaded.base_dir,
                 env=dict(template.env),
                 readiness_path=template.readiness.path if template.readiness else None,
                 timeout_s=template.timeout,
+                image=template.image,
+                args=tuple(template.args) if template.args is not None else None,
+                port=template.port,
+                resources=template.resources.model_dump(mode="json", exclude_defaults=True)
+                if template.resources is not None else None,
             )
         runtime = RevisionRuntime(revision, workload, instances=template.scale.initial)
         self.revisions[name] = runtime

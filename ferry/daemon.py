@@ -98,6 +98,7 @@ class Daemon:
                 ),
                 workdir,
             )
+        backend_factory = self._backend_factory(loaded, workdir)
         cache = SnapshotCache()
         activator = Activator(
             host=options.activator.host, port=options.activator.port, queue_limit=options.queue_limit,
@@ -106,7 +107,7 @@ class Daemon:
         )
         controller = Controller(
             store,
-            lambda on_endpoints, drain: LocalProcessBackend(on_endpoints, drain=drain, log_dir=workdir / "logs"),
+            backend_factory,
             cache,
             gateways,
             activator=activator,
@@ -203,6 +204,19 @@ class Daemon:
             store.close()
             gc.callbacks.remove(gc_log)
             log.info("ferry stopped")
+
+    @staticmethod
+    def _backend_factory(loaded, workdir: Path):
+        """Where revisions run, as the file's `backend:` says: local processes, or Deployments in a namespace."""
+        backend = loaded.spec.backend
+        if backend.kind == "kubernetes":
+            from .backends.kubernetes import KubernetesBackend, api_client_for
+
+            api_client = api_client_for(backend.kubeconfig, backend.context, loaded.base_dir)
+            return lambda on_endpoints, drain: KubernetesBackend(
+                on_endpoints, drain=drain, namespace=backend.namespace, api_client=api_client
+            )
+        return lambda on_endpoints, drain: LocalProcessBackend(on_endpoints, drain=drain, log_dir=workdir / "logs")
 
     @staticmethod
     async def _watch(path: Path, apply_text, watching: asyncio.Event) -> None:

@@ -30,6 +30,12 @@ class Workload:
     env: Mapping[str, str] = field(default_factory=dict)
     readiness_path: str | None = None  # HTTP GET until 200; None = TCP connect
     timeout_s: float = 300.0  # request timeout; also bounds how long a stopping instance may drain
+    # Kubernetes only: the container image (command, when given, overrides its entrypoint), its args, the port it
+    # listens on (default 8080) and its resource requests/limits.
+    image: str | None = None
+    args: tuple[str, ...] | None = None
+    port: int | None = None
+    resources: Mapping[str, Mapping[str, str]] | None = None
 
 
 # Called whenever the set of *ready* endpoints of a revision changes (synchronously, on the loop).
@@ -76,4 +82,6 @@ class Backend(Protocol):
         """Take every instance of the revision out of the endpoints, drain, then stop it."""
 
     async def aclose(self) -> None:
-        """Stop everything this backend started; no process survives."""
+        """Stop what this backend runs for this ferry process: local instances (no process survives); for
+        Kubernetes its watches, while Deployments stay for the next ferry to adopt, as workloads outlive
+        their controllers there."""

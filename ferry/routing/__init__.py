@@ -5,9 +5,11 @@ from .loader import LoadedRoutes, load_routes, validate
 from .revisions import Revision, RevisionPlan, RevisionStore, default_store_path
 from .schema import (
     Analysis,
+    Backend,
     Gateway,
     HostPort,
     Readiness,
+    Resources,
     Rollout,
     RoutesFile,
     Scale,
@@ -21,12 +23,14 @@ from .traffic import ResolvedTraffic, Split, Unresolved, resolve_traffic
 
 __all__ = [
     "Analysis",
+    "Backend",
     "ConfigError",
     "Gateway",
     "HostPort",
     "LoadedRoutes",
     "Problem",
     "Readiness",
+    "Resources",
     "ResolvedTraffic",
     "Revision",
     "RevisionPlan",

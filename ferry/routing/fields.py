@@ -9,12 +9,14 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+from decimal import Decimal
 from typing import Annotated, NamedTuple
 
 from pydantic import AfterValidator, Field, PlainSerializer, PlainValidator, Strict
 
 from ..autoscaler.decision import TARGET_MIN
 from .durations import parse_duration
+from .messages import describe
 from .names import dns_label, host_name
 
 MAX_TIMEOUT_S = 3600.0
@@ -190,6 +192,99 @@ def _rollout_steps(steps: tuple[int, ...]) -> tuple[int, ...]:
     return steps
 
 
+def _image(image: str) -> str:
+    if not image:
+        raise ValueError("image is empty: give an OCI image reference, e.g. ghcr.io/me/hello:1.0")
+    if any(c.isspace() for c in image):
+        raise ValueError(
+            f"image {image!r} has whitespace; an OCI image reference has none: write it as one word, "
+            "e.g. ghcr.io/me/hello:1.0 (put arguments in args)"
+        )
+    return image
+
+
+# A Kubernetes namespace is a DNS-1123 label (digits may come first, unlike service names).
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def _namespace(namespace: str) -> str:
+    if len(namespace) <= 63 and _NAMESPACE.fullmatch(namespace):
+        return namespace
+    hint = f" (try '{namespace.lower()}')" if _NAMESPACE.fullmatch(namespace.lower()) and len(namespace) <= 63 else ""
+    raise ValueError(
+        f"invalid namespace {namespace!r}{hint}: a Kubernetes namespace is a DNS-1123 label: lowercase letters, "
+        "digits and '-', starting and ending with a letter or digit, at most 63 characters, e.g. apps"
+    )
+
+
+def _not_empty(what: str, example: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if not value.strip():
+            raise ValueError(f"{what} is empty: {example}")
+        return value
+
+    return AfterValidator(check)
+
+
+# Kubernetes resource quantities (k8s.io/apimachinery resource.Quantity): a number with an optional binary
+# (Ki, Mi, ...), decimal (m, k, M, ...) or exponent (e3) suffix.
+_QUANTITY = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]+)?|\.[0-9]+)(?P<suffix>m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei|[eE][+-]?[0-9]+)?")
+_SUFFIX_VALUE = {
+    "": Decimal(1),
+    "m": Decimal("0.001"),
+    **{s: Decimal(1000) ** (i + 1) for i, s in enumerate("kMGTPE")},
+    **{f"{s}i": Decimal(1024) ** (i + 1) for i, s in enumerate("KMGTPE")},
+}
+QUANTITY_EXAMPLES = "e.g. 500m (half a CPU), 2 (CPUs) or 256Mi (memory, 256 MiB)"
+
+
+def _quantity(value: object) -> str:
+    """A Kubernetes quantity, kept as the text Kubernetes reads: 1 and "1" are the same quantity."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"expected a Kubernetes quantity, got {describe(value)}: {QUANTITY_EXAMPLES}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"expected a finite Kubernetes quantity, got {value!r}: {QUANTITY_EXAMPLES}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"a quantity cannot be negative, got {value!r}: {QUANTITY_EXAMPLES}")
+        text = str(value) if isinstance(value, int) else format(Decimal(repr(value)), "f")
+        text = text.removesuffix(".0") if "." in text and text.endswith(".0") else text
+    else:
+        text = value
+    if _QUANTITY.fullmatch(text):
+        return text
+    raise ValueError(f"{text!r} is not a Kubernetes quantity{_quantity_hint(text)}: {QUANTITY_EXAMPLES}")
+
+
+def _quantity_hint(text: str) -> str:
+    """256MB -> 256M or 256Mi; 256mi -> 256Mi; -1 -> not negative."""
+    if text.startswith("-"):
+        return " (it cannot be negative)"
+    m = re.fullmatch(r"([0-9.]+)\s*([a-zA-Z]*)", text.strip())
+    if m is None:
+        return ""
+    number, unit = m.groups()
+    if unit.lower() in ("kb", "mb", "gb", "tb", "pb", "eb"):
+        decimal = unit[0].upper() if unit[0].lower() != "k" else "k"
+        return f" (write {number}{decimal} for {unit.upper()} or {number}{unit[0].upper()}i for {unit[0].upper()}iB)"
+    if unit.lower() in ("ki", "mi", "gi", "ti", "pi", "ei", "kib", "mib", "gib", "tib", "pib", "eib"):
+        return f" (write {number}{unit[0].upper()}i: the suffixes are case-sensitive)"
+    if text != text.strip() or " " in text:
+        return " (remove the spaces)"
+    return ""
+
+
+def quantity_value(text: str) -> Decimal:
+    """The amount a valid quantity stands for (500m -> 0.5, 1Ki -> 1024), to compare requests with limits."""
+    m = _QUANTITY.fullmatch(text)
+    if m is None:
+        raise ValueError(f"{text!r} is not a Kubernetes quantity")
+    suffix = m["suffix"] or ""
+    if suffix[:1] in ("e", "E"):
+        return Decimal(m["number"]) * Decimal(10) ** int(suffix[1:])
+    return Decimal(m["number"]) * _SUFFIX_VALUE[suffix]
+
+
 def _label(what: str, max_length: int = 63) -> AfterValidator:
     return AfterValidator(lambda value: dns_label(value, what, max_length))
 
@@ -252,3 +347,11 @@ EnvName = Annotated[Str, AfterValidator(_env_name)]
 Command = Annotated[tuple[Str, ...], AfterValidator(_command)]
 Endpoints = Annotated[tuple[Address, ...], AfterValidator(_endpoints)]
 HttpPath = Annotated[Str, AfterValidator(_http_path)]
+# backend: and the Kubernetes-only template fields
+Image = Annotated[Str, AfterValidator(_image)]
+Args = tuple[Str, ...]
+Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
+Quantity = Annotated[str, PlainValidator(_quantity)]
+Namespace = Annotated[Str, AfterValidator(_namespace)]
+Kubeconfig = Annotated[Str, _not_empty("kubeconfig", "give the path of a kubeconfig file, e.g. ~/.kube/config, or remove it")]
+KubeContext = Annotated[Str, _not_empty("context", "give a context name from the kubeconfig, e.g. kind-ferry, or remove it")]

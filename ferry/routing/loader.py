@@ -84,7 +84,9 @@ def _load_changed_blocks(
     if len(set(names)) != len(names):
         return None
     try:
-        validated = RoutesFile.model_validate({"gateway": previous.spec.gateway, "services": parsed})
+        validated = RoutesFile.model_validate(
+            {"gateway": previous.spec.gateway, "backend": previous.spec.backend, "services": parsed}
+        )
     except ValidationError:
         return None
     services = {n: validated.services[n] if n in parsed else previous.spec.services[n] for n in names}
@@ -92,7 +94,7 @@ def _load_changed_blocks(
     if any(check_service(n, services[n]) for n in parsed) or check_hosts(validated.gateway, services):
         return None
     raw = {n: parsed[n] if n in parsed else previous.raw_services[n] for n in names}
-    return RoutesFile.model_construct(gateway=validated.gateway, services=services), raw, names
+    return RoutesFile.model_construct(gateway=validated.gateway, backend=validated.backend, services=services), raw, names
 
 
 def validate(
@@ -162,17 +164,21 @@ def _validate(text: str, file: str, previous: LoadedRoutes | None) -> tuple[Rout
 
 def _validate_changed(data: dict[str, Any], raw_services: dict[str, Any], previous: LoadedRoutes) -> RoutesFile:
     """Validate only the services whose YAML changed; the others keep their objects from `previous`."""
+    try:
+        changed_backend = RoutesFile.model_validate({"backend": data.get("backend")}).backend != previous.spec.backend
+    except ValidationError:
+        return RoutesFile.model_validate(data)  # raises, with every problem of the file
     kept = {
         name: previous.spec.services[name]
         for name, raw in raw_services.items()
-        if name in previous.raw_services and previous.raw_services[name] == raw
+        if name in previous.raw_services and previous.raw_services[name] == raw and not changed_backend
     }
     changed = {**data, "services": {n: raw for n, raw in raw_services.items() if n not in kept}}
     validated = RoutesFile.model_validate(changed)
     if not kept:
         return validated
     services = {name: kept.get(name) or validated.services[name] for name in raw_services}
-    return RoutesFile.model_construct(gateway=validated.gateway, services=services)
+    return RoutesFile.model_construct(gateway=validated.gateway, backend=validated.backend, services=services)
 
 
 def _check_valid_parts(data: dict[str, Any], exc: ValidationError) -> list[Problem]:

@@ -74,7 +74,9 @@ def _message(error: ErrorDetails, model: type[BaseModel], loc: Loc) -> str:
     if kind in ("list_type", "tuple_type", "iterable_type", "sequence_str"):
         return f"expected a list, got {got}" + _list_hint(value)
     if kind == "literal_error":
-        return f"expected one of {ctx.get('expected')}, got {got}" + _choice_hint(value, _literal_choices(_type_at(model, loc)))
+        # an invalid mapping key (resources.requests.gpu): the choices are the key type's, not the value's
+        where = _key_type_at(model, loc) if error["loc"][-1:] == ("[key]",) else _type_at(model, loc)
+        return f"expected one of {ctx.get('expected')}, got {got}" + _choice_hint(value, _literal_choices(where))
     if kind == "greater_than_equal":
         return f"must be {_number(ctx['ge'])} or more, got {got}" + _percent_hint(loc, value)
     if kind == "less_than_equal":
@@ -108,6 +110,9 @@ _KNATIVE_NAMES = {
     "target-burst-capacity": "burstCapacity",
     "containerConcurrency": "concurrency",
     "timeoutSeconds": "timeout",
+    # Kubernetes' container fields
+    "containerPort": "port",
+    "entrypoint": "command",
     # rollout: Knative's serving.knative.dev/rollout-duration, and Flagger's and Argo Rollouts' names
     "rollout-duration": "duration",
     "rolloutDuration": "duration",
@@ -185,11 +190,16 @@ def _list_hint(value: Any) -> str:
     return ""
 
 
+# Common names for a choice that the close-match guess misses (backend: k8s).
+_CHOICE_ALIASES = {"k8s": "kubernetes", "kube": "kubernetes", "process": "local", "processes": "local"}
+
+
 def _choice_hint(value: Any, choices: list[str]) -> str:
     """strategy: bluegreen -> did you mean 'blue-green'?"""
     if not isinstance(value, str) or not choices:
         return ""
-    close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6) or [
+    alias = _CHOICE_ALIASES.get(value.lower())
+    close = [alias] if alias in choices else difflib.get_close_matches(value, choices, n=1, cutoff=0.6) or [
         c for c in choices if c.replace("-", "").lower() == value.replace("-", "").replace("_", "").lower()
     ]
     return f"; did you mean '{close[0]}'?" if close else ""
@@ -237,6 +247,12 @@ def _type_at(model: type[BaseModel], loc: Loc) -> Any:
         else:
             return None
     return tp
+
+
+def _key_type_at(model: type[BaseModel], loc: Loc) -> Any:
+    """The key type of the mapping holding the key at `loc` (None if that is not a mapping)."""
+    tp = _unwrap(_type_at(model, loc[:-1]))
+    return typing.get_args(tp)[0] if typing.get_origin(tp) is dict else None
 
 
 def _unwrap(tp: Any) -> Any:

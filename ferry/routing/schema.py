@@ -7,21 +7,27 @@ Models are frozen and hashable: the controller compares old and new specs with =
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Literal, NoReturn
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails
 
 from .fields import (
     ActivationScale,
     Address,
+    Args,
     Bool,
     BurstCapacity,
     Command,
@@ -34,11 +40,17 @@ from .fields import (
     Host,
     HostPort,
     HttpPath,
+    Image,
+    Kubeconfig,
+    KubeContext,
     LatencyLimit,
+    Namespace,
     NonNegativeInt,
     PanicThreshold,
     PanicWindowPercent,
     Percent,
+    Port,
+    Quantity,
     RevisionName,
     RevisionRef,
     RolloutDuration,
@@ -53,14 +65,18 @@ from .fields import (
     SuccessRate,
     Tag,
     Utilization,
+    quantity_value,
 )
+from .messages import describe
 
 __all__ = [
     "PREVIEW_TAG",
     "Analysis",
+    "Backend",
     "Gateway",
     "HostPort",
     "Readiness",
+    "Resources",
     "Rollout",
     "RoutesFile",
     "Scale",
@@ -75,6 +91,15 @@ __all__ = [
 def _none_as_empty(value: Any) -> Any:
     """`services:` with nothing under it (every service commented out) means no services, not an error."""
     return {} if value is None else value
+
+
+def _raise_at(problems: list[tuple[tuple[str, ...], str, Any]]) -> NoReturn:
+    """Fail a model validator with one error per (location under the model, message, input): each problem is
+    reported at its own path (and line), like a field's own error, instead of all at the model's."""
+    raise ValidationError.from_exception_data(
+        "Template",
+        [InitErrorDetails(type="value_error", loc=loc, input=value, ctx={"error": message}) for loc, message, value in problems],
+    )
 
 
 def _freeze(value: Any) -> Any:
@@ -140,8 +165,69 @@ class Scale(_Model):
         return self
 
 
+BackendKind = Literal["local", "kubernetes"]
+_BACKEND_KINDS = ("local", "kubernetes")
+# The backend of the routes file being validated, for its templates: what a template may hold depends on it
+# (a command runs locally, an image on Kubernetes). RoutesFile sets it around the validation of its fields;
+# None (a Template or ServiceSpec validated on its own, or a file whose backend kind is itself invalid)
+# checks only what is wrong on every backend.
+_BACKEND_KIND: ContextVar[BackendKind | None] = ContextVar("ferry_routes_backend_kind", default=None)
+
+
+@contextmanager
+def backend_kind(kind: BackendKind | None) -> Iterator[None]:
+    """Validate templates as the file with this backend would: `with backend_kind("kubernetes"): Template(...)`."""
+    token = _BACKEND_KIND.set(kind)
+    try:
+        yield
+    finally:
+        _BACKEND_KIND.reset(token)
+
+
+class Resources(_Model):
+    """A container's resource requests and limits (Kubernetes' `resources`): quantities like 500m or 256Mi."""
+
+    requests: dict[Literal["cpu", "memory"], Quantity] = {}
+    limits: dict[Literal["cpu", "memory"], Quantity] = {}
+
+    _empty_means_default = field_validator("requests", "limits", mode="before")(_none_as_empty)
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> Resources:
+        over = [
+            (
+                ("requests", key),
+                f"requests.{key} {request} is more than limits.{key} {self.limits[key]}; Kubernetes refuses a "
+                "request above its limit: lower the request or raise the limit",
+                request,
+            )
+            for key, request in self.requests.items()
+            if key in self.limits and quantity_value(request) > quantity_value(self.limits[key])
+        ]
+        if over:
+            _raise_at(over)
+        return self
+
+
+# What a local template writes instead of each Kubernetes-only field.
+_KUBERNETES_ONLY = {
+    "image": "image runs on backend kubernetes; ferry runs local revisions from command: set backend: kubernetes "
+    "at the top of the file, or use command",
+    "args": "args are the container's arguments on backend kubernetes; ferry runs local revisions from command: "
+    "put them in command, or set backend: kubernetes at the top of the file",
+    "port": "port is the container's port on backend kubernetes; a local revision listens on the port ferry gives "
+    "it in $PORT: remove it, or set backend: kubernetes at the top of the file",
+    "resources": "resources are the container's requests and limits on backend kubernetes; local revisions run "
+    "without them: remove them, or set backend: kubernetes at the top of the file",
+}
+
+
 class Template(_Model):
-    """What one revision runs. Any change makes a new, immutable revision."""
+    """What one revision runs. Any change makes a new, immutable revision.
+
+    Backend local runs `command` as processes; backend kubernetes runs `image` (with `command` overriding its
+    entrypoint, `args`, `port`, `resources`) as Deployments; on either, `endpoints` are instances that already
+    run. The Kubernetes-only fields default to None, so templates without them keep their digest."""
 
     name: RevisionName | None = None
     command: Command | None = None  # argv, no shell; relative paths resolve against the routes file's folder
@@ -151,14 +237,75 @@ class Template(_Model):
     concurrency: NonNegativeInt = 0  # max in-flight requests per instance; 0 = unlimited
     timeout: Duration = 300.0  # seconds
     scale: Scale = Scale()
+    # backend kubernetes only
+    image: Image | None = None  # an OCI image reference
+    args: Args | None = None  # the container's args (command, when given, replaces the image's entrypoint)
+    port: Port | None = None  # the port the container listens on; None = 8080
+    resources: Resources | None = None
+
+    # Checked against the backend before their own value: on backend local, "remove it" is the fix whatever it holds.
+    @field_validator("image", "args", "port", "resources", mode="wrap")
+    @classmethod
+    def _kubernetes_only(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+        if value is not None and _BACKEND_KIND.get() == "local":
+            raise ValueError(_KUBERNETES_ONLY[str(info.field_name)])
+        return handler(value)
 
     @model_validator(mode="after")
     def _one_way_to_run(self) -> Template:
+        kind = _BACKEND_KIND.get()
+        if kind == "kubernetes":
+            return self._runs_on_kubernetes()
         if self.command is not None and self.endpoints is not None:
             raise ValueError("give either command (ferry runs the instances) or endpoints (already running), not both")
-        if self.command is None and self.endpoints is None:
+        if kind is None and self.image is not None and self.endpoints is not None:
+            raise ValueError(_IMAGE_AND_ENDPOINTS)
+        if self.command is None and self.endpoints is None and self.image is None:  # local: image is refused above
             raise ValueError("no command or endpoints: add command: [program, args...] or endpoints: [host:port, ...]")
         return self
+
+    def _runs_on_kubernetes(self) -> Template:
+        if self.image is not None:
+            if self.endpoints is not None:
+                raise ValueError(_IMAGE_AND_ENDPOINTS)
+            return self
+        if self.endpoints is None and self.command is None:
+            raise ValueError(
+                "no image or endpoints: add image: <reference> (backend kubernetes runs containers, "
+                "e.g. image: ghcr.io/me/hello:1.0) or endpoints: [host:port, ...]"
+            )
+        problems: list[tuple[tuple[str, ...], str, Any]] = []
+        if self.command is not None:
+            problems.append(
+                (
+                    ("command",),
+                    "command overrides the entrypoint of the container's image, and endpoints run no container: "
+                    "remove command, or replace endpoints with image: <reference>"
+                    if self.endpoints is not None
+                    else "on backend kubernetes, command overrides the entrypoint of the container's image, and "
+                    "there is no image: add image: <reference>, e.g. image: ghcr.io/me/hello:1.0 (to run command "
+                    "as a local process, set backend: local)",
+                    list(self.command),
+                )
+            )
+        if self.endpoints is not None:
+            for field in ("args", "port", "resources"):
+                if getattr(self, field) is not None:
+                    problems.append(
+                        (
+                            (field,),
+                            f"{field} is for the container of an image, and endpoints run no container: remove {field}",
+                            getattr(self, field),
+                        )
+                    )
+        if problems:
+            _raise_at(problems)
+        return self
+
+
+_IMAGE_AND_ENDPOINTS = (
+    "give either image (ferry runs it on Kubernetes) or endpoints (already running), not both"
+)
 
 
 class TrafficTarget(_Model):
@@ -278,11 +425,63 @@ class Gateway(_Model):
     domain: Domain = "localhost"
 
 
+_KUBERNETES_FIELD = "{} is only for kind: kubernetes: remove it or set kind: kubernetes"
+
+
+class Backend(_Model):
+    """Where revisions run: local processes (the default) or Kubernetes Deployments in one namespace.
+    `backend: kubernetes` is short for `backend: {kind: kubernetes}`."""
+
+    kind: BackendKind = "local"
+    namespace: Namespace = "default"  # kubernetes: where revisions run
+    kubeconfig: Kubeconfig | None = None  # relative to the routes file's folder, ~ expanded; None = in-cluster or ~/.kube/config
+    context: KubeContext | None = None  # a context of the kubeconfig; None = its current context
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"kind": data}
+        if isinstance(data, (bool, int, float, list, tuple)):
+            raise ValueError(
+                f"expected local, kubernetes or a mapping (kind: kubernetes, namespace: ...), got {describe(data)}"
+            )
+        return data
+
+    @field_validator("namespace", "kubeconfig", "context", mode="wrap")
+    @classmethod
+    def _only_for_kubernetes(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+        if value is not None and info.data.get("kind") == "local":  # runs only when written: defaults are not validated
+            raise ValueError(_KUBERNETES_FIELD.format(info.field_name))
+        return handler(value)
+
+
+def _written_kind(data: Any) -> BackendKind | None:
+    """The backend kind a routes file's raw data names, for its templates: local when there is no backend;
+    None when it is not a valid kind (that error is reported at backend)."""
+    if not isinstance(data, dict):
+        return None
+    backend = data.get("backend")
+    kind = backend.get("kind", "local") if isinstance(backend, dict) else backend
+    if isinstance(backend, Backend):
+        kind = backend.kind
+    elif backend is None:
+        kind = "local"
+    return kind if kind in _BACKEND_KINDS else None
+
+
 class RoutesFile(_Model):
     gateway: Gateway = Gateway()
+    backend: Backend = Backend()
     services: dict[ServiceName, ServiceSpec] = {}
 
-    _empty_means_default = field_validator("gateway", "services", mode="before")(_none_as_empty)
+    _empty_means_default = field_validator("gateway", "backend", "services", mode="before")(_none_as_empty)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _templates_know_the_backend(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> RoutesFile:
+        with backend_kind(_written_kind(data)):
+            return handler(data)
 
 
 def service_hosts(name: str, spec: ServiceSpec, gateway: Gateway) -> list[str]:

@@ -1,0 +1,832 @@
+"""Run each revision as a Kubernetes Deployment; ready endpoints come from EndpointSlices.
+
+One revision = one Deployment (name = revision name) and one headless Service of the same name. The Service
+exists only so that Kubernetes' EndpointSlice controller publishes the revision's pod addresses with their
+readiness; the controller copies a Service's labels onto its slices (all but the reserved
+`kubernetes.io/service-name`, `endpointslice.kubernetes.io/managed-by`, `service.kubernetes.io/headless`),
+so one namespace-wide watch on `app.kubernetes.io/managed-by=ferry` sees every revision's slices and the
+`ferry.dev/revision` label says whose they are. A second watch on Deployments with the same selector keeps
+a cache of spec/status replicas, so an autoscaler tick that changes nothing makes no API request.
+
+Threads: the `kubernetes` client is blocking. One-shot calls run in the default executor
+(`asyncio.to_thread`); each watch runs list+watch in its own thread and hands events to the loop with
+`call_soon_threadsafe`. All cache state lives on the loop; threads only read the API.
+
+Failure handling:
+- watch 410 Gone / expired resourceVersion: re-list, diff against the cache, report changes, resume watching
+  from the list's resourceVersion;
+- API errors or an outage: the last endpoints stay (nothing is cleared), the watch retries with exponential
+  backoff 0.1 s -> 5 s, logging once when the outage starts and once when it ends; it re-lists (and diffs)
+  when the API answers again;
+- calls (create/scale/delete) retry transient errors (connection errors, 429, 5xx) with tenacity, the same
+  backoff, for at most `api_retry_s`; a 409 Conflict on the scale subresource re-reads the Scale and
+  re-applies with its resourceVersion as precondition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import tenacity
+import urllib3
+from kubernetes import client as k8s
+from kubernetes import watch as k8s_watch
+from kubernetes.client.exceptions import ApiException
+
+from ferry.backends.base import (
+    DrainHook,
+    Endpoint,
+    EndpointsChanged,
+    InstanceCounts,
+    InstanceInfo,
+    Workload,
+)
+
+log = logging.getLogger("ferry.backends.kubernetes")
+
+LABEL_SERVICE = "ferry.dev/service"
+LABEL_REVISION = "ferry.dev/revision"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "ferry"
+ANNOTATION_OWNER = "ferry.dev/owner"
+SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+SLICE_SERVICE_LABEL = "kubernetes.io/service-name"
+CONTAINER_NAME = "app"
+PORT_NAME = "http"
+
+# What ferry's RBAC Role must allow in its namespace (see rbac_rules()).
+RBAC_RULES: tuple[dict[str, Any], ...] = (
+    # get: only to adopt an existing Deployment after a 409 AlreadyExists on create
+    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list", "watch", "get", "create", "delete"]},
+    # update: the re-apply (PUT with resourceVersion) after a 409 Conflict on the patch
+    {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "patch", "update"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "create", "delete"]},
+    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+)
+
+
+def rbac_rules() -> list[dict[str, Any]]:
+    """The rules of the namespaced Role this backend needs (a copy, ready to dump into a manifest)."""
+    return [dict(r) for r in RBAC_RULES]
+
+
+@dataclass(frozen=True)
+class KubeWorkload:
+    """One revision's template as a container: what a Deployment needs beyond ferry's local Workload."""
+
+    service: str
+    revision: str
+    image: str
+    command: tuple[str, ...] | None = None  # container entrypoint override (None = the image's)
+    args: tuple[str, ...] | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    port: int = 8080
+    readiness_path: str | None = None  # HTTP GET probe on the port; None = TCP socket probe
+    resources: Mapping[str, Any] | None = None  # the container's `resources` ({"requests": ..., "limits": ...})
+    timeout_s: float = 300.0  # request timeout; also the pods' termination grace period
+
+
+def kube_workload(
+    workload: Workload,
+    *,
+    image: str,
+    port: int = 8080,
+    args: tuple[str, ...] | list[str] | None = None,
+    resources: Mapping[str, Any] | None = None,
+) -> KubeWorkload:
+    """A local Workload as a container: its command becomes the entrypoint override (empty = the image's)."""
+    return KubeWorkload(
+        service=workload.service,
+        revision=workload.revision,
+        image=image,
+        command=tuple(workload.command) or None,
+        args=tuple(args) if args is not None else None,
+        env=dict(workload.env),
+        port=port,
+        readiness_path=workload.readiness_path,
+        resources=resources,
+        timeout_s=workload.timeout_s,
+    )
+
+
+def _labels(wl: KubeWorkload) -> dict[str, str]:
+    return {LABEL_SERVICE: wl.service, LABEL_REVISION: wl.revision, LABEL_MANAGED_BY: MANAGED_BY}
+
+
+def deployment_manifest(wl: KubeWorkload, *, owner: str, replicas: int) -> dict[str, Any]:
+    """The Deployment ferry creates for a revision (plain JSON, as sent to the API)."""
+    env = [
+        {"name": "PORT", "value": str(wl.port)},
+        {"name": "K_SERVICE", "value": wl.service},
+        {"name": "K_CONFIGURATION", "value": wl.service},
+        {"name": "K_REVISION", "value": wl.revision},
+    ]
+    reserved = {e["name"] for e in env}
+    env += [{"name": k, "value": str(v)} for k, v in wl.env.items() if k not in reserved]
+    probe: dict[str, Any] = (
+        {"httpGet": {"path": wl.readiness_path, "port": wl.port}}
+        if wl.readiness_path is not None
+        else {"tcpSocket": {"port": wl.port}}
+    )
+    probe.update(periodSeconds=1, failureThreshold=3, successThreshold=1, timeoutSeconds=1)
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": wl.image,
+        "ports": [{"name": PORT_NAME, "containerPort": wl.port, "protocol": "TCP"}],
+        "env": env,
+        "readinessProbe": probe,
+    }
+    if wl.command is not None:
+        container["command"] = list(wl.command)
+    if wl.args is not None:
+        container["args"] = list(wl.args)
+    if wl.resources is not None:
+        container["resources"] = dict(wl.resources)
+    labels = _labels(wl)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": wl.revision, "labels": labels, "annotations": {ANNOTATION_OWNER: owner}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {LABEL_REVISION: wl.revision, LABEL_MANAGED_BY: MANAGED_BY}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": [container],
+                    "terminationGracePeriodSeconds": max(1, int(round(wl.timeout_s))),
+                },
+            },
+        },
+    }
+
+
+def service_manifest(wl: KubeWorkload, *, owner: str) -> dict[str, Any]:
+    """The headless Service whose EndpointSlices (labelled like it) carry the revision's pod readiness."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": wl.revision, "labels": _labels(wl), "annotations": {ANNOTATION_OWNER: owner}},
+        "spec": {
+            "clusterIP": "None",
+            "selector": {LABEL_REVISION: wl.revision, LABEL_MANAGED_BY: MANAGED_BY},
+            "ports": [{"name": PORT_NAME, "port": wl.port, "targetPort": wl.port, "protocol": "TCP"}],
+            "publishNotReadyAddresses": False,
+        },
+    }
+
+
+# ---- errors and retries ------------------------------------------------------------------------------
+
+
+def _status(exc: BaseException) -> int | None:
+    return exc.status if isinstance(exc, ApiException) else None
+
+
+def _transient(exc: BaseException) -> bool:
+    """Worth retrying: the API server is unreachable, overloaded or failing (not a 4xx about our request)."""
+    if isinstance(exc, ApiException):
+        return exc.status in (0, 429, 500, 502, 503, 504)
+    return isinstance(exc, (urllib3.exceptions.HTTPError, OSError))
+
+
+def _conflict(exc: BaseException) -> bool:
+    return _status(exc) == 409
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ApiException):
+        return f"HTTP {exc.status} {exc.reason or ''}".strip()
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _rv(obj: Mapping[str, Any]) -> int:
+    """An object's resourceVersion as a number for "which is newer" (opaque in theory, etcd's revision in practice)."""
+    try:
+        return int(obj.get("metadata", {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+def _json_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run a client call made with _preload_content=False (non-2xx raises ApiException) and parse its body."""
+    resp = fn(*args, **kwargs)
+    try:
+        data = resp.data
+    finally:
+        resp.release_conn()
+    return json.loads(data) if data else {}
+
+
+# ---- list+watch in a thread ---------------------------------------------------------------------------
+
+
+class _RawWatch(k8s_watch.Watch):
+    """Events as plain dicts: no model deserialization (ferry reads a few fields; strict models reject partial objects)."""
+
+    def get_return_type(self, func: Any) -> None:  # noqa: D102
+        return None
+
+
+Deliver = Callable[[str, Any], None]  # ("SYNC", ([items], list rv)) | ("ADDED"|"MODIFIED"|"DELETED", obj), on the loop
+
+
+class _Reflector:
+    """List, then watch from the list's resourceVersion, forever; re-list after 410 Gone; back off on errors."""
+
+    def __init__(
+        self,
+        name: str,
+        list_func: Callable[..., Any],
+        namespace: str,
+        loop: asyncio.AbstractEventLoop,
+        deliver: Deliver,
+        *,
+        watch_timeout_s: int,
+        connect_timeout_s: float,
+        backoff_min_s: float,
+        backoff_max_s: float,
+    ) -> None:
+        self.name = name
+        self._list = list_func
+        self._namespace = namespace
+        self._loop = loop
+        self._deliver = deliver
+        self._watch_timeout_s = watch_timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._backoff_min_s = backoff_min_s
+        self._backoff_max_s = backoff_max_s
+        self._stop = threading.Event()
+        self._watch: _RawWatch | None = None
+        self._thread = threading.Thread(target=self._run, name=f"ferry-kube-{name}", daemon=True)
+        self.synced = asyncio.Event()  # set (on the loop) once the first list arrived
+        self.lists = 0  # number of lists done (1 + one per 410 or recovery)
+        self.failing_since: float | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        w = self._watch
+        if w is not None:
+            w.stop()  # shuts the socket down: a blocked read returns at once
+
+    def join(self, timeout: float) -> bool:
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _post(self, kind: str, payload: Any) -> None:
+        if self._stop.is_set():
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._deliver, kind, payload)
+        except RuntimeError:  # loop closed under us: we are shutting down
+            self._stop.set()
+
+    def _post_synced(self) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self.synced.set)
+        except RuntimeError:
+            self._stop.set()
+
+    def _relist(self) -> str:
+        resp = self._list(
+            self._namespace, label_selector=SELECTOR, _preload_content=False,
+            _request_timeout=(self._connect_timeout_s, max(30.0, self._connect_timeout_s)),
+        )
+        try:
+            if not 200 <= resp.status <= 299:
+                raise ApiException(status=resp.status, reason=resp.reason)
+            body = json.loads(resp.data)
+        finally:
+            resp.release_conn()
+        self.lists += 1
+        rv = str(body.get("metadata", {}).get("resourceVersion") or "")
+        self._post("SYNC", (body.get("items") or [], _rv(body)))
+        self._post_synced()
+        return rv
+
+    def _run(self) -> None:
+        rv: str | None = None
+        delay = self._backoff_min_s
+        while not self._stop.is_set():
+            try:
+                if rv is None:
+                    rv = self._relist()
+                    self._recovered()
+                    delay = self._backoff_min_s
+                w = self._watch = _RawWatch()
+                started = time.monotonic()
+                events = 0
+                for ev in w.stream(
+                    self._list, self._namespace, label_selector=SELECTOR, resource_version=rv,
+                    allow_watch_bookmarks=True, timeout_seconds=self._watch_timeout_s,
+                    _request_timeout=(self._connect_timeout_s, self._watch_timeout_s + 5),
+                ):
+                    if self._stop.is_set():
+                        break
+                    events += 1
+                    kind, obj = ev.get("type"), ev.get("raw_object") or {}
+                    new_rv = obj.get("metadata", {}).get("resourceVersion") if isinstance(obj, dict) else None
+                    if kind in ("ADDED", "MODIFIED", "DELETED"):
+                        self._post(kind, obj)
+                    if new_rv:
+                        rv = str(new_rv)
+                    self._recovered()
+                    delay = self._backoff_min_s
+                if events == 0 and time.monotonic() - started < 1.0 and not self._stop.is_set():
+                    self._stop.wait(self._backoff_min_s)  # a server ending watches at once must not make us spin
+            except Exception as e:  # noqa: BLE001 - a watch thread must survive anything and retry
+                if self._stop.is_set():
+                    break
+                if _status(e) == 410:
+                    log.info("watch expired (410 Gone), re-listing", extra={"watch": self.name, "resource_version": rv})
+                    rv = None
+                    continue
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
+                    log.warning(
+                        "kubernetes API unreachable; keeping the last known state and retrying",
+                        extra={"watch": self.name, "error": _reason(e)},
+                    )
+                else:
+                    log.debug("watch retry failed", extra={"watch": self.name, "error": _reason(e)})
+                rv = None  # re-list once reachable: a fresh, complete state marks the recovery
+                self._stop.wait(delay)
+                delay = min(delay * 2, self._backoff_max_s)
+            finally:
+                self._watch = None
+
+    def _recovered(self) -> None:
+        if self.failing_since is not None:
+            log.warning(
+                "kubernetes API reachable again",
+                extra={"watch": self.name, "after_s": round(time.monotonic() - self.failing_since, 2)},
+            )
+            self.failing_since = None
+
+
+# ---- the backend -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _SliceEntry:
+    revision: str
+    # (address, port, ready, terminating, pod name)
+    addresses: tuple[tuple[str, int, bool, bool, str], ...]
+
+
+def _parse_slice(obj: Mapping[str, Any]) -> _SliceEntry | None:
+    labels = obj.get("metadata", {}).get("labels") or {}
+    revision = labels.get(LABEL_REVISION) or labels.get(SLICE_SERVICE_LABEL)
+    if not revision:
+        return None
+    ports = obj.get("ports") or []
+    port = next((p.get("port") for p in ports if p.get("name") == PORT_NAME), None)
+    if port is None and ports:
+        port = ports[0].get("port")
+    if port is None:
+        return _SliceEntry(revision, ())
+    out = []
+    for ep in obj.get("endpoints") or []:
+        cond = ep.get("conditions") or {}
+        ready = cond.get("ready") is not False  # unset means ready (API semantics)
+        terminating = cond.get("terminating") is True
+        pod = (ep.get("targetRef") or {}).get("name") or ""
+        for addr in ep.get("addresses") or []:
+            out.append((addr, int(port), ready, terminating, pod))
+    return _SliceEntry(revision, tuple(out))
+
+
+class KubernetesBackend:
+    """The Backend protocol (ferry.backends.base) on Kubernetes Deployments in one namespace.
+
+    `scale()` takes a `KubeWorkload` (or a plain `Workload` when `default_image` is set, converted with
+    `kube_workload`). Watches start on the first `scale()` or on `start()`, which is worth awaiting at
+    startup: it fills the caches so endpoints of revisions that already run flow at once.
+    """
+
+    def __init__(
+        self,
+        on_endpoints: EndpointsChanged,
+        *,
+        drain: DrainHook | None = None,
+        namespace: str,
+        api_client: k8s.ApiClient,
+        owner: str = "ferry",
+        default_image: str | None = None,
+        watch_timeout_s: int = 300,
+        connect_timeout_s: float = 5.0,
+        request_timeout_s: float = 30.0,
+        api_retry_s: float = 30.0,
+        backoff_min_s: float = 0.1,
+        backoff_max_s: float = 5.0,
+    ) -> None:
+        self._on_endpoints = on_endpoints
+        self._drain = drain
+        self._namespace = namespace
+        self._api_client = api_client
+        self._apps = k8s.AppsV1Api(api_client)
+        self._core = k8s.CoreV1Api(api_client)
+        self._discovery = k8s.DiscoveryV1Api(api_client)
+        self.owner = owner
+        self._default_image = default_image
+        self._watch_timeout_s = watch_timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._request_timeout = (connect_timeout_s, request_timeout_s)
+        self._api_retry_s = api_retry_s
+        self._backoff_min_s = backoff_min_s
+        self._backoff_max_s = backoff_max_s
+        self._reflectors: list[_Reflector] = []
+        self._deployments: dict[str, dict[str, Any]] = {}  # ours only (owner annotation), by name
+        self._written: dict[str, tuple[int, int]] = {}  # revision -> (resourceVersion, replicas) of our last write
+        self._slices: dict[str, _SliceEntry] = {}  # by slice name
+        self._published: dict[str, tuple[Endpoint, ...]] = {}
+        self._stopping: set[str] = set()
+        self._workloads: dict[str, KubeWorkload] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._closed = False
+
+    # ---- lifecycle ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start both watches and wait for their first list (a no-op when already started)."""
+        self._ensure_watching()
+        await asyncio.gather(*(r.synced.wait() for r in self._reflectors))
+
+    def _ensure_watching(self) -> None:
+        if self._closed:
+            raise RuntimeError("backend is closed")
+        if not self._reflectors:
+            loop = asyncio.get_running_loop()
+            common = dict(
+                watch_timeout_s=self._watch_timeout_s, connect_timeout_s=self._connect_timeout_s,
+                backoff_min_s=self._backoff_min_s, backoff_max_s=self._backoff_max_s,
+            )
+            self._reflectors = [
+                _Reflector("deployments", self._apps.list_namespaced_deployment, self._namespace, loop,
+                           self._on_deployment_event, **common),
+                _Reflector("endpointslices", self._discovery.list_namespaced_endpoint_slice, self._namespace, loop,
+                           self._on_slice_event, **common),
+            ]
+            for r in self._reflectors:
+                r.start()
+
+    async def aclose(self) -> None:
+        """Stop the watches and join their threads. Deployments keep running (see collect_garbage)."""
+        self._closed = True
+        for r in self._reflectors:
+            r.stop()
+        for r in self._reflectors:
+            if not await asyncio.to_thread(r.join, self._connect_timeout_s + 5):
+                log.warning("watch thread did not exit", extra={"watch": r.name})
+
+    # ---- Backend protocol ---------------------------------------------------------------------------
+
+    async def scale(self, workload: KubeWorkload | Workload, instances: int) -> None:
+        """Converge the revision's Deployment to `instances` replicas; no API request when already there.
+
+        The first call creates the Service and the Deployment (at `instances`, unless 0: a revision never
+        created stays absent). Later calls patch the scale subresource only when the cached spec.replicas
+        (from ferry's own last write or the Deployment watch, whichever is newer) differs.
+        """
+        if self._closed:
+            raise RuntimeError("backend is closed")
+        if instances < 0:
+            raise ValueError(f"instances must be >= 0, got {instances}")
+        wl = self._as_kube(workload)
+        self._ensure_watching()
+        self._workloads[wl.revision] = wl
+        self._stopping.discard(wl.revision)
+        if self._known_replicas(wl.revision) == instances:
+            return
+        async with self._lock(wl.revision):
+            current = self._known_replicas(wl.revision)
+            if current == instances:
+                return
+            if current is not None:
+                try:
+                    await self._set_scale(wl.revision, instances)
+                    return
+                except ApiException as e:
+                    if e.status != 404:
+                        raise
+                    # deleted behind our back (the watch will say so too): create it again
+                    self._deployments.pop(wl.revision, None)
+                    self._written.pop(wl.revision, None)
+            if instances > 0:
+                await self._create(wl, instances)
+
+    def endpoints(self, revision: str) -> tuple[Endpoint, ...]:
+        return self._published.get(revision, ())
+
+    def counts(self, revision: str) -> InstanceCounts:
+        """ready = published endpoints; total = desired replicas (spec); started is not tracked (0)."""
+        return InstanceCounts(ready=len(self._published.get(revision, ())), total=self._known_replicas(revision) or 0)
+
+    def instances(self, revision: str) -> tuple[InstanceInfo, ...]:
+        """One entry per pod address in the revision's EndpointSlices (not-ready and terminating included).
+
+        log_path is not a file: it names the pod (`kubectl logs` reads it).
+        """
+        out = []
+        stopping = revision in self._stopping
+        seen: set[tuple[str, int]] = set()
+        for entry in self._slices.values():
+            if entry.revision != revision:
+                continue
+            for addr, port, ready, terminating, pod in entry.addresses:
+                if (addr, port) in seen:
+                    continue
+                seen.add((addr, port))
+                out.append((addr, port, ready, terminating, pod))
+        out.sort()
+        return tuple(
+            InstanceInfo(
+                index=i,
+                pid=None,
+                endpoint=Endpoint(addr, port),
+                ready=ready and not terminating and not stopping,
+                stopping=terminating or stopping,
+                restarts=0,
+                log_path=Path(f"pods/{self._namespace}/{pod or addr}"),
+            )
+            for i, (addr, port, ready, terminating, pod) in enumerate(out, start=1)
+        )
+
+    async def stop(self, revision: str) -> None:
+        """Leave EDS first, drain every endpoint that was published, then scale to 0 and delete."""
+        self._stopping.add(revision)
+        previous = self._published.get(revision, ())
+        self._publish(revision)  # -> () while stopping
+        wl = self._workloads.get(revision)
+        timeout = wl.timeout_s if wl else 300.0
+        if self._drain is not None and previous:
+            await asyncio.gather(*(self._drain_one(revision, ep, timeout) for ep in previous))
+        async with self._lock(revision):
+            if self._known_replicas(revision) not in (None, 0):
+                try:
+                    await self._set_scale(revision, 0)
+                except ApiException as e:
+                    if e.status != 404:
+                        raise
+            await self._delete("deployment", revision)
+            await self._delete("service", revision)
+            self._written.pop(revision, None)
+            self._deployments.pop(revision, None)
+            self._workloads.pop(revision, None)
+
+    async def collect_garbage(self, keep: set[str]) -> list[str]:
+        """Delete the Deployments and Services labelled managed-by ferry, carrying our owner annotation, whose
+        revision is not in `keep`. Returns "kind/name" of what was deleted."""
+        deleted: list[str] = []
+        deps = await self._call(self._apps.list_namespaced_deployment, self._namespace, label_selector=SELECTOR)
+        svcs = await self._call(self._core.list_namespaced_service, self._namespace, label_selector=SELECTOR)
+        for kind, items in (("deployment", deps.get("items") or []), ("service", svcs.get("items") or [])):
+            for obj in items:
+                meta = obj.get("metadata") or {}
+                name = meta.get("name")
+                if not name or (meta.get("annotations") or {}).get(ANNOTATION_OWNER) != self.owner:
+                    continue
+                revision = (meta.get("labels") or {}).get(LABEL_REVISION, name)
+                if revision in keep:
+                    continue
+                if kind == "deployment" and self._published.get(revision):
+                    self._stopping.add(revision)
+                    self._publish(revision)
+                await self._delete(kind, name)
+                deleted.append(f"{kind}/{name}")
+        return deleted
+
+    # ---- API calls ----------------------------------------------------------------------------------
+
+    def _retrying(self, retry: Callable[[BaseException], bool]) -> tenacity.AsyncRetrying:
+        return tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception(retry),
+            wait=tenacity.wait_exponential(multiplier=self._backoff_min_s, min=self._backoff_min_s,
+                                           max=self._backoff_max_s),
+            stop=tenacity.stop_after_delay(self._api_retry_s),
+            reraise=True,
+            before_sleep=lambda rs: log.info(
+                "kubernetes API call failed, retrying",
+                extra={"error": _reason(rs.outcome.exception()), "attempt": rs.attempt_number},
+            ),
+        )
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """A blocking client call in a worker thread, transient errors retried with backoff; the answer as JSON.
+
+        Raw JSON, not the client's models: ferry reads a few fields, and the models' strict validation would
+        turn a field they do not know into a failure.
+        """
+        kwargs.setdefault("_request_timeout", self._request_timeout)
+        kwargs["_preload_content"] = False
+        async for attempt in self._retrying(_transient):
+            with attempt:
+                return await asyncio.to_thread(_json_call, fn, *args, **kwargs)
+        raise AssertionError("unreachable")
+
+    async def _create(self, wl: KubeWorkload, replicas: int) -> None:
+        try:
+            await self._call(self._core.create_namespaced_service, self._namespace,
+                             service_manifest(wl, owner=self.owner))
+        except ApiException as e:
+            if e.status != 409:
+                raise
+        try:
+            created = await self._call(self._apps.create_namespaced_deployment, self._namespace,
+                                       deployment_manifest(wl, owner=self.owner, replicas=replicas))
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            # AlreadyExists (a previous ferry, or a create whose answer was lost): adopt it if it is ours.
+            existing = await self._call(self._apps.read_namespaced_deployment, wl.revision, self._namespace)
+            owner = (existing.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_OWNER)
+            if owner != self.owner:
+                raise RuntimeError(f"deployment {wl.revision} exists and is not owned by {self.owner!r} "
+                                   f"(owner: {owner!r})") from e
+            existing_replicas = existing.get("spec", {}).get("replicas", 1)
+            self._note_write(wl.revision, existing["metadata"].get("resourceVersion"), existing_replicas)
+            if existing_replicas != replicas:
+                await self._set_scale(wl.revision, replicas)
+            return
+        self._note_write(wl.revision, created["metadata"].get("resourceVersion"), replicas)
+        log.info("deployment created", extra={"revision": wl.revision, "replicas": replicas})
+
+    async def _set_scale(self, revision: str, replicas: int) -> None:
+        """Patch deployments/scale; on 409 Conflict re-read the Scale and re-apply on its resourceVersion."""
+        scale = await self._call_conflict_safe(revision, replicas)
+        self._note_write(revision, scale.get("metadata", {}).get("resourceVersion"), replicas)
+        log.info("deployment scaled", extra={"revision": revision, "replicas": replicas})
+
+    async def _call_conflict_safe(self, revision: str, replicas: int) -> Any:
+        first = True
+        async for attempt in self._retrying(_conflict):
+            with attempt:
+                if first:
+                    first = False
+                    return await self._call(self._apps.patch_namespaced_deployment_scale, revision, self._namespace,
+                                            {"spec": {"replicas": replicas}})
+                current = await self._call(self._apps.read_namespaced_deployment_scale, revision, self._namespace)
+                current_rv = current.get("metadata", {}).get("resourceVersion")
+                log.info("scale conflict, re-applying",
+                         extra={"revision": revision, "replicas": replicas, "resource_version": current_rv})
+                body = {"apiVersion": "autoscaling/v1", "kind": "Scale",
+                        "metadata": {"name": revision, "namespace": self._namespace, "resourceVersion": current_rv},
+                        "spec": {"replicas": replicas}}
+                return await self._call(self._apps.replace_namespaced_deployment_scale, revision, self._namespace,
+                                        body)
+        raise AssertionError("unreachable")
+
+    async def _delete(self, kind: str, name: str) -> None:
+        fn = self._apps.delete_namespaced_deployment if kind == "deployment" else self._core.delete_namespaced_service
+        try:
+            await self._call(fn, name, self._namespace, propagation_policy="Background")
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            return
+        log.info("deleted", extra={"kind": kind, "name": name})
+
+    # ---- caches (on the loop) -----------------------------------------------------------------------
+
+    def _as_kube(self, workload: KubeWorkload | Workload) -> KubeWorkload:
+        if isinstance(workload, KubeWorkload):
+            return workload
+        image = workload.image or self._default_image
+        if image is None:
+            raise TypeError(f"revision {workload.revision}: a Kubernetes workload needs an image")
+        return kube_workload(
+            workload, image=image, port=workload.port or 8080, args=workload.args, resources=workload.resources
+        )
+
+    def _lock(self, revision: str) -> asyncio.Lock:
+        lock = self._locks.get(revision)
+        if lock is None:
+            lock = self._locks[revision] = asyncio.Lock()
+        return lock
+
+    def _note_write(self, revision: str, resource_version: str | None, replicas: int) -> None:
+        try:
+            rv = int(resource_version or 0)
+        except ValueError:
+            rv = 0
+        self._written[revision] = (rv, replicas)
+
+    def _known_replicas(self, revision: str) -> int | None:
+        """spec.replicas as last seen: our own last write or the watch, whichever is newer; None = no Deployment."""
+        dep = self._deployments.get(revision)
+        written = self._written.get(revision)
+        if dep is None:
+            return written[1] if written else None
+        if written and written[0] > _rv(dep):
+            return written[1]
+        replicas = dep.get("spec", {}).get("replicas")
+        return 1 if replicas is None else int(replicas)
+
+    def _ours(self, obj: Mapping[str, Any]) -> bool:
+        return (obj.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_OWNER) == self.owner
+
+    def _on_deployment_event(self, kind: str, payload: Any) -> None:
+        if kind == "SYNC":
+            items, list_rv = payload
+            self._deployments = {o["metadata"]["name"]: o for o in items if self._ours(o)}
+            for name, (written_rv, _) in list(self._written.items()):
+                if name not in self._deployments and written_rv <= list_rv:
+                    self._written.pop(name, None)  # deleted behind our back since our last write
+            return
+        name = payload.get("metadata", {}).get("name")
+        if not name or not self._ours(payload):
+            return
+        if kind == "DELETED":
+            self._deployments.pop(name, None)
+            written = self._written.get(name)
+            if written is not None and written[0] <= _rv(payload):
+                self._written.pop(name, None)
+        else:
+            self._deployments[name] = payload
+
+    def _on_slice_event(self, kind: str, payload: Any) -> None:
+        touched: set[str] = set()
+        if kind == "SYNC":
+            touched.update(e.revision for e in self._slices.values())
+            self._slices = {}
+            for obj in payload[0]:
+                entry = _parse_slice(obj)
+                if entry is not None:
+                    self._slices[obj["metadata"]["name"]] = entry
+                    touched.add(entry.revision)
+            touched.update(self._published)
+        else:
+            name = payload.get("metadata", {}).get("name")
+            old = self._slices.pop(name, None)
+            if old is not None:
+                touched.add(old.revision)
+            if kind != "DELETED":
+                entry = _parse_slice(payload)
+                if entry is not None:
+                    self._slices[name] = entry
+                    touched.add(entry.revision)
+        for revision in sorted(touched):
+            self._publish(revision)
+
+    def _ready_endpoints(self, revision: str) -> tuple[Endpoint, ...]:
+        if revision in self._stopping:
+            return ()
+        eps = {
+            Endpoint(addr, port)
+            for entry in self._slices.values() if entry.revision == revision
+            for addr, port, ready, terminating, _ in entry.addresses if ready and not terminating
+        }
+        return tuple(sorted(eps))
+
+    def _publish(self, revision: str) -> None:
+        eps = self._ready_endpoints(revision)
+        if eps == self._published.get(revision, ()):
+            return
+        if eps:
+            self._published[revision] = eps
+        else:
+            self._published.pop(revision, None)
+        try:
+            self._on_endpoints(revision, eps)
+        except Exception:
+            log.exception("on_endpoints callback failed: revision=%s", revision)
+
+    async def _drain_one(self, revision: str, ep: Endpoint, timeout: float) -> None:
+        assert self._drain is not None
+        try:
+            async with asyncio.timeout(timeout):
+                await self._drain(revision, ep)
+        except TimeoutError:
+            log.warning("drain timed out", extra={"revision": revision, "endpoint": str(ep), "after_s": timeout})
+        except Exception:
+            log.exception("drain hook failed", extra={"revision": revision, "endpoint": str(ep)})
+
+
+
+def api_client_for(kubeconfig: str | None, context: str | None, base_dir: Path) -> k8s.ApiClient:
+    """The API client for routes.yaml's backend: its kubeconfig (relative to the routes file, ~ expanded) and
+    context; without one, the in-cluster service account when running in a pod, else ~/.kube/config."""
+    from kubernetes import config
+
+    if kubeconfig is None:
+        try:
+            config.load_incluster_config()
+            return k8s.ApiClient()
+        except config.ConfigException:
+            kubeconfig = "~/.kube/config"
+    path = (base_dir / Path(kubeconfig).expanduser()).resolve()
+    if not path.exists():
+        raise OSError(f"kubeconfig {path} does not exist: point backend.kubeconfig at one, or run ferry in a pod")
+    return config.new_client_from_config(config_file=str(path), context=context)
