@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="how long a retired revision's cluster stays on the gateways")
     up.add_argument("--activator", type=_hostport, default=HostPort("127.0.0.1", 8012),
                     help="where the activator listens (holds requests for revisions at zero)")
+    up.add_argument("--advertise-activator", type=_hostport, metavar="HOST:PORT",
+                    help="the activator's address as gateways reach it (default: --activator; in a pod, its IP)")
+    up.add_argument("--retain-revisions", type=_positive_int, default=10, metavar="N",
+                    help="backend kubernetes: stopped revisions kept (at 0 replicas) per service before deletion")
     up.add_argument("--queue-limit", type=_positive_int, default=10_000, metavar="N",
                     help="requests the activator holds per revision before answering 503")
     up.add_argument("--autoscale-tick", type=_positive_float, default=2.0, metavar="SECONDS",
@@ -102,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     traffic.add_argument("--reset", action="store_true", help="back to the file's traffic block")
     traffic.add_argument("--api", default=DEFAULT_API)
 
+    manifests = sub.add_parser("manifests", help="print Kubernetes manifests that run ferry and its gateways")
+    manifests.add_argument("--namespace", required=True, help="where ferry, its gateways and the revisions run")
+    manifests.add_argument("--image", default="ferry:latest", help="ferry's container image (deploy/Dockerfile)")
+    manifests.add_argument("--gateways", type=_positive_int, default=2, metavar="N", help="gateway replicas")
+
     boot = sub.add_parser("bootstrap", help="print an Envoy bootstrap that connects a gateway to ferry")
     boot.add_argument("--node-id", default="gateway-1")
     boot.add_argument("--group", default="default", help="node.cluster: gateways of one group share a snapshot")
@@ -113,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     commands = {"up": _up, "apply": _apply, "validate": _validate, "status": _status, "bootstrap": _bootstrap,
-                "rollout": _rollout, "revisions": _revisions, "traffic": _traffic}
+                "rollout": _rollout, "revisions": _revisions, "traffic": _traffic,
+                "manifests": _manifests}
     return commands[args.command](args)
 
 
@@ -127,6 +137,7 @@ def _up(args) -> int:
         run_envoy=not args.no_envoy, delta=not args.sotw, watch=not args.no_watch,
         test_hooks=args.test_hooks, cluster_linger_s=args.cluster_linger,
         activator=args.activator, queue_limit=args.queue_limit, autoscale_tick_s=args.autoscale_tick,
+        advertise_activator=args.advertise_activator, retained_revisions=args.retain_revisions,
     )
     try:
         asyncio.run(Daemon(options).run())
@@ -398,6 +409,13 @@ def _bootstrap(args) -> int:
         import yaml
 
         print(yaml.safe_dump(config, sort_keys=False), end="")
+    return 0
+
+
+def _manifests(args) -> int:
+    from .manifests import manifests, render
+
+    print(render(manifests(args.namespace, image=args.image, gateway_replicas=args.gateways)), end="")
     return 0
 
 

@@ -106,21 +106,25 @@ class Controller:
         gateways: GatewayRegistry,
         *,
         activator: Activator,
+        activator_address: HostPort | None = None,
         local_admins: Iterable[EnvoyAdmin] = (),
         cluster_linger_s: float = 10.0,
         sync_timeout_s: float = 10.0,
         autoscale_tick_s: float = 2.0,
+        retained_revisions: int = 10,
     ):
         self.store = store
         self.cache = cache
         self.gateways = gateways
         self.backend = backend_factory(self._on_endpoints, self._drain)
         self.activator = activator
+        self.activator_address = activator_address  # as gateways reach it; None: where it listens
         self.local_admins = list(local_admins)
         self.autoscaler = Autoscaler(
             self, Sources(admins=self.gateway_admins, activator=activator.stats), tick_s=autoscale_tick_s
         )
         self.cluster_linger_s = cluster_linger_s
+        self.retained_revisions = retained_revisions  # per service, for a backend that keeps stopped revisions
         self.sync_timeout_s = sync_timeout_s
         self.loaded: LoadedRoutes | None = None
         self.plan: RevisionPlan | None = None
@@ -408,6 +412,7 @@ class Controller:
         if runtime.workload is not None:
             await self.backend.stop(runtime.name)
         log.info("revision stopped", extra={"revision": runtime.name})
+        await self._collect_garbage()
         # Envoy does not swap routes and clusters atomically: keep the cluster a while (net-kourier: 15 s).
         await asyncio.sleep(self.cluster_linger_s)
         if runtime.retiring and self.revisions.get(runtime.name) is runtime:
@@ -417,6 +422,23 @@ class Controller:
             self._put(xds.CLUSTER, runtime.cluster, None)
             self._put(xds.ENDPOINT, runtime.cluster, None)
             self._publish()
+
+    async def _collect_garbage(self) -> None:
+        """A backend that keeps stopped revisions (Kubernetes: Deployments at 0) deletes all but the newest
+        `retained_revisions` of each service, and never one that is still wanted."""
+        collect = getattr(self.backend, "collect_garbage", None)
+        if collect is None:
+            return
+        keep = {name for name, runtime in self.revisions.items() if not runtime.retiring}
+        for service in self.services:
+            keep |= {r.name for r in self.store.revisions(service)[-self.retained_revisions:]}
+        try:
+            deleted = await collect(keep)
+        except Exception as err:  # the API may be down; the next retirement tries again
+            log.warning("garbage collection failed", extra={"error": str(err)})
+            return
+        if deleted:
+            log.info("old revisions deleted", extra={"deleted": ", ".join(deleted)})
 
     async def _publish_and_sync(self) -> None:
         self._publish()
@@ -461,8 +483,8 @@ class Controller:
             self._became_ready(runtime)
 
     def _put_endpoints(self, runtime: RevisionRuntime) -> None:
-        activator = Endpoint(self.activator.host, self.activator.port)
-        endpoints = (activator,) if runtime.activator_in_path else runtime.endpoints
+        address = self.activator_address or HostPort(self.activator.host, self.activator.port)
+        endpoints = (Endpoint(address.host, address.port),) if runtime.activator_in_path else runtime.endpoints
         self._put(xds.ENDPOINT, runtime.cluster, xds.load_assignment(runtime.cluster, endpoints))
 
     def _became_ready(self, runtime: RevisionRuntime) -> None:

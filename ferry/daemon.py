@@ -46,6 +46,8 @@ class DaemonOptions:
     cluster_linger_s: float = 10.0
     node_id: str = "ferry-local"
     activator: HostPort = HostPort("127.0.0.1", 8012)
+    advertise_activator: HostPort | None = None  # what EDS tells gateways, when they cannot use `activator`
+    retained_revisions: int = 10  # Kubernetes: stopped revisions kept per service
     queue_limit: int = 10_000
     autoscale_tick_s: float = 2.0
 
@@ -111,9 +113,11 @@ class Daemon:
             cache,
             gateways,
             activator=activator,
+            activator_address=options.advertise_activator,
             local_admins=[envoy.admin] if envoy else [],
             cluster_linger_s=options.cluster_linger_s,
             autoscale_tick_s=options.autoscale_tick_s,
+            retained_revisions=options.retained_revisions,
         )
         cache.on_new_group = controller.listener_for_group  # each group's listener is the controller's call
         applies = Counter("ferry_config_applies", "routes.yaml applications", ["result"], registry=self.registry)
@@ -214,7 +218,7 @@ class Daemon:
 
             api_client = api_client_for(backend.kubeconfig, backend.context, loaded.base_dir)
             return lambda on_endpoints, drain: KubernetesBackend(
-                on_endpoints, drain=drain, namespace=backend.namespace, api_client=api_client
+                on_endpoints, drain=drain, namespace=backend.namespace, api_client=api_client, retain=True
             )
         return lambda on_endpoints, drain: LocalProcessBackend(on_endpoints, drain=drain, log_dir=workdir / "logs")
 

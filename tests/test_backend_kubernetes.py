@@ -403,3 +403,16 @@ async def test_aclose_joins_watch_threads_even_mid_backoff(fake, make_backend):
 
 
 
+
+
+async def test_stop_with_retain_keeps_the_deployment_at_zero_for_a_quick_way_back(fake, make_backend, recorder):
+    b = make_backend(retain=True)
+    await b.start()
+    await b.scale(wl(), 2)
+    await b.stop("hello-00001")
+    assert deployment(fake, "hello-00001")["spec"]["replicas"] == 0
+    assert not [r for r in fake.requests if r.method == "DELETE"]
+    mark = len(fake.requests)
+    await b.scale(wl(), 1)  # back into the traffic: one scale call, nothing created
+    assert [(r.method, r.path.rsplit("/", 2)[-2]) for r in fake.requests_since(mark)] == [("PATCH", "hello-00001")]
+    assert await b.collect_garbage(keep=set()) == ["deployment/hello-00001", "service/hello-00001"]

@@ -108,7 +108,7 @@ async def test_revisions_run_as_deployments_and_serve_through_envoy(ferry, tmp_p
             "users": [{"name": "fake", "user": {"token": "t"}}],
             "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": "default"}}],
         }))
-        f = ferry()
+        f = ferry(extra=("--retain-revisions", "1"))
         async with Kubelet(fake):
 
             def routes(message: str) -> None:
@@ -139,8 +139,12 @@ services:
             routes("v2")  # a new revision: a new Deployment; traffic moves once its slice says ready
             await wait_until(lambda: _serves(f, "hello-00002"), 60, f"hello-00002; log:\n{f.log_text}")
             assert fake.get("deployments", "hello-00002")["spec"]["replicas"] == 1
+            # Out of the traffic: drained and scaled to zero, then (only the newest revision retained here)
+            # garbage-collected.
             await wait_until(lambda: fake.get("deployments", "hello-00001") is None, 60,
-                             "the retired revision's Deployment to be deleted")
+                             f"the retired revision's Deployment to be deleted; log:\n{f.log_text}")
+            scaled = [r.path for r in fake.requests if r.method == "PATCH" and "hello-00001/scale" in r.path]
+            assert scaled, "scaled to zero before deletion"
     finally:
         await fake.close()
 

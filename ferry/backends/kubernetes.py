@@ -425,6 +425,7 @@ class KubernetesBackend:
         api_client: k8s.ApiClient,
         owner: str = "ferry",
         default_image: str | None = None,
+        retain: bool = False,
         watch_timeout_s: int = 300,
         connect_timeout_s: float = 5.0,
         request_timeout_s: float = 30.0,
@@ -441,6 +442,7 @@ class KubernetesBackend:
         self._discovery = k8s.DiscoveryV1Api(api_client)
         self.owner = owner
         self._default_image = default_image
+        self._retain = retain  # stop() leaves the Deployment at 0 replicas; collect_garbage() deletes it later
         self._watch_timeout_s = watch_timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._request_timeout = (connect_timeout_s, request_timeout_s)
@@ -565,7 +567,8 @@ class KubernetesBackend:
         )
 
     async def stop(self, revision: str) -> None:
-        """Leave EDS first, drain every endpoint that was published, then scale to 0 and delete."""
+        """Leave EDS first, drain every endpoint that was published, then scale to 0 and delete (with `retain`:
+        keep the Deployment at 0, so the revision comes back with one scale call until garbage collection)."""
         self._stopping.add(revision)
         previous = self._published.get(revision, ())
         self._publish(revision)  # -> () while stopping
@@ -580,6 +583,8 @@ class KubernetesBackend:
                 except ApiException as e:
                     if e.status != 404:
                         raise
+            if self._retain:
+                return
             await self._delete("deployment", revision)
             await self._delete("service", revision)
             self._written.pop(revision, None)
