@@ -228,3 +228,16 @@ def test_objects_round_trip_through_the_kubernetes_models():
     for obj in manifests("ferry"):
         model = api._ApiClient__deserialize(obj, f"V1{obj['kind']}")  # the client's own typed deserializer
         assert api.sanitize_for_serialization(model) == obj, obj["kind"]
+
+
+def test_ferry_args_parse_as_ferry_up(monkeypatch):
+    """The container's args are a valid `ferry up` command line once Kubernetes has expanded $(POD_IP)."""
+    import ferry.cli
+
+    seen = []
+    monkeypatch.setattr(ferry.cli, "_up", lambda args: seen.append(args) or 0)
+    args = [a.replace("$(POD_IP)", "10.0.0.7") for a in container(docs(), "ferry")["args"]]
+    assert ferry.cli.main(args) == 0
+    (parsed,) = seen
+    assert parsed.no_envoy and str(parsed.advertise_activator) == "10.0.0.7:8012"
+    assert str(parsed.routes) == "/etc/ferry/routes.yaml" and str(parsed.state) == "/var/lib/ferry/state.db"

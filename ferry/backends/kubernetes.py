@@ -120,6 +120,9 @@ def _labels(wl: KubeWorkload) -> dict[str, str]:
     return {LABEL_SERVICE: wl.service, LABEL_REVISION: wl.revision, LABEL_MANAGED_BY: MANAGED_BY}
 
 
+PRE_STOP_DRAIN_S = 5
+
+
 def deployment_manifest(wl: KubeWorkload, *, owner: str, replicas: int) -> dict[str, Any]:
     """The Deployment ferry creates for a revision (plain JSON, as sent to the API)."""
     env = [
@@ -142,6 +145,10 @@ def deployment_manifest(wl: KubeWorkload, *, owner: str, replicas: int) -> dict[
         "ports": [{"name": PORT_NAME, "containerPort": wl.port, "protocol": "TCP"}],
         "env": env,
         "readinessProbe": probe,
+        # A pod the Deployment controller picks for a scale-down turns terminating, which takes it out of ferry's
+        # EDS at once; waiting a moment before SIGTERM lets every gateway drop it and finish what it sent
+        # (the sleep action needs Kubernetes 1.30+).
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_DRAIN_S}}},
     }
     if wl.command is not None:
         container["command"] = list(wl.command)
