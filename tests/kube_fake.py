@@ -7,6 +7,8 @@ Speaks just the parts of the API ferry uses, through the real `kubernetes` clien
 - v1 services: list, watch, create, get, delete.
 - discovery.k8s.io/v1 endpointslices: list and watch; tests write them with `put_slice`/`delete_slice`,
   standing in for the EndpointSlice controller.
+- coordination.k8s.io/v1 leases: get, create (409 AlreadyExists), put with metadata.resourceVersion
+  precondition (409 Conflict on mismatch), delete (and list/watch/merge patch, like the others).
 
 resourceVersion semantics are the real ones in miniature: one global counter, every object carries the
 version of its last write, lists return the current version, a watch from version N replays every later
@@ -26,6 +28,7 @@ import copy
 import json
 import re
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,11 +37,13 @@ from aiohttp import web
 APPS = "/apis/apps/v1/namespaces/{ns}/deployments"
 CORE_SVC = "/api/v1/namespaces/{ns}/services"
 SLICES = "/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
 
 KINDS = {
     "deployments": ("apps/v1", "Deployment"),
     "services": ("v1", "Service"),
     "endpointslices": ("discovery.k8s.io/v1", "EndpointSlice"),
+    "leases": ("coordination.k8s.io/v1", "Lease"),
 }
 
 
@@ -47,6 +52,7 @@ class Recorded:
     method: str
     path: str
     query: dict[str, str]
+    at: float = field(default_factory=time.monotonic, compare=False)  # arrival, time.monotonic()
 
     @property
     def watch(self) -> bool:
@@ -144,7 +150,8 @@ class FakeKubeAPI:
 
     async def start(self) -> None:
         app = web.Application(middlewares=[self._middleware])
-        for res, base in (("deployments", APPS), ("services", CORE_SVC), ("endpointslices", SLICES)):
+        for res, base in (("deployments", APPS), ("services", CORE_SVC), ("endpointslices", SLICES),
+                          ("leases", LEASES)):
             coll = base.replace("{ns}", "{ns}")
             app.router.add_route("GET", coll, self._h_list(res))
             app.router.add_route("POST", coll, self._h_create(res))
