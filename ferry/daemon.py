@@ -226,18 +226,28 @@ class Daemon:
     async def _watch(path: Path, apply_text, watching: asyncio.Event) -> None:
         """Re-apply on every save. Watching the folder survives editors that save by rename.
 
-        The watcher yields on a short idle timeout too: its first yield proves it is registered, and then
-        the file is read once more, so a save made while ferry was starting is not missed."""
+        The file's own folder and, when it is a symlink, its target's folder are watched: a Kubernetes
+        ConfigMap volume updates by swapping the `..data` symlink in the mounted folder (the file itself is a
+        symlink through it), so any `..`-named entry changing there means "read the file again" (an unchanged
+        text costs nothing). The watcher yields on a short idle timeout too: its first yield proves it is
+        registered, and then the file is read once more, so a save made while ferry was starting is not missed."""
         from watchfiles import Change, awatch
 
-        target = path.resolve()
+        target = path.absolute()
+        names = {target, target.resolve()}
+        folders = sorted({str(p.parent) for p in names})
+
+        def touches(kind: Change, changed: str) -> bool:
+            changed_path = Path(changed)
+            return (changed_path in names and kind != Change.deleted) or changed_path.name.startswith("..")
+
         async for changes in awatch(
-            target.parent, debounce=10, step=5, recursive=False, rust_timeout=100, yield_on_timeout=True
+            *folders, debounce=10, step=5, recursive=False, rust_timeout=100, yield_on_timeout=True
         ):
             if not watching.is_set():
                 watching.set()
                 changes = {(Change.modified, str(target))}
-            if any(Path(p) == target and kind != Change.deleted for kind, p in changes):
+            if any(touches(kind, p) for kind, p in changes):
                 try:
                     await apply_text(target)
                 except ConfigError:

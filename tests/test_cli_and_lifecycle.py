@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import textwrap
 import signal
 import subprocess
 import sys
@@ -204,3 +205,27 @@ async def test_a_save_made_while_ferry_starts_is_applied(ferry):
     await f.start()  # returns as soon as the API answers, before the file watch is surely registered
     f.write_routes(hello("v2"))
     await wait_until(lambda: _latest_ready(f, "hello-00002"), 30, "the save made during start-up")
+
+
+async def test_a_configmap_style_update_through_a_swapped_symlink_is_applied(ferry, tmp_path):
+    """Kubernetes mounts a ConfigMap as routes.yaml -> ..data/routes.yaml, ..data -> ..<timestamp>/, and
+    updates it by writing a new timestamped folder and renaming a new ..data symlink over the old one."""
+    f = ferry(envoy=False)
+    mount = tmp_path / "configmap"
+    mount.mkdir()
+
+    def publish(version: str, message: str) -> None:
+        text = f"gateway:\n  listen: 127.0.0.1:{f.gateway_port}\n  domain: localhost\nservices:\n"
+        text += textwrap.indent(textwrap.dedent(hello(message)).strip("\n"), "  ") + "\n"
+        (mount / version).mkdir()
+        (mount / version / "routes.yaml").write_text(text)
+        (mount / "..data_tmp").symlink_to(version)
+        os.replace(mount / "..data_tmp", mount / "..data")
+
+    publish("..v1", "v1")
+    (mount / "routes.yaml").symlink_to("..data/routes.yaml")
+    f.routes = mount / "routes.yaml"
+    await f.start()
+    await wait_until(lambda: _latest_ready(f, "hello-00001"), 30, "the first revision")
+    publish("..v2", "v2")
+    await wait_until(lambda: _latest_ready(f, "hello-00002"), 30, f"the ConfigMap update; log:\n{f.log_text}")
