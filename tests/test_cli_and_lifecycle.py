@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import textwrap
 import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import aiohttp
