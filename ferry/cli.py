@@ -65,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="where the activator listens (holds requests for revisions at zero)")
     up.add_argument("--advertise-activator", type=_hostport, metavar="HOST:PORT",
                     help="the activator's address as gateways reach it (default: --activator; in a pod, its IP)")
+    up.add_argument("--leader-elect", action="store_true",
+                    help="backend kubernetes: run only while holding the Lease (several replicas: one active, the rest standby)")
+    up.add_argument("--lease-duration", type=_positive_float, default=15.0, metavar="SECONDS",
+                    help="how long a dead leader's Lease blocks a standby (client-go: 15)")
     up.add_argument("--retain-revisions", type=_positive_int, default=10, metavar="N",
                     help="backend kubernetes: stopped revisions kept (at 0 replicas) per service before deletion")
     up.add_argument("--queue-limit", type=_positive_int, default=10_000, metavar="N",
@@ -138,6 +142,7 @@ def _up(args) -> int:
         test_hooks=args.test_hooks, cluster_linger_s=args.cluster_linger,
         activator=args.activator, queue_limit=args.queue_limit, autoscale_tick_s=args.autoscale_tick,
         advertise_activator=args.advertise_activator, retained_revisions=args.retain_revisions,
+        leader_elect=args.leader_elect, lease_duration_s=args.lease_duration,
     )
     try:
         asyncio.run(Daemon(options).run())

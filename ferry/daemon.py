@@ -48,6 +48,8 @@ class DaemonOptions:
     activator: HostPort = HostPort("127.0.0.1", 8012)
     advertise_activator: HostPort | None = None  # what EDS tells gateways, when they cannot use `activator`
     retained_revisions: int = 10  # Kubernetes: stopped revisions kept per service
+    leader_elect: bool = False  # Kubernetes: wait for the Lease before doing anything (active/standby replicas)
+    lease_duration_s: float = 15.0
     queue_limit: int = 10_000
     autoscale_tick_s: float = 2.0
 
@@ -88,6 +90,52 @@ class Daemon:
                 pass
 
         loaded = load_routes(options.routes)  # a bad file at start-up is the user's first error: fail loudly
+        if not options.leader_elect:
+            await self._serve(loaded, stop, lost=None)
+            return
+        leadership = await self._lead(loaded, stop)
+        if leadership is None:
+            return  # asked to stop while standing by
+        elector, lost = leadership
+        try:
+            await self._serve(loaded, stop, lost=lost)
+        finally:
+            await elector.release()  # after everything stopped writing: a standby takes over at once
+
+    async def _lead(self, loaded, stop: asyncio.Event) -> tuple[object, asyncio.Event] | None:
+        """Active/standby: only the replica holding the Lease runs ferry; the others wait here (not ready, so a
+        Kubernetes Service sends gateways to the leader). Returns None when asked to stop while waiting."""
+        from .backends.kube_lease import LeaseElector
+
+        backend = loaded.spec.backend
+        if backend.kind != "kubernetes":
+            raise OSError("--leader-elect needs backend: kubernetes in the routes file (the Lease lives in its namespace)")
+        from .backends.kubernetes import api_client_for
+
+        duration = self.options.lease_duration_s
+        lost = asyncio.Event()
+        elector = LeaseElector(
+            api_client_for(backend.kubeconfig, backend.context, loaded.base_dir), backend.namespace,
+            duration_s=duration, renew_every_s=duration / 5, retry_every_s=min(2.0, duration / 5),
+            on_stopped_leading=lost.set,
+        )
+        task = asyncio.create_task(elector.run(), name="leader election")
+        log.info("standing by for the leader lease", extra={"identity": elector.identity, "lease": backend.namespace + "/ferry"})
+        leading = asyncio.create_task(elector.wait_leading())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({leading, stopping, task}, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in (leading, stopping):
+            waiter.cancel()
+        if not elector.is_leader:
+            await elector.release()
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise RuntimeError(f"leader election failed: {task.exception()}")
+            return None
+        log.info("leading", extra={"identity": elector.identity})
+        return elector, lost
+
+    async def _serve(self, loaded, stop: asyncio.Event, *, lost: asyncio.Event | None) -> None:
+        options = self.options
         workdir = options.state_path.parent
         store = RevisionStore(options.state_path)
         gateways = GatewayRegistry()
@@ -190,7 +238,15 @@ class Daemon:
             )
             if envoy:
                 supervise_task = asyncio.create_task(envoy.supervise(), name="supervise envoy")
-            await stop.wait()
+            waits = {asyncio.create_task(stop.wait())}
+            if lost is not None:
+                waits.add(asyncio.create_task(lost.wait()))
+            _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in pending:
+                waiter.cancel()
+            if lost is not None and lost.is_set() and not stop.is_set():
+                # client-go's advice: a replica that lost the lease stops, and comes back as a standby.
+                raise RuntimeError("lost the leader lease: stopping so that only the new leader writes")
         finally:
             for task in (watch_task, supervise_task, autoscale_task, rollout_task):
                 if task:

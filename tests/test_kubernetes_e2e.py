@@ -154,3 +154,50 @@ async def _serves(f, revision: str) -> bool:
         return await count_revisions(f.gateway, "hello.localhost", 10, concurrency=2) == {revision: 10}
     except aiohttp.ClientError:
         return False
+
+
+async def test_a_standby_replica_takes_over_when_the_leader_dies(ferry, tmp_path):
+    fake = FakeKubeAPI()
+    await fake.start()
+    try:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
+            "users": [{"name": "fake", "user": {"token": "t"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+        }))
+        elect = ("--leader-elect", "--lease-duration", "2")
+        leader, standby = ferry(extra=elect), ferry(extra=elect)  # one folder: one routes file, one state
+        standby.gateway_port = leader.gateway_port  # the gateway a Service would send clients to
+        leader.routes.write_text(f"""\
+gateway: {{listen: 127.0.0.1:{leader.gateway_port}, domain: localhost}}
+backend: {{kind: kubernetes, kubeconfig: {kubeconfig}}}
+services:
+  hello:
+    template:
+      image: example/hello:1
+      command: [{sys.executable}, {HELLO_APP}]
+      readiness: {{path: /healthz}}
+      scale: {{min: 1, burstCapacity: 0}}
+""")
+        async with Kubelet(fake):
+            await leader.start()
+            await leader.wait_converged()
+            assert await count_revisions(leader.gateway, "hello.localhost", 20) == {"hello-00001": 20}
+            holder = fake.get("leases", "ferry")["spec"]["holderIdentity"]
+            assert holder.endswith(f"-{leader.proc.pid}"), holder
+
+            taking_over = asyncio.create_task(standby.start())  # returns once its API answers: when it leads
+            # While the leader renews, the standby waits (its API is not even up, so it is never ready).
+            done, _ = await asyncio.wait({taking_over}, timeout=3)
+            assert not done, "the standby started while the leader held the lease"
+
+            await leader.kill()  # no release: the standby must wait out the lease
+            await taking_over
+            await standby.wait_converged()
+            assert await count_revisions(standby.gateway, "hello.localhost", 20) == {"hello-00001": 20}
+            lease = fake.get("leases", "ferry")["spec"]
+            assert lease["holderIdentity"].endswith(f"-{standby.proc.pid}") and lease["leaseTransitions"] == 1
+    finally:
+        await fake.close()
