@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -77,13 +76,7 @@ async def watch_to_traffic(fake: FakeKubeAPI, changes: int) -> list[float]:
     procs = Processes()
     workdir = Path(tempfile.mkdtemp(prefix="ferry-bench-kubernetes-"))
     gateway, api_port, xds, admin, activator = (free_port() for _ in range(5))
-    kubeconfig = workdir / "kubeconfig"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-        "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
-        "users": [{"name": "fake", "user": {"token": "t"}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
-    }))
+    kubeconfig = fake.write_kubeconfig(workdir / "kubeconfig")
     (workdir / "routes.yaml").write_text(
         f"gateway: {{listen: 127.0.0.1:{gateway}, domain: localhost}}\n"
         f"backend: {{kind: kubernetes, kubeconfig: {kubeconfig}}}\n"

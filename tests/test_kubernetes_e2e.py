@@ -10,7 +10,6 @@ process answers its readiness path.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 
@@ -101,13 +100,7 @@ async def test_revisions_run_as_deployments_and_serve_through_envoy(ferry, tmp_p
     fake = FakeKubeAPI()
     await fake.start()
     try:
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
-            "users": [{"name": "fake", "user": {"token": "t"}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": "default"}}],
-        }))
+        kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
         f = ferry(extra=("--retain-revisions", "1"))
         async with Kubelet(fake):
 
@@ -160,13 +153,7 @@ async def test_a_standby_replica_takes_over_when_the_leader_dies(ferry, tmp_path
     fake = FakeKubeAPI()
     await fake.start()
     try:
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
-            "users": [{"name": "fake", "user": {"token": "t"}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
-        }))
+        kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
         elect = ("--leader-elect", "--lease-duration", "2")
         leader, standby = ferry(extra=elect), ferry(extra=elect)  # one folder: one routes file, one state
         standby.gateway_port = leader.gateway_port  # the gateway a Service would send clients to

@@ -114,18 +114,11 @@ async def scrape(admins: Iterable[EnvoyAdmin]) -> dict[str, dict[str, ClusterCou
     admins = list(admins)
     # usedonly: a cluster that never had a request has no stats to send (idle revisions cost nothing).
     path = f"/stats?format=json&usedonly&filter={quote(STATS_FILTER, safe='')}"
-    answers = await asyncio.gather(*(_fetch(a, path) for a in admins), return_exceptions=True)
+    answers = await asyncio.gather(*(a.fetch(path, SCRAPE_TIMEOUT_S) for a in admins), return_exceptions=True)
     out: dict[str, dict[str, ClusterCounters]] = {}
     for admin, answer in zip(admins, answers, strict=True):
         if isinstance(answer, BaseException):
             log.debug("gateway stats unavailable", extra={"admin": f"{admin.host}:{admin.port}", "error": str(answer)})
             continue
-        out[f"{admin.host}:{admin.port}"] = answer
+        out[f"{admin.host}:{admin.port}"] = parse_cluster_stats(answer)
     return out
-
-
-async def _fetch(admin: EnvoyAdmin, path: str) -> dict[str, ClusterCounters]:
-    status, body = await asyncio.wait_for(admin.get(path), SCRAPE_TIMEOUT_S)
-    if status != 200:
-        raise RuntimeError(f"admin /stats answered {status}")
-    return parse_cluster_stats(body)

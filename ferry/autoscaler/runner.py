@@ -11,9 +11,10 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Iterable, Mapping, Protocol
+from typing import Callable, Iterable, Mapping, Protocol
 
 from ..envoy.admin import EnvoyAdmin
+from ..periodic import every
 from . import metrics
 from .decision import Settings
 from .scaler import (
@@ -170,22 +171,9 @@ class Autoscaler:
     async def run(self) -> None:
         """Scrape every `scrape_s` and decide every `tick_s` until cancelled; errors are logged, not fatal."""
         await asyncio.gather(
-            self._every(self.scrape_s, self.scrape_once, "scrape"),
-            self._every(self.tick_s, self.tick_once, "tick"),
+            every(self.scrape_s, self.scrape_once, log, "autoscaler scrape"),
+            every(self.tick_s, self.tick_once, log, "autoscaler tick"),
         )
-
-    async def _every(self, interval: float, step: Callable[[], Awaitable[None]], what: str) -> None:
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
-        while True:
-            try:
-                await step()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("autoscaler %s failed", what)
-            next_at = max(next_at + interval, loop.time())  # a slow step delays the next; no catch-up burst
-            await asyncio.sleep(next_at - loop.time())
 
     async def aclose(self) -> None:
         tasks = list(self._waking.values())

@@ -1,10 +1,8 @@
-"""Envoy admin API client: liveness, and the per-cluster stats the autoscaler and the drain read."""
+"""Envoy admin API client: liveness, and the stats the autoscaler and rollout analysis read."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 
 
 class EnvoyAdmin:
@@ -33,29 +31,12 @@ class EnvoyAdmin:
         except (OSError, asyncio.TimeoutError, ValueError, IndexError):
             return False
 
-    async def cluster_stats(self, names: list[str] | None = None, stats: tuple[str, ...] = ("upstream_rq_active",)) -> dict[str, dict[str, int]]:
-        """{cluster: {stat: value}} for counters and gauges, filtered on Envoy's side (cheap at any scale)."""
-        cluster_re = "|".join(re.escape(n) for n in names) if names else "[^.]+(?:/[^.]+)?"
-        filter_re = f"^cluster\\.({cluster_re})\\.({'|'.join(stats)})$"
-        status, body = await self.get(f"/stats?format=json&filter={_quote(filter_re)}")
+    async def fetch(self, path: str, timeout: float) -> bytes:
+        """The body of a 200 answer within `timeout` seconds in all; anything else raises."""
+        status, body = await asyncio.wait_for(self.get(path), timeout)
         if status != 200:
-            raise RuntimeError(f"envoy admin /stats answered {status}")
-        out: dict[str, dict[str, int]] = {}
-        pattern = re.compile(filter_re)
-        for stat in json.loads(body).get("stats", []):
-            if "value" not in stat:
-                continue
-            match = pattern.match(stat["name"])
-            if match:
-                out.setdefault(match.group(1), {})[match.group(2)] = stat["value"]
-        return out
-
-
-def _quote(value: str) -> str:
-    from urllib.parse import quote
-
-    return quote(value, safe="")
-
+            raise RuntimeError(f"envoy admin {path.split('?')[0]} answered {status}")
+        return body
 
 def _dechunk(body: bytes) -> bytes:
     out = bytearray()

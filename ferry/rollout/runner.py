@@ -6,13 +6,13 @@ The engine (machine.py) decides; this shell reads the gateways and hands every c
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple, Protocol
 
 from ..envoy.admin import EnvoyAdmin
+from ..periodic import every
 from . import machine
 from .stats import read_samples
 
@@ -66,14 +66,4 @@ class RolloutRunner:
                 )
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
-        while True:
-            try:
-                await self.observe_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("rollout step failed")
-            next_at = max(next_at + self.interval_s, loop.time())
-            await asyncio.sleep(next_at - loop.time())
+        await every(self.interval_s, self.observe_once, log, "rollout step")

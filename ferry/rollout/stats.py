@@ -77,7 +77,7 @@ async def read_samples(admins: Iterable[EnvoyAdmin], clusters: list[str]) -> dic
     if not clusters or not admins:
         return None
     path = stats_path(clusters)
-    answers = await asyncio.gather(*(_fetch(a, path) for a in admins), return_exceptions=True)
+    answers = await asyncio.gather(*(a.fetch(path, FETCH_TIMEOUT_S) for a in admins), return_exceptions=True)
     total: dict[str, Sample] | None = None
     for admin, answer in zip(admins, answers, strict=True):
         if isinstance(answer, BaseException):
@@ -86,10 +86,3 @@ async def read_samples(admins: Iterable[EnvoyAdmin], clusters: list[str]) -> dic
         samples = parse_samples(answer, clusters)
         total = samples if total is None else {c: add(total[c], samples[c]) for c in clusters}
     return total
-
-
-async def _fetch(admin: EnvoyAdmin, path: str) -> bytes:
-    status, body = await asyncio.wait_for(admin.get(path), FETCH_TIMEOUT_S)
-    if status != 200:
-        raise RuntimeError(f"admin /stats answered {status}")
-    return body
