@@ -561,6 +561,7 @@ class Controller:
             self._rollout_spec(service), service=service.name, stable=stable, candidate=candidate, now=time.time()
         )
         service.rollout = rollout
+        service.rollback_ms = None  # belongs to the rollout it measured
         self.store.save_rollout(service.name, rollout.to_json())
         self._protect(stable)
         log.info("rollout started", extra={"service": service.name, "strategy": rollout.strategy,
@@ -627,6 +628,7 @@ class Controller:
             self.store.clear_result(rollout.candidate)
             service.failed.discard(rollout.candidate)
             following = machine.retry(rollout, self._rollout_spec(service), now=now)
+            service.rollback_ms = None
             self._protect(following.stable)
         elif rollout is None or not rollout.active:
             raise ValueError(f"service {service_name} has no rollout in progress")

@@ -142,6 +142,7 @@ async def test_a_revision_answering_20_percent_500s_is_rolled_back_at_the_first_
         return (state["candidate"], state["stable"], state["phase"]) == ("hello-00003", V1, "progressing")
 
     await wait_until(fresh_rollout, 30, f"a fresh rollout; log:\n{f.log_text}")
+    assert (await rollout(f))["rollback_ms"] is None  # the last rollout's rollback is not this one's
 
 
 async def _cli(*args: str, ok: bool = True) -> str:
