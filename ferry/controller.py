@@ -468,9 +468,14 @@ class Controller:
         if runtime.autoscaled:
             template = runtime.revision.template
             # The activator learns first: a request it holds may go to a new instance at once, and none
-            # goes to an instance that is leaving.
+            # goes to an instance that is leaving. Except when the whole revision is retiring: requests Envoy
+            # routed to it just before the route moved still reach the activator, and they have nowhere else
+            # to go, so its instances stay there until they stop (as Knative's activator keeps them).
             self.activator.set_revision(
-                runtime.name, endpoints, concurrency=template.concurrency, timeout_s=template.timeout
+                runtime.name,
+                self._live_endpoints(runtime) if runtime.retiring else endpoints,
+                concurrency=template.concurrency,
+                timeout_s=template.timeout,
             )
             # A retiring revision is routed nowhere: nothing should wake it.
             runtime.activator_in_path = not runtime.retiring and self._wants_activator(
@@ -481,6 +486,10 @@ class Controller:
         self._put_endpoints(runtime)
         if runtime.routable and not was_routable:
             self._became_ready(runtime)
+
+    def _live_endpoints(self, runtime: RevisionRuntime) -> tuple[Endpoint, ...]:
+        """Instances still running, draining ones included."""
+        return tuple(i.endpoint for i in self.backend.instances(runtime.name) if i.endpoint and i.alive)
 
     def _put_endpoints(self, runtime: RevisionRuntime) -> None:
         address = self.activator_address or HostPort(self.activator.host, self.activator.port)

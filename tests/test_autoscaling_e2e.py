@@ -197,3 +197,35 @@ async def test_scaling_down_under_steady_load_loses_nothing(ferry):
     events = (await revision(f))["autoscaling"]["scale_events"]
     assert any(e["to"] < e["from"] for e in events), events
     assert burst.failures == 0 and steady.failures == 0, (burst.bad, steady.bad)
+
+
+async def test_a_late_request_for_a_retiring_revision_is_still_answered_by_its_draining_instance(ferry):
+    """Envoy may route a request to a revision just before the route moves on; if it lands at the activator
+    after the revision began to stop, the draining instance answers it (it has nowhere else to go)."""
+    f = ferry(extra=TICK)
+    f.write_routes(hello("{initial: 1}", LATENCY_MS=1500))
+    await started(f)
+    async with aiohttp.ClientSession() as session:
+        in_flight = asyncio.create_task(request(session, f))  # keeps hello-00001's instance draining
+        await wait_until(lambda: _app_busy(f), 10, "the slow request to reach the instance")
+        f.write_routes(hello("{initial: 1}"))  # hello-00002: the route moves, hello-00001 retires and drains
+
+        async def draining() -> bool:
+            r = await revision(f)
+            return r["state"] == "retiring" and any(i["stopping"] for i in r["instances"])
+
+        await wait_until(draining, 30, f"hello-00001 to drain; log:\n{f.log_text}")
+        late = {"Host": "hello.localhost", "ferry-revision": REVISION}
+        async with session.get(f"http://127.0.0.1:{f.activator_port}/", headers=late) as response:
+            assert (response.status, await response.text()) == (200, f"{REVISION}: hi\n")
+        assert (await in_flight)[:2] == (200, f"{REVISION}: hi\n")
+
+
+async def _app_busy(f: FerryProcess) -> bool:
+    instances = (await revision(f))["instances"]
+    async with aiohttp.ClientSession() as session:
+        for instance in instances:
+            async with session.get(f"http://{instance['endpoint']}/stats") as response:
+                if (await response.json())["inflight"] >= 1:
+                    return True
+    return False

@@ -64,6 +64,7 @@ class InstanceInfo:
     stopping: bool
     restarts: int
     log_path: Path
+    alive: bool = True  # its process (or pod) still runs: a draining instance may still answer
 
 
 class Backend(Protocol):

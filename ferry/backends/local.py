@@ -177,6 +177,7 @@ class LocalProcessBackend:
             InstanceInfo(
                 index=i.index,
                 pid=i.proc.pid if i.alive else None,
+                alive=i.alive,
                 endpoint=i.endpoint,
                 ready=i.ready and not i.stopping,
                 stopping=i.stopping,
