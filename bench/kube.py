@@ -11,6 +11,8 @@ Prints numbers; it is not a test. Usage:
    pinned at one replica. Two local processes stand in for pods A and B; each round the bench replaces the
    revision's EndpointSlice (B ready, A gone, or back), which the fake streams to ferry's watch at once, and
    times until the gateway answers from the new pod. Target: <= 50 ms.
+3. The same with two replicas (--leader-elect, each in its own folder) and the gateway connected to the
+   follower: the change reaches the gateway through the follower's mirror of the leader's xDS state.
 """
 
 from __future__ import annotations
@@ -72,10 +74,24 @@ def start_pod(procs: Processes, message: str) -> int:
     return port
 
 
-async def watch_to_traffic(fake: FakeKubeAPI, changes: int) -> list[float]:
+def start_ferry(procs: Processes, workdir: Path, name: str, *extra: str) -> tuple[int, int]:
+    """`ferry up` in its own folder (its own SQLite); returns its (xds, api) ports."""
+    api_port, xds, admin, activator = (free_port() for _ in range(4))
+    log_file = open(workdir / f"{name}.log", "wb")
+    procs.start(name, [
+        sys.executable, "-m", "ferry", "up", str(workdir / "routes.yaml"), "-q", "--api", f"127.0.0.1:{api_port}",
+        "--xds", f"127.0.0.1:{xds}", "--admin", f"127.0.0.1:{admin}", "--activator", f"127.0.0.1:{activator}",
+        *extra,
+    ], stdout=log_file, stderr=log_file, cwd=workdir)
+    return xds, api_port
+
+
+async def watch_to_traffic(fake: FakeKubeAPI, changes: int, *, replicas: bool = False) -> list[float]:
+    """`replicas`: two ferrys elect a leader; the gateway is connected to the follower, so each change also
+    crosses the follower's mirror of the leader's state."""
     procs = Processes()
     workdir = Path(tempfile.mkdtemp(prefix="ferry-bench-kubernetes-"))
-    gateway, api_port, xds, admin, activator = (free_port() for _ in range(5))
+    gateway = free_port()
     kubeconfig = fake.write_kubeconfig(workdir / "kubeconfig")
     (workdir / "routes.yaml").write_text(
         f"gateway: {{listen: 127.0.0.1:{gateway}, domain: localhost}}\n"
@@ -86,11 +102,27 @@ async def watch_to_traffic(fake: FakeKubeAPI, changes: int) -> list[float]:
     timings = []
     try:
         pods = {"a": start_pod(procs, "a"), "b": start_pod(procs, "b")}
-        log_file = open(workdir / "ferry.log", "wb")
-        procs.start("ferry", [
-            sys.executable, "-m", "ferry", "up", str(workdir / "routes.yaml"), "-q", "--api", f"127.0.0.1:{api_port}",
-            "--xds", f"127.0.0.1:{xds}", "--admin", f"127.0.0.1:{admin}", "--activator", f"127.0.0.1:{activator}",
-        ], stdout=log_file, stderr=log_file, cwd=workdir)
+        if not replicas:
+            start_ferry(procs, workdir, "ferry")
+        else:
+            elect = ("--leader-elect", "--advertise", "127.0.0.1", "--no-envoy")
+            start_ferry(procs, workdir, "leader", *elect)
+            while (lease := fake.get("leases", "ferry")) is None or not lease["spec"].get("holderIdentity"):
+                await asyncio.sleep(0.05)
+            follower_dir = workdir / "follower"
+            follower_dir.mkdir()
+            (follower_dir / "routes.yaml").write_text((workdir / "routes.yaml").read_text())
+            follower_xds, _ = start_ferry(procs, follower_dir, "follower", *elect)
+            config = workdir / "gateway.yaml"
+            config.write_text(subprocess.run(
+                [sys.executable, "-m", "ferry", "bootstrap", "--node-id", "gateway-on-follower",
+                 "--xds", f"127.0.0.1:{follower_xds}", "--admin", f"127.0.0.1:{free_port()}"],
+                check=True, capture_output=True, text=True).stdout)
+            from ferry.envoy.process import envoy_binary
+
+            procs.start("envoy", [envoy_binary(), "-c", str(config), "--log-level", "warning"],
+                        stdout=subprocess.DEVNULL, stderr=open(workdir / "envoy.log", "wb"))
+        deadline = time.monotonic() + 60
         deadline = time.monotonic() + 60
         while fake.get("services", "hello-00001") is None:
             if time.monotonic() > deadline:
@@ -140,6 +172,11 @@ async def main(args) -> None:
         fake.objects["services"].clear()
         timings = await watch_to_traffic(fake, args.changes)
         print(f"2. EndpointSlice change -> the gateway answers from the new pod ({len(timings)} changes): "
+              f"median {statistics.median(timings):.1f} ms, max {max(timings):.1f} ms (target <= 50 ms)")
+        for kind in ("deployments", "services", "leases"):
+            fake.objects[kind].clear()
+        timings = await watch_to_traffic(fake, args.changes, replicas=True)
+        print(f"3. The same, the gateway connected to a follower replica (leader -> follower's mirror -> gateway): "
               f"median {statistics.median(timings):.1f} ms, max {max(timings):.1f} ms (target <= 50 ms)")
     finally:
         await fake.close()

@@ -66,9 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--advertise-activator", type=_hostport, metavar="HOST:PORT",
                     help="the activator's address as gateways reach it (default: --activator; in a pod, its IP)")
     up.add_argument("--leader-elect", action="store_true",
-                    help="backend kubernetes: run only while holding the Lease (several replicas: one active, the rest standby)")
+                    help="backend kubernetes, several replicas: the one holding the Lease scales and writes; the "
+                         "others serve its xDS state to their gateways and forward the API to it")
+    up.add_argument("--advertise", metavar="HOST",
+                    help="the host other replicas and gateways reach this one at (in a pod: $(POD_IP)); also the "
+                         "activator's host in EDS unless --advertise-activator says otherwise")
     up.add_argument("--lease-duration", type=_positive_float, default=15.0, metavar="SECONDS",
-                    help="how long a dead leader's Lease blocks a standby (client-go: 15)")
+                    help="how long a dead leader's Lease blocks a follower from taking over (client-go: 15)")
     up.add_argument("--retain-revisions", type=_positive_int, default=10, metavar="N",
                     help="backend kubernetes: stopped revisions kept (at 0 replicas) per service before deletion")
     up.add_argument("--queue-limit", type=_positive_int, default=10_000, metavar="N",
@@ -114,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     manifests.add_argument("--namespace", required=True, help="where ferry, its gateways and the revisions run")
     manifests.add_argument("--image", default="ferry:latest", help="ferry's container image (deploy/Dockerfile)")
     manifests.add_argument("--gateways", type=_positive_int, default=2, metavar="N", help="gateway replicas")
+    manifests.add_argument("--replicas", type=_positive_int, default=2, metavar="N",
+                           help="ferry replicas (one leads; all serve xDS)")
 
     boot = sub.add_parser("bootstrap", help="print an Envoy bootstrap that connects a gateway to ferry")
     boot.add_argument("--node-id", default="gateway-1")
@@ -142,7 +148,7 @@ def _up(args) -> int:
         test_hooks=args.test_hooks, cluster_linger_s=args.cluster_linger,
         activator=args.activator, queue_limit=args.queue_limit, autoscale_tick_s=args.autoscale_tick,
         advertise_activator=args.advertise_activator, retained_revisions=args.retain_revisions,
-        leader_elect=args.leader_elect, lease_duration_s=args.lease_duration,
+        leader_elect=args.leader_elect, lease_duration_s=args.lease_duration, advertise=args.advertise,
     )
     try:
         asyncio.run(Daemon(options).run())
@@ -420,7 +426,8 @@ def _bootstrap(args) -> int:
 def _manifests(args) -> int:
     from .manifests import manifests, render
 
-    print(render(manifests(args.namespace, image=args.image, gateway_replicas=args.gateways)), end="")
+    print(render(manifests(args.namespace, image=args.image, gateway_replicas=args.gateways,
+                           replicas=args.replicas)), end="")
     return 0
 
 

@@ -146,8 +146,20 @@ class Controller:
         self._tasks: set[asyncio.Task] = set()
         self.rollouts = RolloutRunner(self, self.gateway_admins)
         self._protected: dict[str, int] = {}  # a rollout's stable revision -> the scale it keeps at least
+        self._owned: dict[str, set[str]] = {t: set() for t in xds.PUSH_ORDER}  # what this controller published
+        self._replica_gateways: dict[str, tuple[float, list[dict]]] = {}  # replica -> (expires, its gateways)
 
     # -- applying a routes file -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Before the first apply. A backend that outlives ferry (Kubernetes) is read first: the revision
+        history recorded there is taken in, so a new leader (or a pod that lost its emptyDir) names templates
+        as the last one did, and what already runs is adopted at its scale with its endpoints."""
+        share = getattr(self.backend, "share_history", None)
+        if share is not None:
+            log.info("reading the revision history recorded on the Deployments")
+            added = await share(self.store)
+            log.info("revision history read", extra={"revisions_added": added})
 
     async def apply(self, loaded: LoadedRoutes) -> None:
         """Validate against the revision history, then converge. Raises ConfigError and changes nothing."""
@@ -384,10 +396,13 @@ class Controller:
         if workload is None:
             self._set_endpoints(runtime, tuple(Endpoint(h, p) for h, p in template.endpoints))
         else:
-            state = self.autoscaler.track(name, self._settings(revision))
+            # A backend that outlives ferry (Kubernetes) may already run it: adopt its scale and endpoints.
+            running = getattr(self.backend, "replicas", None)
+            adopted = running(name) if running is not None else None
+            state = self.autoscaler.track(name, self._settings(revision), adopted=adopted)
             runtime.instances = state.scale
             runtime.proven = state.scale == 0  # Knative: a revision that starts at zero is ready at once
-            self._set_endpoints(runtime, ())
+            self._set_endpoints(runtime, self.backend.endpoints(name) if adopted else ())
             await self.backend.scale(workload, runtime.instances)
         log.info("revision started", extra={"revision": name, "instances": runtime.instances})
 
@@ -762,11 +777,28 @@ class Controller:
         """The activator holds a request for a revision with no ready instance."""
         self.autoscaler.poke(revision)
 
+    def report_gateways(self, replica: str, gateways: list[dict], ttl_s: float) -> None:
+        """What a follower replica serves: its gateways count for autoscaling and status until `ttl_s` passes
+        without a new report (a follower that died takes its gateways' reports with it)."""
+        self._replica_gateways[replica] = (time.monotonic() + ttl_s, gateways)
+
+    def _live_replica_gateways(self) -> list[tuple[str, dict]]:
+        now = time.monotonic()
+        for replica in [r for r, (expires, _) in self._replica_gateways.items() if expires < now]:
+            del self._replica_gateways[replica]
+        return [(r, g) for r, (_, gateways) in self._replica_gateways.items() for g in gateways]
+
+    def _replica_gateways_status(self) -> list[dict]:
+        return [{**gateway, "via": replica} for replica, gateway in self._live_replica_gateways()]
+
     def gateway_admins(self) -> list[EnvoyAdmin]:
-        """Every gateway that told us its admin address, and our own Envoy: the autoscaler's sources."""
+        """Every gateway that told us its admin address (directly, or through a follower replica), and our own
+        Envoy: the autoscaler's and the rollout analysis' sources."""
         admins = {(a.host, a.port): a for a in self.local_admins}
-        for stream in list(self.gateways.streams):
-            address = stream.node.metadata.get(ADMIN_METADATA_KEY) if stream.node is not None else None
+        addresses = [stream.node.metadata.get(ADMIN_METADATA_KEY) if stream.node is not None else None
+                     for stream in list(self.gateways.streams)]
+        addresses += [gateway.get("admin") for _, gateway in self._live_replica_gateways()]
+        for address in addresses:
             if address:
                 try:
                     parsed = HostPort.parse(address)
@@ -779,6 +811,32 @@ class Controller:
 
     def _put(self, type_url: str, name: str, body: bytes | None) -> None:
         self._pending[type_url][name] = None if body is None else Resource.of(name, body)
+        if body is None:
+            self._owned[type_url].discard(name)
+        else:
+            self._owned[type_url].add(name)
+
+    def drop_inherited_later(self) -> None:
+        """After taking over a cache another leader filled (a follower's mirror, which gateways stay connected
+        to): once the first apply published this controller's state, what only the old leader published goes,
+        after the same linger as a retired revision's cluster (a request may still be on its way to it)."""
+
+        async def drop() -> None:
+            await asyncio.sleep(self.cluster_linger_s)
+            async with self._lock:
+                stores = self.cache.group(SnapshotCache.DEFAULT).stores
+                inherited = {t: set(stores[t].entries) - self._owned[t]
+                             for t in xds.PUSH_ORDER if t != xds.LISTENER}  # listeners: listener_for_group's
+                for type_url, names in inherited.items():
+                    for name in names:
+                        self._pending[type_url][name] = None
+                dropped = sum(len(names) for names in inherited.values())
+                self._publish()
+            if dropped:
+                log.info("dropped what the previous leader published and this one does not",
+                         extra={"resources": dropped})
+
+        self._spawn(drop(), "drop inherited resources")
 
     def _publish(self) -> None:
         if self._latest_ready_unsaved:
@@ -820,6 +878,13 @@ class Controller:
         override = metadata.get(LISTEN_METADATA_KEY)
         self._group_listen[group] = HostPort.parse(override) if override else None
         return {xds.LISTENER: {xds.LISTENER_NAME: self._listener_resource(group)}}
+
+    def adopt_groups(self) -> None:
+        """Taking over a cache whose groups another leader specialised: their listen addresses are in their
+        snapshot keys (see snapshot_key), so the first publish keeps each gateway's own listener."""
+        for snapshot in list(self.cache.groups()):
+            if "@" in snapshot.name and snapshot.name not in self._group_listen:
+                self._group_listen[snapshot.name] = HostPort.parse(snapshot.name.split("@", 1)[1])
 
     def _listener_resource(self, group: str) -> Resource:
         listen = self._group_listen.get(group) or (
@@ -872,7 +937,7 @@ class Controller:
             },
             "services": services,
             "revisions": revision_status,
-            "gateways": self.gateways.status(),
+            "gateways": self.gateways.status() + self._replica_gateways_status(),
         }
 
     def _service_status(self, service: ServiceRuntime) -> dict:

@@ -2,8 +2,8 @@
 
 Pure functions: `manifests()` returns the objects as dicts, `render()` writes them as multi-document YAML.
 Everything is namespaced (ServiceAccount, Role, RoleBinding, ConfigMaps, Deployments, Services); ferry needs
-nothing cluster-wide. The Role is exactly the Kubernetes backend's RBAC_RULES plus the Lease verbs a future
-leader election will need.
+nothing cluster-wide. The Role is exactly the Kubernetes backend's RBAC_RULES plus the Lease verbs of leader
+election: ferry runs as REPLICAS pods, one leading (it scales and writes), every one serving xDS.
 
 The gateway bootstrap comes from ferry.envoy.bootstrap, post-processed here (that module is for local gateways):
 - the xDS cluster points at the ferry Service's DNS name, so its type becomes STRICT_DNS (the builder writes
@@ -39,7 +39,7 @@ STATE_DIR = "/var/lib/ferry"
 BOOTSTRAP_DIR = "/etc/envoy"
 
 LEASE_RULE: dict[str, Any] = {
-    # leader election (not implemented yet: run 1 replica until it is)
+    # leader election (ferry/backends/kube_lease.py)
     "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"],
 }
 
@@ -57,7 +57,7 @@ def ferry_args() -> list[str]:
         "--xds", f"0.0.0.0:{XDS_PORT}",
         "--api", f"0.0.0.0:{API_PORT}",
         "--activator", f"0.0.0.0:{ACTIVATOR_PORT}",
-        "--advertise-activator", f"$(POD_IP):{ACTIVATOR_PORT}",
+        "--leader-elect", "--advertise", "$(POD_IP)",  # the leader's EDS names its own activator at its IP
         "--state", f"{STATE_DIR}/state.db",
     ]
 
@@ -88,11 +88,10 @@ def gateway_args() -> list[str]:
 def example_routes(namespace: str) -> str:
     return f"""\
 # ferry's routes, mounted from the ConfigMap {ROUTES_CONFIGMAP} at {ROUTES_DIR}/routes.yaml.
-# Revision history (names, latest revision) lives in SQLite at --state {STATE_DIR}/state.db, not beside this
-# file (a ConfigMap mount is read-only). In this Deployment that is an emptyDir: a new ferry pod starts a new
-# history; mount a PersistentVolumeClaim at {STATE_DIR} to keep it.
-# Editing the ConfigMap is not picked up by the running ferry: apply changes with `ferry apply` through the API
-# (kubectl port-forward svc/{NAME} {API_PORT}) or restart the Deployment.
+# Revision history (names, latest ready revision, rollouts) is recorded on the revisions' Deployments as
+# annotations, so any ferry pod (a new leader, or one whose emptyDir --state was lost) continues it.
+# Editing this ConfigMap is applied live (the leader watches the mounted file; kubelet updates it within a
+# minute); `ferry apply` through the API (kubectl port-forward svc/{NAME} {API_PORT}) is immediate.
 gateway:
   listen: 0.0.0.0:{GATEWAY_LISTEN_PORT}
   domain: example.com             # hello.example.com -> the hello service
@@ -121,7 +120,12 @@ def _downward_env() -> list[dict[str, Any]]:
     ]
 
 
-def manifests(namespace: str, *, image: str = "ferry:latest", gateway_replicas: int = 2) -> list[dict]:
+REPLICAS = 2
+
+
+def manifests(
+    namespace: str, *, image: str = "ferry:latest", gateway_replicas: int = 2, replicas: int = REPLICAS
+) -> list[dict]:
     """Every object ferry needs in `namespace`, in apply order."""
     ns = namespace
     control = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/component": "control-plane"}
@@ -155,19 +159,24 @@ def manifests(namespace: str, *, image: str = "ferry:latest", gateway_replicas: 
         {
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": _meta(NAME, ns, "control-plane", annotations={
-                NOTE: "one replica: two ferrys would both manage the revisions' Deployments; more replicas need "
-                      "leader election (the Role already allows its Leases). Recreate, not RollingUpdate, for the "
-                      "same reason. The state is an emptyDir: mount a PersistentVolumeClaim at "
-                      f"{STATE_DIR} to keep revision history across pods."}),
+                NOTE: "replicas elect a leader on the Lease ferry; all of them serve xDS (a follower mirrors the "
+                      "leader) and are ready once they hold the state, so the Service spreads gateways over them. "
+                      "A rolling update hands the lease over; revision history lives on the revisions' "
+                      "Deployments, so the emptyDir state may be lost."}),
             "spec": {
-                "replicas": 1,
-                "strategy": {"type": "Recreate"},
+                "replicas": replicas,
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
                 "selector": {"matchLabels": control},
                 "template": {
                     "metadata": {"labels": control},
                     "spec": {
                         "serviceAccountName": NAME,
                         "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
+                        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+                            "weight": 100,
+                            "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                                                "labelSelector": {"matchLabels": control}},
+                        }]}},
                         "containers": [{
                             "name": NAME,
                             "image": image,
@@ -178,8 +187,11 @@ def manifests(namespace: str, *, image: str = "ferry:latest", gateway_replicas: 
                                 {"name": "api", "containerPort": API_PORT, "protocol": "TCP"},
                                 {"name": "activator", "containerPort": ACTIVATOR_PORT, "protocol": "TCP"},
                             ],
-                            "readinessProbe": {"httpGet": {"path": "/healthz", "port": API_PORT},
-                                               "periodSeconds": 5},
+                            # ready = holds a whole state to serve (leader: applied; follower: mirrored)
+                            "readinessProbe": {"httpGet": {"path": "/readyz", "port": API_PORT},
+                                               "periodSeconds": 2},
+                            "livenessProbe": {"httpGet": {"path": "/healthz", "port": API_PORT},
+                                              "periodSeconds": 10, "failureThreshold": 6},
                             "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
                             "volumeMounts": [
                                 {"name": "routes", "mountPath": ROUTES_DIR, "readOnly": True},
@@ -202,11 +214,14 @@ def manifests(namespace: str, *, image: str = "ferry:latest", gateway_replicas: 
                 "ports": [
                     {"name": "grpc-xds", "port": XDS_PORT, "targetPort": "xds", "protocol": "TCP",
                      "appProtocol": "grpc"},
+                    # a follower forwards API requests to the leader
                     {"name": "http-api", "port": API_PORT, "targetPort": "api", "protocol": "TCP"},
-                    {"name": "http-activator", "port": ACTIVATOR_PORT, "targetPort": "activator",
-                     "protocol": "TCP"},
                 ],
             },
+        },
+        {
+            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _meta(NAME, ns, "control-plane"),
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": control}},
         },
         {
             "apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(GATEWAY, ns, "gateway"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from .ferry_process import FerryProcess
+from .kube_fixtures import api_client, fake, make_backend, recorder  # noqa: F401 - fixtures, by name
 
 
 @pytest.fixture
@@ -12,8 +13,8 @@ async def ferry(tmp_path):
     """Make `ferry up` processes in tmp_path; every one is stopped after the test, pass or fail."""
     processes: list[FerryProcess] = []
 
-    def make(**kwargs) -> FerryProcess:
-        process = FerryProcess(tmp_path, **kwargs)
+    def make(workdir=None, **kwargs) -> FerryProcess:
+        process = FerryProcess(workdir or tmp_path, **kwargs)
         processes.append(process)
         return process
 

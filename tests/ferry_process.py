@@ -98,6 +98,8 @@ class FerryProcess:
             if self.proc.returncode is not None:
                 raise AssertionError(f"ferry exited with {self.proc.returncode}:\n{self.log_text}") from None
             raise AssertionError(f"ferry's API stopped answering; log:\n{self.log_text}") from None
+        if "services" not in status:
+            return False  # e.g. 503 from a replica that does not lead yet
         return (
             all(s["routed"] for s in status["services"].values())
             and sum(1 for g in status["gateways"] if g["connected"]) >= gateways

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -15,82 +15,11 @@ k8s = pytest.importorskip("kubernetes.client")
 from ferry.backends.base import Endpoint, Workload  # noqa: E402
 from ferry.backends.kubernetes import (  # noqa: E402
     ANNOTATION_OWNER,
-    KubernetesBackend,
     KubeWorkload,
     kube_workload,
 )
 from tests.kube_fake import FakeKubeAPI  # noqa: E402
-
-NS = "default"
-
-
-async def wait_for(pred: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> None:
-    """Poll a condition on the loop (events arrive from watch threads; there is nothing finer to await)."""
-    async with asyncio.timeout(timeout):
-        while not pred():
-            await asyncio.sleep(0.005)
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, tuple[Endpoint, ...]]] = []
-        self.log: list[tuple[Any, ...]] = []  # endpoints changes and drains, in order
-
-    def __call__(self, revision: str, eps: tuple[Endpoint, ...]) -> None:
-        self.events.append((revision, eps))
-        self.log.append(("endpoints", revision, eps))
-
-    def last(self, revision: str) -> tuple[Endpoint, ...] | None:
-        for rev, eps in reversed(self.events):
-            if rev == revision:
-                return eps
-        return None
-
-
-@pytest.fixture
-async def fake():
-    f = FakeKubeAPI()
-    await f.start()
-    try:
-        yield f
-    finally:
-        await f.close()
-
-
-@pytest.fixture
-def api_client(fake: FakeKubeAPI):
-    cfg = k8s.Configuration()
-    cfg.host = fake.url
-    cfg.retries = 0  # ferry's own backoff is what is under test
-    api = k8s.ApiClient(cfg)
-    try:
-        yield api
-    finally:
-        api.close()
-
-
-@pytest.fixture
-def recorder() -> Recorder:
-    return Recorder()
-
-
-@pytest.fixture
-async def make_backend(api_client, recorder):
-    made: list[KubernetesBackend] = []
-
-    def make(**kwargs: Any) -> KubernetesBackend:
-        kwargs.setdefault("drain", None)
-        kwargs.setdefault("api_retry_s", 10.0)
-        b = KubernetesBackend(recorder, namespace=NS, api_client=api_client, **kwargs)
-        made.append(b)
-        return b
-
-    try:
-        yield make
-    finally:
-        for b in made:
-            await b.aclose()
-        assert not [t for t in threading.enumerate() if t.name.startswith("ferry-kube-")], "leaked watch threads"
+from tests.kube_fixtures import NS, wait_for  # noqa: E402
 
 
 def wl(revision: str = "hello-00001", **kw: Any) -> KubeWorkload:
@@ -156,9 +85,9 @@ async def test_scale_goes_through_the_scale_subresource_and_zero_keeps_the_deplo
     assert b.counts("hello-00001").total == 0
     await b.scale(wl(), 2)
     assert deployment(fake, "hello-00001")["spec"]["replicas"] == 2
-    # a revision never created stays absent at zero
+    # a revision started at zero still gets its Deployment (at 0): it records the revision's history
     await b.scale(wl("hello-00009"), 0)
-    assert deployment(fake, "hello-00009") is None
+    assert deployment(fake, "hello-00009")["spec"]["replicas"] == 0
 
 
 async def test_idempotent_scale_makes_no_api_request(fake, make_backend):

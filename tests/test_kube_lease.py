@@ -114,16 +114,6 @@ async def wait_for(pred: Callable[[], Any], timeout: float = 5.0) -> None:
             await asyncio.sleep(0.005)
 
 
-@pytest.fixture
-async def fake():
-    f = FakeKubeAPI()
-    await f.start()
-    try:
-        yield f
-    finally:
-        await f.close()
-
-
 class Replica:
     """One elector with its own API client, its run() task and a log of (monotonic time, event)."""
 

@@ -16,10 +16,13 @@ import sys
 import aiohttp
 import pytest
 
+from ferry.envoy.bootstrap import BootstrapOptions
+from ferry.envoy.process import EnvoyProcess
+
 from .ferry_process import HELLO_APP
 from .helpers import free_port, wait_until
 from .kube_fake import FakeKubeAPI
-from .load import count_revisions
+from .load import Load, count_revisions
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -32,15 +35,20 @@ class Kubelet:
         self.pods: dict[str, list[tuple[asyncio.subprocess.Process, int]]] = {}
         self._task: asyncio.Task | None = None
         self._probes: set[asyncio.Task] = set()
+        self._stopping = False
 
     async def __aenter__(self) -> Kubelet:
         self._task = asyncio.create_task(self._run())
         return self
 
     async def __aexit__(self, *exc) -> None:
-        for task in (self._task, *self._probes):
+        # Let the loop finish its round rather than cancel it mid-spawn (a pod started then would leak).
+        self._stopping = True
+        self.fake.changed.set()
+        await asyncio.gather(self._task, return_exceptions=True)
+        for task in self._probes:
             task.cancel()
-        await asyncio.gather(self._task, *self._probes, return_exceptions=True)
+        await asyncio.gather(*self._probes, return_exceptions=True)
         for pods in self.pods.values():
             for proc, _ in pods:
                 if proc.returncode is None:
@@ -48,7 +56,7 @@ class Kubelet:
                     await proc.wait()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             self.fake.changed.clear()
             for (_namespace, name), deployment in list(self.fake.objects["deployments"].items()):
                 await self._converge(name, deployment)
@@ -149,15 +157,26 @@ async def _serves(f, revision: str) -> bool:
         return False
 
 
-async def test_a_standby_replica_takes_over_when_the_leader_dies(ferry, tmp_path):
+async def test_replicas_serve_one_state_and_a_follower_takes_over_without_dropping_its_gateway(ferry, tmp_path):
+    """Two ferry replicas, each with its own state folder (its own SQLite, as with an emptyDir): the follower
+    serves the leader's xDS state to its own gateway, forwards the API, and reports that gateway to the leader;
+    when the leader is killed, the follower takes over with the same cache and the revision history the
+    leader recorded on the Deployments: its gateway stays connected and answers every request."""
     fake = FakeKubeAPI()
     await fake.start()
+    gateway = None
     try:
         kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
-        elect = ("--leader-elect", "--lease-duration", "2")
-        leader, standby = ferry(extra=elect), ferry(extra=elect)  # one folder: one routes file, one state
-        standby.gateway_port = leader.gateway_port  # the gateway a Service would send clients to
-        leader.routes.write_text(f"""\
+        # 6 s: the fake API shares this test's loop with the load below; on a loaded machine its answers to a lease
+        # renewal can lag by seconds, and a shorter lease would make the new leader step down.
+        elect = ("--leader-elect", "--lease-duration", "6", "--advertise", "127.0.0.1")
+        leader_dir, follower_dir = tmp_path / "a", tmp_path / "b"
+        leader_dir.mkdir(), follower_dir.mkdir()
+        leader = ferry(workdir=leader_dir, extra=elect)
+        follower = ferry(workdir=follower_dir, envoy=False, extra=elect)
+
+        def routes(message: str) -> None:
+            text = f"""\
 gateway: {{listen: 127.0.0.1:{leader.gateway_port}, domain: localhost}}
 backend: {{kind: kubernetes, kubeconfig: {kubeconfig}}}
 services:
@@ -165,26 +184,86 @@ services:
     template:
       image: example/hello:1
       command: [{sys.executable}, {HELLO_APP}]
+      env: {{MESSAGE: {message}}}
       readiness: {{path: /healthz}}
       scale: {{min: 1, burstCapacity: 0}}
-""")
+"""
+            for f in (leader, follower):  # one ConfigMap, mounted in every replica
+                tmp = f.routes.with_suffix(".tmp")
+                tmp.write_text(text)
+                os.replace(tmp, f.routes)
+
+        routes("v1")
         async with Kubelet(fake):
             await leader.start()
             await leader.wait_converged()
-            assert await count_revisions(leader.gateway, "hello.localhost", 20) == {"hello-00001": 20}
-            holder = fake.get("leases", "ferry")["spec"]["holderIdentity"]
-            assert holder.endswith(f"-{leader.proc.pid}"), holder
+            await follower.start()
+            await wait_until(lambda: _replica(follower, "mirror", "synced"), 30, f"mirror; log:\n{follower.log_text}")
+            assert await _replica(follower, "role") == "follower"
+            async with aiohttp.ClientSession() as session:  # ready: the Service may send it gateways
+                for f in (leader, follower):
+                    async with session.get(f"{f.api}/readyz") as response:
+                        assert response.status == 200, f.log_text
 
-            taking_over = asyncio.create_task(standby.start())  # returns once its API answers: when it leads
-            # While the leader renews, the standby waits (its API is not even up, so it is never ready).
-            done, _ = await asyncio.wait({taking_over}, timeout=3)
-            assert not done, "the standby started while the leader held the lease"
+            # A gateway of its own on the follower, listening on its own port (node metadata ferry.listen).
+            port = free_port()
+            gateway = EnvoyProcess(BootstrapOptions(
+                node_id="gateway-on-follower", xds_port=follower.xds_port, admin_port=free_port(),
+                listen=f"127.0.0.1:{port}"), follower_dir)
+            await gateway.start()
+            via_follower = f"http://127.0.0.1:{port}"
+            await wait_until(lambda: _serves_at(via_follower, "hello-00001"), 30, "the follower's gateway")
 
-            await leader.kill()  # no release: the standby must wait out the lease
-            await taking_over
-            await standby.wait_converged()
-            assert await count_revisions(standby.gateway, "hello.localhost", 20) == {"hello-00001": 20}
+            # The API of a follower is the leader's; the leader counts the follower's gateway for autoscaling.
+            status = await follower.status()
+            assert status["services"]["hello"]["latest_ready"] == "hello-00001"
+            await wait_until(lambda: _gateway_via(leader, "gateway-on-follower"), 10, "the follower's report")
+
+            routes("v2")  # the leader applies it; the follower's gateway follows through the mirror
+            await wait_until(lambda: _serves_at(via_follower, "hello-00002"), 60, f"v2; log:\n{leader.log_text}")
+            deployments = set(name for _, name in fake.objects["deployments"])
+
+            async with Load(via_follower, "hello.localhost", concurrency=2) as load:
+                await load.wait_for(50)
+                await leader.kill()  # no release: the follower waits out the lease, its gateway keeps serving
+                await wait_until(lambda: _replica(follower, "role", expect="leader"), 30,
+                                 f"takeover; log:\n{follower.log_text}")
+                await follower.wait_converged()
+                await load.wait_for(100)
+            assert load.failures == 0, load.bad
+            assert load.revisions.keys() == {"hello-00002"}
+
+            # The new leader continued the history it never wrote: same names, nothing created again.
+            status = await follower.status()
+            assert status["services"]["hello"]["latest_created"] == "hello-00002"
+            assert status["services"]["hello"]["latest_ready"] == "hello-00002"
+            assert set(name for _, name in fake.objects["deployments"]) == deployments
+            (connected,) = [g for g in status["gateways"] if g["node"] == "gateway-on-follower"]
+            assert connected["connected"] and connected["in_sync"]
+            assert len([g for g in status["gateways"] if g["node"] == "gateway-on-follower"]) == 1  # never reconnected
             lease = fake.get("leases", "ferry")["spec"]
-            assert lease["holderIdentity"].endswith(f"-{standby.proc.pid}") and lease["leaseTransitions"] == 1
+            assert lease["holderIdentity"].endswith(f"-{follower.proc.pid}") and lease["leaseTransitions"] == 1
     finally:
+        if gateway is not None:
+            await gateway.stop()
         await fake.close()
+
+
+async def _replica(f, *keys: str, expect=None):
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{f.api}/replica") as response:
+            value = await response.json()
+    for key in keys:
+        value = value[key]
+    return value == expect if expect is not None else value
+
+
+async def _gateway_via(f, node: str) -> bool:
+    return any(g["node"] == node and g.get("via") for g in (await f.status())["gateways"])
+
+
+async def _serves_at(url: str, revision: str) -> bool:
+    try:
+        return await count_revisions(url, "hello.localhost", 10, concurrency=2) == {revision: 10}
+    except aiohttp.ClientError:
+        return False

@@ -53,7 +53,7 @@ def test_render_is_multi_document_yaml_of_the_objects():
     assert docs() == objects
     assert [(o["kind"], o["metadata"]["name"]) for o in objects] == [
         ("ServiceAccount", "ferry"), ("Role", "ferry"), ("RoleBinding", "ferry"), ("ConfigMap", "ferry-routes"),
-        ("Deployment", "ferry"), ("Service", "ferry"), ("ConfigMap", "ferry-gateway"),
+        ("Deployment", "ferry"), ("Service", "ferry"), ("PodDisruptionBudget", "ferry"), ("ConfigMap", "ferry-gateway"),
         ("Deployment", "ferry-gateway"), ("Service", "ferry-gateway"),
     ]
     assert "&id" not in render(objects)  # no YAML anchors/aliases
@@ -66,8 +66,8 @@ def test_role_is_the_backends_rules_plus_leases_and_nothing_cluster_wide():
     binding = one(objects, "RoleBinding", "ferry")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "ferry"}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ferry", "namespace": "ferry"}]
-    manifests("ferry")[1]["rules"][0]["verbs"].append("patch")
-    assert "patch" not in RBAC_RULES[0]["verbs"]  # the objects hold copies
+    manifests("ferry")[1]["rules"][0]["verbs"].append("escalate")
+    assert "escalate" not in RBAC_RULES[0]["verbs"]  # the objects hold copies
 
 
 @pytest.mark.parametrize("namespace", ["ferry", "apps-2"])
@@ -86,8 +86,12 @@ def test_ferry_deployment():
     objects = docs(image="registry.example/ferry:1.2")
     deployment = one(objects, "Deployment", "ferry")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
-    assert "leader election" in deployment["metadata"]["annotations"]["ferry.dev/note"]
+    assert spec["replicas"] == 2 and spec["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    assert "leader" in deployment["metadata"]["annotations"]["ferry.dev/note"]
+    anti = spec["template"]["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["podAffinityTerm"]["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"]
+    budget = one(objects, "PodDisruptionBudget", "ferry")
+    assert budget["spec"] == {"maxUnavailable": 1, "selector": spec["selector"]}
     pod = spec["template"]["spec"]
     assert pod["serviceAccountName"] == "ferry"
     assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
@@ -95,11 +99,13 @@ def test_ferry_deployment():
     assert c["image"] == "registry.example/ferry:1.2"
     assert c["args"] == [
         "up", "/etc/ferry/routes.yaml", "--no-envoy", "--xds", "0.0.0.0:18000", "--api", "0.0.0.0:8090",
-        "--activator", "0.0.0.0:8012", "--advertise-activator", "$(POD_IP):8012", "--state", "/var/lib/ferry/state.db",
+        "--activator", "0.0.0.0:8012", "--leader-elect", "--advertise", "$(POD_IP)",
+        "--state", "/var/lib/ferry/state.db",
     ]
     assert env_of(c)["POD_IP"] == "status.podIP"  # defined in env, so Kubernetes expands $(POD_IP) in args
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"xds": 18000, "api": 8090, "activator": 8012}
-    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": 8090}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 8090}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 8090}
     assert c["resources"]["requests"]
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -109,7 +115,7 @@ def test_ferry_deployment():
     service = one(objects, "Service", "ferry")
     assert service["spec"]["type"] == "ClusterIP"
     assert service["spec"]["selector"] == spec["selector"]["matchLabels"]
-    assert {p["port"]: p["targetPort"] for p in service["spec"]["ports"]} == {18000: "xds", 8090: "api", 8012: "activator"}
+    assert {p["port"]: p["targetPort"] for p in service["spec"]["ports"]} == {18000: "xds", 8090: "api"}
 
 
 def test_example_routes_pass_ferry_validation(tmp_path):
@@ -212,10 +218,11 @@ def test_checked_in_manifest_is_current():
 
 
 def test_cli_options():
-    result = ferry_cli("manifests", "--namespace", "apps", "--image", "ferry:dev", "--gateways", "4")
+    result = ferry_cli("manifests", "--namespace", "apps", "--image", "ferry:dev", "--gateways", "4",
+                       "--replicas", "3")
     assert result.returncode == 0, result.stderr
     objects = list(yaml.safe_load_all(result.stdout))
-    assert objects == manifests("apps", image="ferry:dev", gateway_replicas=4)
+    assert objects == manifests("apps", image="ferry:dev", gateway_replicas=4, replicas=3)
     assert ferry_cli("manifests", "--namespace", "apps", "--gateways", "0").returncode == 2
     assert ferry_cli("manifests").returncode == 2  # --namespace is required
 
@@ -239,5 +246,5 @@ def test_ferry_args_parse_as_ferry_up(monkeypatch):
     args = [a.replace("$(POD_IP)", "10.0.0.7") for a in container(docs(), "ferry")["args"]]
     assert ferry.cli.main(args) == 0
     (parsed,) = seen
-    assert parsed.no_envoy and str(parsed.advertise_activator) == "10.0.0.7:8012"
+    assert parsed.no_envoy and parsed.leader_elect and parsed.advertise == "10.0.0.7"
     assert str(parsed.routes) == "/etc/ferry/routes.yaml" and str(parsed.state) == "/var/lib/ferry/state.db"

@@ -351,3 +351,44 @@ async def test_two_groups_get_their_own_snapshots():
         assert groups == {"gw-1": "edge", "gw-2": "internal"}
         one.cancel()
         two.cancel()
+
+
+async def test_delta_explicit_wildcard_for_routes_and_endpoints():
+    """"*" subscribes to every name of any type (what a follower replica asks); an empty first subscription
+    stays a wildcard only for LDS, CDS and SRDS."""
+    cache = SnapshotCache()
+    cache.update({
+        xds.ENDPOINT: {"a": cla("a", 1000), "b": cla("b", 1001)},
+        xds.ROUTE: {"svc": route_table("svc", "a")},
+    })
+    async with Harness(cache) as h:
+        call = h.stub.DeltaAggregatedResources()
+        await call.write(delta(xds.ENDPOINT, subscribe=["*"], node_=node("replica")))
+        eds = await read(call)
+        assert sorted(r.name for r in eds.resources) == ["a", "b"]
+        await call.write(delta(xds.ENDPOINT, nonce=eds.nonce))
+        await call.write(delta(xds.ROUTE, subscribe=["*"]))
+        rds = await read(call)
+        assert [r.name for r in rds.resources] == ["svc"]
+        await call.write(delta(xds.ROUTE, nonce=rds.nonce))
+
+        cache.update({xds.ENDPOINT: {"a": None, "c": cla("c", 1002)}})
+        changed = await read(call)
+        assert [r.name for r in changed.resources] == ["c"] and list(changed.removed_resources) == ["a"]
+        await call.write(delta(xds.ENDPOINT, nonce=changed.nonce))
+
+        # Leaving the wildcard drops what it brought; naming one of those again sends it again.
+        await call.write(delta(xds.ENDPOINT, unsubscribe=["*"]))
+        await call.write(delta(xds.ENDPOINT, subscribe=["b"]))
+        again = await read(call)
+        assert [r.name for r in again.resources] == ["b"]
+        call.cancel()
+
+        named = h.stub.DeltaAggregatedResources()
+        await named.write(delta(xds.ENDPOINT, node_=node("gw")))
+        await named.write(delta(xds.CLUSTER))
+        first = await read(named)
+        assert first.type_url == xds.CLUSTER  # EDS with no names is no wildcard: nothing to answer
+        stream = next(s for s in h.gateways.streams if s.node_id == "gw")
+        assert not stream.types[xds.ENDPOINT].wildcard and stream.types[xds.CLUSTER].wildcard
+        named.cancel()

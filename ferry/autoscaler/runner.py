@@ -85,10 +85,12 @@ class Autoscaler:
 
     # -- what the controller tells us -----------------------------------------------------------------
 
-    def track(self, revision: str, settings: Settings, ready: int = 0) -> ScalerState:
-        """Start deciding for a revision (or take its new settings); returns its state."""
+    def track(self, revision: str, settings: Settings, ready: int = 0, adopted: int | None = None) -> ScalerState:
+        """Start deciding for a revision (or take its new settings); returns its state. `adopted`: it already
+        runs that many instances (see new_state)."""
         state = self.states.get(revision)
-        state = new_state(settings, self.clock(), ready) if state is None else with_settings(state, settings)
+        state = (new_state(settings, self.clock(), ready, adopted) if state is None
+                 else with_settings(state, settings))
         self.states[revision] = state
         return state
 

@@ -61,16 +61,19 @@ def replace(state: ScalerState, **changes) -> ScalerState:
     return new
 
 
-def new_state(settings: Settings, now: float, ready: int = 0) -> ScalerState:
-    """A revision just started at its initial scale (active unless that scale is zero)."""
-    active = settings.initial_scale > 0
+def new_state(settings: Settings, now: float, ready: int = 0, adopted: int | None = None) -> ScalerState:
+    """A revision just started at its initial scale (active unless that scale is zero); or, `adopted`, one that
+    already runs at that scale (a new leader's): it stays there until a decision moves it, as Knative's
+    initial scale applies to new revisions only."""
+    scale = settings.initial_scale if adopted is None else adopted
+    active = scale > 0
     return ScalerState(
         settings=settings,
         stable=Window(settings.stable_window),
         panic=Window(settings.panic_window),
         decider=initial_state(now, ready),
-        scale=settings.initial_scale,
-        initialized=ready >= settings.initial_scale,
+        scale=scale,
+        initialized=adopted is not None or ready >= settings.initial_scale,
         active_since=now if active else None,
         inactive_since=None if active else now,
     )
@@ -132,8 +135,8 @@ def tick(state: ScalerState, now: float, *, ready: int, reachable: bool) -> Step
     """One decision: Knative's Scale, then the reconciler's bounds and scale-to-zero steps."""
     settings = state.settings
     observed = stable_and_panic(state.stable, state.panic, now)
-    if observed is None:
-        return Step(state, None, activator_in_path(ready, state.scale, state.active_since, -1))
+    if observed is None:  # nothing observed yet (Knative: an invalid scale result changes nothing)
+        return Step(state, None, in_path_now(state, ready))
     stable, panic = observed
     decision = decide(now, stable, panic, ready, settings, state.decider, reachable=reachable)
     initialized = state.initialized or ready >= settings.initial_scale

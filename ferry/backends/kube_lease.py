@@ -93,6 +93,8 @@ class LeaseRecord:
     duration_s: float
     transitions: int
     resource_version: str | None = field(default=None, compare=False)
+    # What the holder tells the other replicas (ferry: where its xDS and API listen); not part of "changed".
+    annotations: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     @classmethod
     def from_lease(cls, obj: dict[str, Any]) -> LeaseRecord:
@@ -104,6 +106,7 @@ class LeaseRecord:
             duration_s=float(spec.get("leaseDurationSeconds") or 0),
             transitions=int(spec.get("leaseTransitions") or 0),
             resource_version=(obj.get("metadata") or {}).get("resourceVersion"),
+            annotations=tuple(sorted(((obj.get("metadata") or {}).get("annotations") or {}).items())),
         )
 
     def to_lease(self, name: str, namespace: str) -> dict[str, Any]:
@@ -111,6 +114,8 @@ class LeaseRecord:
         metadata: dict[str, Any] = {"name": name, "namespace": namespace}
         if self.resource_version is not None:
             metadata["resourceVersion"] = self.resource_version
+        if self.annotations:
+            metadata["annotations"] = dict(self.annotations)
         spec: dict[str, Any] = {
             "leaseDurationSeconds": max(1, math.ceil(self.duration_s)),
             "acquireTime": format_micro_time(self.acquired_at),
@@ -177,6 +182,7 @@ class LeaseElector:
         request_timeout_s: float | None = None,
         release_on_cancel: bool = False,
         clock: Callable[[], float] = time.time,
+        advertise: dict[str, str] | None = None,
     ) -> None:
         if renew_deadline_s is None:
             renew_deadline_s = duration_s * 2 / 3  # client-go's defaults: 10 s of 15 s
@@ -201,6 +207,7 @@ class LeaseElector:
         self._on_stopped = on_stopped_leading
         self._release_on_cancel = release_on_cancel
         self._wall = clock
+        self._advertise = tuple(sorted((advertise or {}).items()))  # written on the Lease while we hold it
         self.observed_record: LeaseRecord | None = None
         self.observed_at = 0.0  # time.monotonic() when observed_record last changed
         self._renewed_mono = 0.0  # time.monotonic() when our last successful write was sent
@@ -219,6 +226,12 @@ class LeaseElector:
     def leader(self) -> str | None:
         """The holder as last observed (may be stale; None = no lease or free)."""
         return self.observed_record.holder if self.observed_record else None
+
+    @property
+    def leader_annotations(self) -> dict[str, str]:
+        """What the current holder advertised on the Lease (empty when nobody holds it)."""
+        record = self.observed_record
+        return dict(record.annotations) if record is not None and record.holder else {}
 
     async def wait_leading(self) -> None:
         await self._leading_event.wait()
@@ -351,12 +364,12 @@ class LeaseElector:
         """Create / renew / take; False on 409 (someone else wrote first: the next round re-reads)."""
         now = self._wall()
         if action is Action.CREATE or current is None:
-            new = LeaseRecord(self.identity, now, now, self.duration_s, 0)
+            new = LeaseRecord(self.identity, now, now, self.duration_s, 0, annotations=self._advertise)
         elif action is Action.RENEW:
-            new = replace(current, renewed_at=now, duration_s=self.duration_s)
+            new = replace(current, renewed_at=now, duration_s=self.duration_s, annotations=self._advertise)
         else:  # TAKE
             new = LeaseRecord(self.identity, now, now, self.duration_s, current.transitions + 1,
-                              current.resource_version)
+                              current.resource_version, annotations=self._advertise)
         body = new.to_lease(self.name, self.namespace)
         try:
             if action is Action.CREATE:

@@ -30,7 +30,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -38,6 +38,10 @@ import tenacity
 import urllib3
 from kubernetes import client as k8s
 from kubernetes import watch as k8s_watch
+
+# The client imports its API classes lazily, ~0.4 s each: on first use that would stall the event loop, at the
+# worst moment for a follower becoming leader (its lease renewals run on that loop). Import them now.
+from kubernetes.client import AppsV1Api, CoreV1Api, DiscoveryV1Api
 from kubernetes.client.exceptions import ApiException
 
 from ferry.backends.base import (
@@ -48,6 +52,7 @@ from ferry.backends.base import (
     InstanceInfo,
     Workload,
 )
+from ferry.routing.revisions import RevisionStore
 
 log = logging.getLogger("ferry.backends.kubernetes")
 
@@ -63,8 +68,10 @@ PORT_NAME = "http"
 
 # What ferry's RBAC Role must allow in its namespace (see rbac_rules()).
 RBAC_RULES: tuple[dict[str, Any], ...] = (
-    # get: only to adopt an existing Deployment after a 409 AlreadyExists on create
-    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list", "watch", "get", "create", "delete"]},
+    # get: only to adopt an existing Deployment after a 409 AlreadyExists on create; patch: the revision
+    # history's annotations (kube_history.py)
+    {"apiGroups": ["apps"], "resources": ["deployments"],
+     "verbs": ["list", "watch", "get", "create", "patch", "delete"]},
     # update: the re-apply (PUT with resourceVersion) after a 409 Conflict on the patch
     {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "patch", "update"]},
     {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "create", "delete"]},
@@ -91,6 +98,7 @@ class KubeWorkload:
     readiness_path: str | None = None  # HTTP GET probe on the port; None = TCP socket probe
     resources: Mapping[str, Any] | None = None  # the container's `resources` ({"requests": ..., "limits": ...})
     timeout_s: float = 300.0  # request timeout; also the pods' termination grace period
+    annotations: Mapping[str, str] = field(default_factory=dict)  # the Deployment's (revision history)
 
 
 def kube_workload(
@@ -121,6 +129,7 @@ def _labels(wl: KubeWorkload) -> dict[str, str]:
 
 
 PRE_STOP_DRAIN_S = 5
+HISTORY_DIGEST = "ferry.dev/digest"  # kube_history.DIGEST (that module imports this one)
 
 
 def deployment_manifest(wl: KubeWorkload, *, owner: str, replicas: int) -> dict[str, Any]:
@@ -160,7 +169,8 @@ def deployment_manifest(wl: KubeWorkload, *, owner: str, replicas: int) -> dict[
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": wl.revision, "labels": labels, "annotations": {ANNOTATION_OWNER: owner}},
+        "metadata": {"name": wl.revision, "labels": labels,
+                     "annotations": {**wl.annotations, ANNOTATION_OWNER: owner}},
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": {LABEL_REVISION: wl.revision, LABEL_MANAGED_BY: MANAGED_BY}},
@@ -444,9 +454,9 @@ class KubernetesBackend:
         self._drain = drain
         self._namespace = namespace
         self._api_client = api_client
-        self._apps = k8s.AppsV1Api(api_client)
-        self._core = k8s.CoreV1Api(api_client)
-        self._discovery = k8s.DiscoveryV1Api(api_client)
+        self._apps = AppsV1Api(api_client)
+        self._core = CoreV1Api(api_client)
+        self._discovery = DiscoveryV1Api(api_client)
         self.owner = owner
         self._default_image = default_image
         self._retain = retain  # stop() leaves the Deployment at 0 replicas; collect_garbage() deletes it later
@@ -464,6 +474,10 @@ class KubernetesBackend:
         self._stopping: set[str] = set()
         self._workloads: dict[str, KubeWorkload] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._annotations: dict[str, dict[str, str | None]] = {}  # revision -> annotations to write
+        self._annotations_queued = asyncio.Event()
+        self._annotator: asyncio.Task[None] | None = None
+        self._store: RevisionStore | None = None  # set by share_history(): revisions to record on creation
         self._closed = False
 
     # ---- lifecycle ----------------------------------------------------------------------------------
@@ -493,6 +507,10 @@ class KubernetesBackend:
 
     async def aclose(self) -> None:
         """Stop the watches and join their threads. Deployments keep running (see collect_garbage)."""
+        if self._annotator is not None:
+            await self._flush_annotations(self._connect_timeout_s)
+            self._annotator.cancel()
+            await asyncio.gather(self._annotator, return_exceptions=True)
         self._closed = True
         for r in self._reflectors:
             r.stop()
@@ -505,8 +523,8 @@ class KubernetesBackend:
     async def scale(self, workload: KubeWorkload | Workload, instances: int) -> None:
         """Converge the revision's Deployment to `instances` replicas; no API request when already there.
 
-        The first call creates the Service and the Deployment (at `instances`, unless 0: a revision never
-        created stays absent). Later calls patch the scale subresource only when the cached spec.replicas
+        The first call creates the Service and the Deployment (at `instances`, 0 included: the Deployment
+        records the revision, see kube_history.py). Later calls patch the scale subresource only when the cached spec.replicas
         (from ferry's own last write or the Deployment watch, whichever is newer) differs.
         """
         if self._closed:
@@ -533,8 +551,7 @@ class KubernetesBackend:
                     # deleted behind our back (the watch will say so too): create it again
                     self._deployments.pop(wl.revision, None)
                     self._written.pop(wl.revision, None)
-            if instances > 0:
-                await self._create(wl, instances)
+            await self._create(wl, instances)  # even at 0: the Deployment carries the revision's history
 
     def endpoints(self, revision: str) -> tuple[Endpoint, ...]:
         return self._published.get(revision, ())
@@ -598,6 +615,62 @@ class KubernetesBackend:
             self._deployments.pop(revision, None)
             self._workloads.pop(revision, None)
 
+    async def share_history(self, store: RevisionStore) -> int:
+        """Take in the revision history recorded on the Deployments (another replica's, or this one's before an
+        emptyDir was lost), then record every later write of `store` there too. Returns revisions added."""
+        from ferry.backends.kube_history import DeploymentHistory, read_history
+
+        await self.start()
+        added = store.import_history(
+            read_history(self._deployments.values(), service_label=LABEL_SERVICE, revision_label=LABEL_REVISION))
+        store.observer = DeploymentHistory(store, self.annotate)
+        self._store = store
+        return added
+
+    def replicas(self, revision: str) -> int | None:
+        """The revision's desired replicas (None: no Deployment): a new leader keeps what the last one set."""
+        return self._known_replicas(revision)
+
+    def annotate(self, revision: str, annotations: Mapping[str, str | None]) -> None:
+        """Set (None: remove) annotations of the revision's Deployment, in the background: queued writes to one
+        Deployment merge into one patch, failures are retried, and aclose() flushes what is left."""
+        self._annotations.setdefault(revision, {}).update(annotations)
+        self._annotations_queued.set()
+        if self._annotator is None and not self._closed:
+            self._annotator = asyncio.get_running_loop().create_task(self._write_annotations(), name="annotate")
+
+    async def _write_annotations(self) -> None:
+        while True:
+            await self._annotations_queued.wait()
+            self._annotations_queued.clear()
+            while self._annotations:
+                revision, notes = next(iter(self._annotations.items()))
+                del self._annotations[revision]
+                try:
+                    await self._call(self._apps.patch_namespaced_deployment, revision, self._namespace,
+                                     {"metadata": {"annotations": notes}})
+                except ApiException as e:
+                    if e.status == 404:
+                        continue  # deleted (garbage collected): nothing left to record on
+                    self._requeue_annotations(revision, notes, e)
+                except Exception as e:  # noqa: BLE001 - the API is away: keep the facts, try again later
+                    self._requeue_annotations(revision, notes, e)
+                    await asyncio.sleep(self._backoff_max_s)
+
+    def _requeue_annotations(self, revision: str, notes: dict[str, str | None], err: BaseException) -> None:
+        log.warning("cannot record revision history; will retry", extra={"revision": revision, "error": _reason(err)})
+        self._annotations[revision] = {**notes, **self._annotations.get(revision, {})}
+        self._annotations_queued.set()
+
+    async def _flush_annotations(self, timeout: float) -> None:
+        """Give queued history writes a moment to land (shutdown: the next leader reads them)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._annotations and self._annotator is not None and not self._annotator.done():
+            if asyncio.get_running_loop().time() >= deadline:
+                log.warning("revision history not fully recorded", extra={"revisions": len(self._annotations)})
+                return
+            await asyncio.sleep(0.02)
+
     async def collect_garbage(self, keep: set[str]) -> list[str]:
         """Delete the Deployments and Services labelled managed-by ferry, carrying our owner annotation, whose
         revision is not in `keep`. Returns "kind/name" of what was deleted."""
@@ -649,6 +722,11 @@ class KubernetesBackend:
         raise AssertionError("unreachable")
 
     async def _create(self, wl: KubeWorkload, replicas: int) -> None:
+        revision = self._store.get(wl.revision) if self._store is not None else None
+        if revision is not None:
+            from ferry.backends.kube_history import creation_annotations
+
+            wl = replace(wl, annotations={**creation_annotations(revision), **wl.annotations})
         try:
             await self._call(self._core.create_namespaced_service, self._namespace,
                              service_manifest(wl, owner=self.owner))
@@ -663,10 +741,18 @@ class KubernetesBackend:
                 raise
             # AlreadyExists (a previous ferry, or a create whose answer was lost): adopt it if it is ours.
             existing = await self._call(self._apps.read_namespaced_deployment, wl.revision, self._namespace)
-            owner = (existing.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_OWNER)
+            notes = existing.get("metadata", {}).get("annotations") or {}
+            owner = notes.get(ANNOTATION_OWNER)
             if owner != self.owner:
                 raise RuntimeError(f"deployment {wl.revision} exists and is not owned by {self.owner!r} "
                                    f"(owner: {owner!r})") from e
+            ours, theirs = wl.annotations.get(HISTORY_DIGEST), notes.get(HISTORY_DIGEST)
+            if ours and theirs and ours != theirs:
+                # Same name, other template: a history that diverged (a replica that could not read the
+                # shared one). Running the old pods under the new revision's name would serve other code.
+                raise RuntimeError(
+                    f"deployment {wl.revision} exists with a different template (digest {theirs[:12]}, this "
+                    f"revision's is {ours[:12]}): delete it, or restore the state ferry's history came from") from e
             existing_replicas = existing.get("spec", {}).get("replicas", 1)
             self._note_write(wl.revision, existing["metadata"].get("resourceVersion"), existing_replicas)
             if existing_replicas != replicas:

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from .errors import ConfigError, Problem, format_path
 from .schema import RoutesFile, Template
+
+if TYPE_CHECKING:
+    from ferry.backends.kube_history import History
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS revisions (
@@ -52,6 +56,7 @@ CREATE TABLE IF NOT EXISTS traffic_overrides (  -- `ferry traffic`: an imperativ
 );
 PRAGMA user_version = 1;
 """
+log = logging.getLogger("ferry.routing")
 _SHOWN_NAMES = 10  # known revisions listed in a message
 
 
@@ -102,8 +107,22 @@ def revision_name(service: str, generation: int) -> str:
     return f"{service}-{generation:05d}"
 
 
+class StoreObserver(Protocol):
+    """Told of every write after the fact, to keep a copy elsewhere (Kubernetes: the Deployments)."""
+
+    def latest_ready_set(self, service: str, revision: str, at: float) -> None: ...
+
+    def result_set(self, revision: str, result: str | None, reason: str | None, at: float) -> None: ...
+
+    def rollout_saved(self, service: str, state: str, at: float) -> None: ...
+
+    def traffic_set(self, service: str, splits: list[tuple[str, int]] | None, at: float) -> None: ...
+
+
 class RevisionStore:
     """Owned by one process at a time for writes; other processes (`ferry validate`) may read concurrently."""
+
+    observer: StoreObserver | None = None
 
     def __init__(self, path: Path | str):
         path = Path(path)
@@ -278,6 +297,54 @@ class RevisionStore:
                 "ON CONFLICT (name) DO UPDATE SET latest_ready = excluded.latest_ready",
                 latest.items(),
             )
+        if self.observer is not None:
+            now = time.time()
+            for service, revision in latest.items():
+                self.observer.latest_ready_set(service, revision, now)
+
+    def import_history(self, history: History) -> int:
+        """Take in a history kept elsewhere (another replica's, from Kubernetes); it wins over what this store
+        holds, except for a revision whose name or generation this store gave a different template: that one is
+        kept and reported. Returns how many revisions were new here. Not told to the observer (it came from there)."""
+        added = 0
+        with _transaction(self._db):
+            for r in history.revisions:
+                row = self._db.execute(
+                    "SELECT name, digest FROM revisions WHERE name = ? OR (service = ? AND generation = ?)",
+                    (r.name, r.service, r.generation),
+                ).fetchone()
+                if row is None:
+                    self._db.execute("INSERT INTO revisions VALUES (?, ?, ?, ?, ?, ?)", (
+                        r.name, r.service, r.generation, r.digest, canonical_template(r.template), r.created_at))
+                    added += 1
+                elif row != (r.name, r.digest):
+                    log.warning("revision history differs from the shared one; keeping this store's",
+                                extra={"revision": r.name, "stored_as": row[0]})
+            for service, revision in history.latest_ready.items():
+                if self._owner(revision) == service:
+                    self._db.execute(
+                        "INSERT INTO services (name, latest_ready) VALUES (?, ?) "
+                        "ON CONFLICT (name) DO UPDATE SET latest_ready = excluded.latest_ready", (service, revision))
+            for revision, (result, reason, at) in history.results.items():
+                if self._owner(revision) is not None:
+                    self._db.execute(
+                        "INSERT INTO revision_results VALUES (?, ?, ?, ?) ON CONFLICT (revision) DO UPDATE SET"
+                        " result = excluded.result, reason = excluded.reason, at = excluded.at",
+                        (revision, result, reason, at))
+            for service, (state, at) in history.rollouts.items():
+                self._db.execute(
+                    "INSERT INTO rollouts VALUES (?, ?, ?) ON CONFLICT (service) DO UPDATE SET state = excluded.state,"
+                    " updated_at = excluded.updated_at WHERE excluded.updated_at >= rollouts.updated_at",
+                    (service, state, at))
+            for service, (splits, at) in history.traffic.items():
+                if splits is None:
+                    self._db.execute("DELETE FROM traffic_overrides WHERE service = ? AND at <= ?", (service, at))
+                else:
+                    self._db.execute(
+                        "INSERT INTO traffic_overrides VALUES (?, ?, ?) ON CONFLICT (service) DO UPDATE SET"
+                        " splits = excluded.splits, at = excluded.at WHERE excluded.at >= traffic_overrides.at",
+                        (service, json.dumps(splits), at))
+        return added
 
     # -- helpers ------------------------------------------------------------------------------------
 
@@ -288,21 +355,29 @@ class RevisionStore:
         return row[0] if row else None
 
     def save_rollout(self, service: str, state: str) -> None:
+        now = time.time()
         self._db.execute(
             "INSERT INTO rollouts VALUES (?, ?, ?) ON CONFLICT (service) DO UPDATE SET state = excluded.state,"
             " updated_at = excluded.updated_at",
-            (service, state, time.time()),
+            (service, state, now),
         )
+        if self.observer is not None:
+            self.observer.rollout_saved(service, state, now)
 
     def set_result(self, revision: str, result: str, reason: str | None = None) -> None:
+        now = time.time()
         self._db.execute(
             "INSERT INTO revision_results VALUES (?, ?, ?, ?) ON CONFLICT (revision) DO UPDATE SET"
             " result = excluded.result, reason = excluded.reason, at = excluded.at",
-            (revision, result, reason, time.time()),
+            (revision, result, reason, now),
         )
+        if self.observer is not None:
+            self.observer.result_set(revision, result, reason, now)
 
     def clear_result(self, revision: str) -> None:
         self._db.execute("DELETE FROM revision_results WHERE revision = ?", (revision,))
+        if self.observer is not None:
+            self.observer.result_set(revision, None, None, time.time())
 
     def results(self, service: str) -> dict[str, tuple[str, str | None, float]]:
         """revision -> (result, reason, when) for the service's revisions that went through a rollout."""
@@ -318,14 +393,17 @@ class RevisionStore:
         return [tuple(split) for split in json.loads(row[0])] if row else None
 
     def set_traffic_override(self, service: str, splits: list[tuple[str, int]] | None) -> None:
+        now = time.time()
         if splits is None:
             self._db.execute("DELETE FROM traffic_overrides WHERE service = ?", (service,))
         else:
             self._db.execute(
                 "INSERT INTO traffic_overrides VALUES (?, ?, ?) ON CONFLICT (service) DO UPDATE SET"
                 " splits = excluded.splits, at = excluded.at",
-                (service, json.dumps(splits), time.time()),
+                (service, json.dumps(splits), now),
             )
+        if self.observer is not None:
+            self.observer.traffic_set(service, splits, now)
 
     def _newest_revisions(self) -> dict[str, _Newest]:
         # SQLite returns the other columns from the row holding MAX(generation).

@@ -183,6 +183,9 @@ async def start_xds_server(servicer: AdsServicer, address: str) -> grpc.aio.Serv
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.keepalive_permit_without_calls", 1),
+            # Followers (mirror.py) ping every 20 s to notice a vanished leader; below the default 5 min
+            # floor, gRPC would answer their pings with GOAWAY too_many_pings.
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ]
     )
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(servicer, server)

@@ -214,15 +214,22 @@ class AdsStream:
         state.requested = True
         subscribe = set(request.resource_names_subscribe)
         if first:
-            state.wildcard = type_url in FULL_STATE_TYPES and (not subscribe or "*" in subscribe)
+            # An explicit "*" is a wildcard for any type; an empty first subscription only for LDS/CDS/SRDS.
+            state.wildcard = "*" in subscribe or (type_url in FULL_STATE_TYPES and not subscribe)
             for name, version in request.initial_resource_versions.items():
                 state.known[name] = version
             # A gateway that resumes with what it holds needs no first answer; only differences are sent.
             state.answered = bool(request.initial_resource_versions)
             state.mark_dirty(None, now)
+        elif "*" in subscribe and not state.wildcard:
+            state.wildcard = True
+            state.mark_dirty(None, now)
         subscribe.discard("*")
         if "*" in request.resource_names_unsubscribe:
             state.wildcard = False
+            # The client drops what it held only through the wildcard: a later subscription must resend it.
+            for name in [n for n in state.known if n not in state.subscribed and n not in subscribe]:
+                del state.known[name]
         new = subscribe - state.subscribed
         state.subscribed |= subscribe
         for name in request.resource_names_unsubscribe:

@@ -1,0 +1,139 @@
+"""Several ferry replicas: one leader (it holds the Lease) computes the state, scales and writes; every other
+replica, a follower, serves the same xDS state to the gateways that connect to it and forwards its API.
+
+A follower is an ADS client of the leader (xds/mirror.py) and re-serves what it receives from its own
+cache: same resources, same content versions, so when a follower becomes leader its gateways stay
+connected and see no change. It finds the leader through what the leader writes on the Lease (its xDS and
+API addresses), tells the leader which gateways it serves (their admin addresses feed the autoscaler), and
+sends API requests, `ferry status` included, to the leader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import aiohttp
+from aiohttp import web
+
+from .backends.kube_lease import LeaseElector
+from .envoy.bootstrap import ADMIN_METADATA_KEY
+from .periodic import every
+from .xds.cache import SnapshotCache
+from .xds.mirror import XdsMirror
+from .xds.server import GatewayRegistry
+
+log = logging.getLogger("ferry.replicas")
+
+XDS_ANNOTATION = "ferry.dev/xds"  # on the Lease: where the leader serves xDS
+API_ANNOTATION = "ferry.dev/api"  # and its HTTP API
+REPORT_EVERY_S = 2.0
+REPORT_TTL_S = 3 * REPORT_EVERY_S  # a follower that stopped reporting: its gateways no longer count
+# Answered by the replica itself; everything else is the leader's business.
+LOCAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/replica"})
+
+
+def gateways_report(gateways: GatewayRegistry) -> list[dict]:
+    """The gateways connected to this replica, as the leader's status shows them, with their admin address."""
+    return [
+        {**stream.status(), "admin": stream.node.metadata.get(ADMIN_METADATA_KEY)}
+        for stream in list(gateways.streams) if stream.node is not None
+    ]
+
+
+class Follower:
+    """What a replica does while another one leads."""
+
+    def __init__(self, elector: LeaseElector, cache: SnapshotCache, gateways: GatewayRegistry):
+        self.identity = identity = elector.identity
+        self._elector = elector
+        self._gateways = gateways
+        self.mirror = XdsMirror(cache, self.leader_xds, node_id=f"ferry-replica/{identity}")
+        self.following = True  # False once this replica leads: the API answers for itself again
+        self._session: aiohttp.ClientSession | None = None
+        self._followed: str | None = None
+        self.last_report: dict | None = None
+
+    def _leader_says(self, key: str) -> str | None:
+        if not self.following or self._elector.leader in (None, self.identity):
+            return None  # nobody leads, or this replica is about to: never follow itself
+        return self._elector.leader_annotations.get(key)
+
+    def leader_xds(self) -> str | None:
+        return self._leader_says(XDS_ANNOTATION)
+
+    def leader_api(self) -> str | None:
+        return self._leader_says(API_ANNOTATION)
+
+    async def run(self) -> None:
+        """Mirror the leader and report to it until cancelled."""
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REPORT_EVERY_S))
+        mirror = asyncio.create_task(self.mirror.run(), name="xds mirror")
+        report = asyncio.create_task(every(REPORT_EVERY_S, self._report, log, "gateway report"), name="report")
+        try:
+            while True:  # the Lease is read every few seconds by the elector; follow a new leader at once
+                address = self.leader_xds()
+                if address != self._followed:
+                    log.info("following", extra={"leader": self._elector.leader, "xds": address})
+                    self._followed = address
+                    self.mirror.notify_upstream_changed()
+                await asyncio.sleep(0.2)
+        finally:
+            for task in (mirror, report):
+                task.cancel()
+            await asyncio.gather(mirror, report, return_exceptions=True)
+            await self._session.close()
+
+    async def _report(self) -> None:
+        api = self.leader_api()
+        if api is None or self._session is None:
+            return
+        body = {"gateways": gateways_report(self._gateways), "ttl_s": REPORT_TTL_S}
+        try:
+            async with self._session.put(f"http://{api}/replicas/{self.identity}/gateways", json=body) as response:
+                response.raise_for_status()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+            if self.last_report is None or self.last_report.get("error") is None:  # once per failure streak
+                log.warning("cannot report gateways to the leader", extra={"api": api, "error": repr(err)})
+            self.last_report = {"at": time.time(), "error": repr(err)}
+            return
+        self.last_report = {"at": time.time(), "gateways": len(body["gateways"]), "error": None}
+
+    def status(self) -> dict:
+        return {
+            "role": "follower" if self.following else "leader",
+            "identity": self.identity,
+            "leader": self._elector.leader,
+            "leader_xds": self.leader_xds(),
+            "leader_api": self.leader_api(),
+            "mirror": self.mirror.status(),
+            "last_report": self.last_report,
+            "gateways": self._gateways.status(),
+        }
+
+    @web.middleware
+    async def forward(self, request: web.Request, handler) -> web.StreamResponse:
+        """While following, the API is the leader's: forward the request there (a port-forward to any pod
+        works)."""
+        if not self.following or request.path in LOCAL_PATHS:
+            return await handler(request)
+        api = self.leader_api()
+        if api is None or self._session is None:
+            return web.json_response(
+                {"error": f"replica {self.identity} follows a leader, and none holds the lease now: "
+                          "try again in a few seconds (GET /replica shows what this replica sees)"}, status=503)
+        try:
+            async with self._session.request(
+                request.method, f"http://{api}{request.path_qs}", data=await request.read(),
+                headers={k: v for k, v in request.headers.items() if k.lower() == "content-type"},
+                timeout=aiohttp.ClientTimeout(total=300),
+            ) as upstream:
+                body = await upstream.read()
+                headers = {"Content-Type": upstream.headers.get("Content-Type", "application/json"),
+                           "X-Ferry-Leader": self._elector.leader or ""}
+                return web.Response(status=upstream.status, body=body, headers=headers)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+            return web.json_response(
+                {"error": f"replica {self.identity} cannot reach the leader's API at {api}: {err}"}, status=502)
+

@@ -1,0 +1,368 @@
+"""Follower replicas: an in-process leader (cache + ADS server), a follower mirroring it, real Envoy behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from functools import partial
+
+import aiohttp
+import grpc
+import pytest
+from aiohttp import web
+from envoy.service.discovery.v3 import ads_pb2_grpc
+
+from ferry.controller import Controller
+from ferry.envoy.bootstrap import BootstrapOptions
+from ferry.envoy.process import EnvoyProcess
+from ferry.xds import resources as xds
+from ferry.xds.cache import Resource, SnapshotCache
+from ferry.xds.mirror import XdsMirror, route_clusters, route_dependencies
+from ferry.xds.server import AdsServicer, GatewayRegistry, start_xds_server
+
+from .helpers import free_port, wait_until
+from .test_xds_protocol import delta, node, read
+
+pytestmark = pytest.mark.timeout(120)
+
+TIMEOUT = 10.0
+
+
+# -- building blocks --------------------------------------------------------------------------------------
+
+
+def service(name: str, port: int, revisions: tuple[str, ...] = ("r1",), *, host: str | None = None) -> dict:
+    """What the controller publishes for one service: a cluster and endpoints per revision, a route table
+    splitting between them, and the host scope that selects the table."""
+    host = host or f"{name}.test"
+    clusters = [xds.cluster_name(name, r) for r in revisions]
+    targets = tuple(xds.WeightedTarget(c, r, 100 // len(revisions)) for c, r in zip(clusters, revisions, strict=True))
+    vhost = xds.virtual_host(xds.HostRoute(name, name, (host,), targets, 30))
+    return {
+        xds.CLUSTER: {c: Resource.of(c, xds.cluster(c)) for c in clusters},
+        xds.ENDPOINT: {c: endpoints(c, port) for c in clusters},
+        xds.ROUTE: {name: Resource.of(name, xds.route_configuration(name, [vhost]))},
+        xds.SCOPED_ROUTE: {host: Resource.of(host, xds.host_scope(host, name))},
+    }
+
+
+def endpoints(cluster: str, port: int) -> Resource:
+    return Resource.of(cluster, xds.load_assignment(cluster, [("127.0.0.1", port)]))
+
+
+def gateway_listener(port: int) -> dict:
+    return {xds.LISTENER: {xds.LISTENER_NAME: Resource.of(xds.LISTENER_NAME, xds.listener("127.0.0.1", port))}}
+
+
+def merged(*parts: dict) -> dict:
+    out: dict = {t: {} for t in xds.PUSH_ORDER}
+    for part in parts:
+        for type_url, entries in part.items():
+            out[type_url].update(entries)
+    return out
+
+
+def removal(part: dict) -> dict:
+    return {type_url: dict.fromkeys(entries) for type_url, entries in part.items()}
+
+
+def contents(cache: SnapshotCache, group: str = SnapshotCache.DEFAULT) -> dict:
+    return {t: {n: r.body for n, r in s.entries.items()} for t, s in cache.group(group).stores.items()}
+
+
+class Leader:
+    """A leader's serving half: cache, ADS server on a loopback port; stop() and start() again to restart it."""
+
+    def __init__(self, port: int | None = None):
+        self.cache = SnapshotCache()
+        self.gateways = GatewayRegistry()
+        self.port = port or free_port()
+        self.server = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> "Leader":
+        servicer = AdsServicer(self.cache, self.gateways, dependencies=route_dependencies)
+        self.server = await start_xds_server(servicer, self.address)
+        return self
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(0)
+            self.server = None
+
+
+class Follower:
+    """A follower replica: its own cache and ADS server, filled by an XdsMirror of whatever `upstream` names."""
+
+    def __init__(self, upstream: str | None):
+        self.upstream = upstream
+        self.cache = SnapshotCache()
+        self.gateways = GatewayRegistry()
+        self.port = free_port()
+        self.mirror = XdsMirror(self.cache, lambda: self.upstream, node_id="replica-2", backoff_max_s=0.5)
+        self.server = None
+        self.task: asyncio.Task | None = None
+
+    def point_at(self, upstream: str | None) -> None:
+        self.upstream = upstream
+        self.mirror.notify_upstream_changed()
+
+    async def __aenter__(self) -> "Follower":
+        servicer = AdsServicer(
+            self.cache, self.gateways, dependencies=route_dependencies, snapshot_key=Controller.snapshot_key
+        )
+        self.server = await start_xds_server(servicer, f"127.0.0.1:{self.port}")
+        self.task = asyncio.create_task(self.mirror.run())
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        if self.server is not None:
+            await self.server.stop(0)
+
+    async def mirrors(self, leader: Leader) -> None:
+        await wait_until(lambda: contents(self.cache) == contents(leader.cache), TIMEOUT, "the follower to mirror")
+
+
+# -- mirroring ---------------------------------------------------------------------------------------------
+
+
+async def test_follower_mirrors_the_leader_and_drops_stale_state():
+    leader = await Leader().start()
+    try:
+        state = merged(gateway_listener(8080), service("one", 9001), service("two", 9002, ("r1", "r2")))
+        leader.cache.update(state)
+        async with Follower(leader.address) as follower:
+            # What an earlier leader left behind must not survive the first full sync.
+            stale = merged(service("gone", 9009), gateway_listener(7070))
+            follower.cache.update(stale)
+            await asyncio.wait_for(follower.mirror.synced.wait(), TIMEOUT)
+            assert contents(follower.cache) == contents(leader.cache)
+            follower_group = follower.cache.group(SnapshotCache.DEFAULT)
+            assert follower_group.versions() == leader.cache.group(SnapshotCache.DEFAULT).versions()
+            status = follower.mirror.status()
+            assert status["connected"] and status["synced"] and status["in_sync"]
+            assert status["upstream"] == leader.address
+            assert status["resources"] == {"CDS": 3, "EDS": 3, "LDS": 1, "SRDS": 2, "RDS": 2}
+            (replica,) = leader.gateways.streams
+            assert replica.node.metadata["ferry.replica"] == "true" and replica.node.group == "default"
+
+            leader.cache.update(service("three", 9003))
+            leader.cache.update({xds.ENDPOINT: {"one/r1": endpoints("one/r1", 9101)}})
+            leader.cache.update(removal(service("two", 9002, ("r1", "r2"))))
+            await follower.mirrors(leader)
+            assert "two" not in follower_group.stores[xds.ROUTE].entries
+            assert follower.mirror.status()["last_error"] is None
+    finally:
+        await leader.stop()
+
+
+async def test_follower_keeps_serving_while_the_leader_is_away_and_converges_on_a_new_one():
+    old = await Leader().start()
+    new = Leader()
+    try:
+        old.cache.update(merged(gateway_listener(8080), service("one", 9001), service("two", 9002)))
+        async with Follower(None) as follower:
+            await wait_until(lambda: follower.mirror.status()["upstream"] is None, TIMEOUT, "the mirror to start")
+            follower.point_at(old.address)  # the leader becomes known
+            await asyncio.wait_for(follower.mirror.synced.wait(), TIMEOUT)
+
+            # A gateway with its own listen address has its own group and listener, which no sync touches.
+            own_group = "default@127.0.0.1:7001"
+            follower.cache.group(own_group, {"ferry.listen": "127.0.0.1:7001"})
+            own_listener = xds.listener("127.0.0.1", 7001)
+
+            await old.stop()
+            await wait_until(lambda: not follower.mirror.status()["connected"], TIMEOUT, "the follower to notice")
+            await wait_until(lambda: follower.mirror.status()["reconnects"] >= 3, TIMEOUT, "retries while it is away")
+            assert contents(follower.cache) == contents(old.cache)  # nothing cleared on disconnect
+            status = follower.mirror.status()
+            assert follower.mirror.synced.is_set() and status["synced"] and not status["in_sync"]
+            # A gateway that connects now still gets the last config.
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{follower.port}") as channel:
+                call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).DeltaAggregatedResources()
+                await call.write(delta(xds.CLUSTER, node_=node("late-gateway")))
+                assert sorted(r.name for r in (await read(call)).resources) == ["one/r1", "two/r1"]
+                call.cancel()
+
+            # The same leader back on the same port: found by the retry loop alone.
+            old.cache.update(service("three", 9003))
+            await old.start()
+            await follower.mirrors(old)
+
+            # A new leader elsewhere, with other content: the follower moves at once and drops the old state.
+            new.cache.update(merged(gateway_listener(8080), service("two", 9202), service("four", 9004)))
+            await new.start()
+            follower.point_at(new.address)
+            await follower.mirrors(new)
+            status = follower.mirror.status()
+            assert status["upstream"] == new.address and status["in_sync"] and status["reconnects"] >= 4
+            assert "UNAVAILABLE" in status["last_error"]
+            own = contents(follower.cache, own_group)
+            assert own.pop(xds.LISTENER) == {xds.LISTENER_NAME: own_listener}
+            assert own == {t: e for t, e in contents(new.cache).items() if t != xds.LISTENER}
+    finally:
+        await old.stop()
+        await new.stop()
+
+
+async def test_follower_rejects_what_it_cannot_parse():
+    leader = await Leader().start()
+    try:
+        leader.cache.update(merged(gateway_listener(8080), service("one", 9001)))
+        async with Follower(leader.address) as follower:
+            await asyncio.wait_for(follower.mirror.synced.wait(), TIMEOUT)
+            leader.cache.update({xds.CLUSTER: {"bad": Resource.of("bad", b"\xff\xff\xff")}})
+            await wait_until(lambda: leader.gateways.status()[0]["last_nack"], TIMEOUT, "the follower's NACK")
+            assert "bad" not in follower.cache.group(SnapshotCache.DEFAULT).stores[xds.CLUSTER].entries
+            assert "cannot be parsed" in follower.mirror.status()["last_error"]
+            # The next version is taken again.
+            leader.cache.update({xds.CLUSTER: {"bad": None}})
+            leader.cache.update(service("two", 9002))
+            await follower.mirrors(leader)
+            assert leader.gateways.status()[0]["last_nack"] is None
+    finally:
+        await leader.stop()
+
+
+def test_route_dependencies_name_what_the_controller_would():
+    """Every route shape resources.py builds (single, split, sticky split, tag routes, tag hosts): the clusters
+    read back from the body are the controller's `_route_refs` (the targets of its HostRoutes)."""
+    weights = (("r1", 80), ("r2", 20), ("r3", 100))
+    r1, r2, r3 = (xds.WeightedTarget(xds.cluster_name("svc", r), r, w) for r, w in weights)
+    shapes = {
+        "single": (xds.HostRoute("svc", "svc", ("svc.test",), (r1,), 30),),
+        "split": (xds.HostRoute("svc", "svc", ("svc.test",), (r1, r2), 30),),
+        "sticky": (xds.HostRoute("svc", "svc", ("svc.test",), (r1, r2), 30, sticky_cookie="ferry-rollout-svc"),),
+        "tagged": (
+            xds.HostRoute("svc", "svc", ("svc.test",), (r1, r2), 30, tagged=(("canary", r3),), sticky_cookie="c"),
+            xds.HostRoute("svc/tag/canary", "svc", ("canary-svc.test",), (r3,), 30),
+        ),
+    }
+    for shape, routes in shapes.items():
+        body = xds.route_configuration("svc", [xds.virtual_host(r) for r in routes])
+        expected = frozenset(t.cluster for r in routes for t in r.targets)  # controller._put_routes
+        assert route_clusters(body) == expected, shape
+        resource = Resource.of("svc", body)
+        assert route_dependencies(xds.ROUTE, resource) == expected, shape
+        assert route_dependencies(xds.ROUTE, resource) is route_dependencies(xds.ROUTE, resource)  # cached
+    assert route_dependencies(xds.CLUSTER, Resource.of("svc/r1", xds.cluster("svc/r1"))) == frozenset()
+
+
+# -- real Envoy behind a follower ---------------------------------------------------------------------------
+
+
+async def start_backend(answer: str) -> tuple[web.AppRunner, int]:
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(text=answer)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, port
+
+
+async def answers(session: aiohttp.ClientSession, port: int, host: str, expected: str) -> bool:
+    try:
+        async with session.get(f"http://127.0.0.1:{port}/", headers={"Host": host}) as response:
+            return response.status == 200 and await response.text() == expected
+    except aiohttp.ClientError:
+        return False
+
+
+async def test_envoy_served_by_a_follower_follows_the_leader(tmp_path):
+    runners: list[web.AppRunner] = []
+    envoys: list[EnvoyProcess] = []
+    leader = await Leader().start()
+    try:
+        for answer in ("blue", "green"):
+            runner, port = await start_backend(answer)
+            runners.append(runner)
+        blue, green = (r.addresses[0][1] for r in runners)
+        gateway_port, own_port = free_port(), free_port()
+        leader.cache.update(merged(gateway_listener(gateway_port), service("web", blue)))
+        async with Follower(leader.address) as follower:
+            await asyncio.wait_for(follower.mirror.synced.wait(), TIMEOUT)
+            for options in (
+                BootstrapOptions("gw-shared", xds_port=follower.port, admin_port=free_port()),
+                BootstrapOptions("gw-own", xds_port=follower.port, admin_port=free_port(),
+                                 listen=f"127.0.0.1:{own_port}"),
+            ):
+                envoy = EnvoyProcess(options, tmp_path)
+                envoys.append(envoy)
+                await envoy.start()
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+                for port in (gateway_port, own_port):
+                    await wait_until(partial(answers, session, port, "web.test", "blue"), 30, f"{port}: blue")
+                assert not await answers(session, gateway_port, "nobody.test", "blue")
+
+                # An endpoint change on the leader reaches both gateways through the follower.
+                leader.cache.update({xds.ENDPOINT: {"web/r1": endpoints("web/r1", green)}})
+                for port in (gateway_port, own_port):
+                    await wait_until(partial(answers, session, port, "web.test", "green"), TIMEOUT, f"{port}: green")
+            assert follower.mirror.listen_overrides == {f"default@127.0.0.1:{own_port}": f"127.0.0.1:{own_port}"}
+            own_group = follower.cache.group(f"default@127.0.0.1:{own_port}")
+            assert own_group.stores[xds.LISTENER].entries[xds.LISTENER_NAME].body == xds.listener("127.0.0.1", own_port)
+            assert await follower.gateways.wait_in_sync(TIMEOUT, 2)
+    finally:
+        for envoy in envoys:
+            await envoy.stop()
+        for runner in runners:
+            await runner.cleanup()
+        await leader.stop()
+
+
+# -- how fast ----------------------------------------------------------------------------------------------
+
+
+class _Changed:
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    def resources_changed(self, changed) -> None:
+        self.event.set()
+
+
+async def propagation_latency(leader: SnapshotCache, follower: SnapshotCache, changes: int = 50) -> list[float]:
+    """Seconds from a leader's cache.update to the follower's cache holding it, one endpoint change at a time
+    (both caches mirroring already). Usable from a bench script."""
+    watcher = _Changed()
+    store = follower.group(SnapshotCache.DEFAULT).stores[xds.ENDPOINT]
+    follower.group(SnapshotCache.DEFAULT).watchers.add(watcher)
+    took = []
+    try:
+        for i in range(changes):
+            resource = endpoints("probe/r1", 20_000 + i)
+            watcher.event.clear()
+            start = time.perf_counter()
+            leader.update({xds.ENDPOINT: {"probe/r1": resource}})
+            while store.entries.get("probe/r1") != resource:
+                await asyncio.wait_for(watcher.event.wait(), TIMEOUT)
+                watcher.event.clear()
+            took.append(time.perf_counter() - start)
+    finally:
+        follower.group(SnapshotCache.DEFAULT).watchers.discard(watcher)
+    return took
+
+
+async def test_propagation_latency():
+    leader = await Leader().start()
+    try:
+        leader.cache.update(merged(gateway_listener(8080), service("probe", 9001)))
+        async with Follower(leader.address) as follower:
+            await asyncio.wait_for(follower.mirror.synced.wait(), TIMEOUT)
+            took = await propagation_latency(leader.cache, follower.cache)
+        ms = sorted(t * 1000 for t in took)
+        print(f"\nleader -> follower cache: median {statistics.median(ms):.2f} ms, "
+              f"p90 {ms[int(len(ms) * 0.9)]:.2f} ms, max {ms[-1]:.2f} ms over {len(ms)} changes")
+    finally:
+        await leader.stop()
