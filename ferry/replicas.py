@@ -13,16 +13,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
 
-from .backends.kube_lease import LeaseElector
 from .envoy.bootstrap import ADMIN_METADATA_KEY
 from .periodic import every
 from .xds.cache import SnapshotCache
 from .xds.mirror import XdsMirror
 from .xds.server import GatewayRegistry
+
+if TYPE_CHECKING:  # the kubernetes client is imported only when --leader-elect asks for it
+    from .backends.kube_lease import LeaseElector
 
 log = logging.getLogger("ferry.replicas")
 

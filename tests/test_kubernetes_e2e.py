@@ -104,17 +104,10 @@ class Kubelet:
                             labels=labels)
 
 
-async def test_revisions_run_as_deployments_and_serve_through_envoy(ferry, tmp_path):
-    fake = FakeKubeAPI()
-    await fake.start()
-    try:
-        kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
-        f = ferry(extra=("--retain-revisions", "1"))
-        async with Kubelet(fake):
-
-            def routes(message: str) -> None:
-                text = f"""\
-gateway: {{listen: 127.0.0.1:{f.gateway_port}, domain: localhost}}
+def hello_routes(gateway_port: int, kubeconfig, message: str) -> str:
+    """The example app as one revision on the Kubernetes backend (the stand-in kubelet runs its command)."""
+    return f"""\
+gateway: {{listen: 127.0.0.1:{gateway_port}, domain: localhost}}
 backend: {{kind: kubernetes, kubeconfig: {kubeconfig}}}
 services:
   hello:
@@ -125,9 +118,25 @@ services:
       readiness: {{path: /healthz}}
       scale: {{min: 1, burstCapacity: 0}}
 """
-                tmp = f.routes.with_suffix(".tmp")
-                tmp.write_text(text)
-                os.replace(tmp, f.routes)
+
+
+def write_atomically(path, text: str) -> None:
+    """As editors and kubelet's ConfigMap updates do: the watcher never reads half a file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+async def test_revisions_run_as_deployments_and_serve_through_envoy(ferry, tmp_path):
+    fake = FakeKubeAPI()
+    await fake.start()
+    try:
+        kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
+        f = ferry(extra=("--retain-revisions", "1"))
+        async with Kubelet(fake):
+
+            def routes(message: str) -> None:
+                write_atomically(f.routes, hello_routes(f.gateway_port, kubeconfig, message))
 
             routes("v1")
             await f.start()
@@ -138,7 +147,7 @@ services:
             assert await count_revisions(f.gateway, "hello.localhost", 40) == {"hello-00001": 40}
 
             routes("v2")  # a new revision: a new Deployment; traffic moves once its slice says ready
-            await wait_until(lambda: _serves(f, "hello-00002"), 60, f"hello-00002; log:\n{f.log_text}")
+            await wait_until(lambda: _serves_at(f.gateway, "hello-00002"), 60, f"hello-00002; log:\n{f.log_text}")
             assert fake.get("deployments", "hello-00002")["spec"]["replicas"] == 1
             # Out of the traffic: drained and scaled to zero, then (only the newest revision retained here)
             # garbage-collected.
@@ -148,13 +157,6 @@ services:
             assert scaled, "scaled to zero before deletion"
     finally:
         await fake.close()
-
-
-async def _serves(f, revision: str) -> bool:
-    try:
-        return await count_revisions(f.gateway, "hello.localhost", 10, concurrency=2) == {revision: 10}
-    except aiohttp.ClientError:
-        return False
 
 
 async def test_replicas_serve_one_state_and_a_follower_takes_over_without_dropping_its_gateway(ferry, tmp_path):
@@ -176,22 +178,8 @@ async def test_replicas_serve_one_state_and_a_follower_takes_over_without_droppi
         follower = ferry(workdir=follower_dir, envoy=False, extra=elect)
 
         def routes(message: str) -> None:
-            text = f"""\
-gateway: {{listen: 127.0.0.1:{leader.gateway_port}, domain: localhost}}
-backend: {{kind: kubernetes, kubeconfig: {kubeconfig}}}
-services:
-  hello:
-    template:
-      image: example/hello:1
-      command: [{sys.executable}, {HELLO_APP}]
-      env: {{MESSAGE: {message}}}
-      readiness: {{path: /healthz}}
-      scale: {{min: 1, burstCapacity: 0}}
-"""
             for f in (leader, follower):  # one ConfigMap, mounted in every replica
-                tmp = f.routes.with_suffix(".tmp")
-                tmp.write_text(text)
-                os.replace(tmp, f.routes)
+                write_atomically(f.routes, hello_routes(leader.gateway_port, kubeconfig, message))
 
         routes("v1")
         async with Kubelet(fake):

@@ -16,14 +16,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-from ferry.backends.kubernetes import HISTORY_DIGEST
 from ferry.routing.revisions import Revision, RevisionStore, canonical_template
 from ferry.routing.schema import Template
 
 log = logging.getLogger("ferry.backends.kube_history")
 
 GENERATION = "ferry.dev/generation"
-DIGEST = HISTORY_DIGEST  # also read by the backend when it adopts an existing Deployment
+DIGEST = "ferry.dev/digest"  # also read by the backend when it adopts an existing Deployment
 TEMPLATE = "ferry.dev/template"
 CREATED_AT = "ferry.dev/created-at"
 LATEST_READY_AT = "ferry.dev/latest-ready-at"  # on the revision that became the service's latest ready

@@ -52,6 +52,12 @@ from ferry.backends.base import (
     InstanceInfo,
     Workload,
 )
+from ferry.backends.kube_history import (
+    DIGEST,
+    DeploymentHistory,
+    creation_annotations,
+    read_history,
+)
 from ferry.routing.revisions import RevisionStore
 
 log = logging.getLogger("ferry.backends.kubernetes")
@@ -129,7 +135,6 @@ def _labels(wl: KubeWorkload) -> dict[str, str]:
 
 
 PRE_STOP_DRAIN_S = 5
-HISTORY_DIGEST = "ferry.dev/digest"  # kube_history.DIGEST (that module imports this one)
 
 
 def deployment_manifest(wl: KubeWorkload, *, owner: str, replicas: int) -> dict[str, Any]:
@@ -618,8 +623,6 @@ class KubernetesBackend:
     async def share_history(self, store: RevisionStore) -> int:
         """Take in the revision history recorded on the Deployments (another replica's, or this one's before an
         emptyDir was lost), then record every later write of `store` there too. Returns revisions added."""
-        from ferry.backends.kube_history import DeploymentHistory, read_history
-
         await self.start()
         added = store.import_history(
             read_history(self._deployments.values(), service_label=LABEL_SERVICE, revision_label=LABEL_REVISION))
@@ -724,8 +727,6 @@ class KubernetesBackend:
     async def _create(self, wl: KubeWorkload, replicas: int) -> None:
         revision = self._store.get(wl.revision) if self._store is not None else None
         if revision is not None:
-            from ferry.backends.kube_history import creation_annotations
-
             wl = replace(wl, annotations={**creation_annotations(revision), **wl.annotations})
         try:
             await self._call(self._core.create_namespaced_service, self._namespace,
@@ -746,7 +747,7 @@ class KubernetesBackend:
             if owner != self.owner:
                 raise RuntimeError(f"deployment {wl.revision} exists and is not owned by {self.owner!r} "
                                    f"(owner: {owner!r})") from e
-            ours, theirs = wl.annotations.get(HISTORY_DIGEST), notes.get(HISTORY_DIGEST)
+            ours, theirs = wl.annotations.get(DIGEST), notes.get(DIGEST)
             if ours and theirs and ours != theirs:
                 # Same name, other template: a history that diverged (a replica that could not read the
                 # shared one). Running the old pods under the new revision's name would serve other code.
