@@ -45,7 +45,7 @@ FAST_APP = ROOT / "bench" / "fast_app.py"
 
 
 class _Target:
-    def ready(self, revision: str) -> int:
+    def ready_instances(self, revision: str) -> int:
         return 3
 
     def reachable(self, revision: str) -> bool:

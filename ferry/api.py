@@ -1,12 +1,21 @@
-"""ferry's HTTP API: /status (JSON), /metrics (Prometheus), /apply (`ferry apply`), and the rollout,
-revision and traffic operations behind `ferry rollout`, `ferry revisions` and `ferry traffic`."""
+"""ferry's HTTP API, every route of it: /healthz, /readyz, /metrics and /replica (answered by any replica),
+/status, /apply and the rollout, revision and traffic operations behind `ferry rollout`, `ferry revisions` and
+`ferry traffic` (the leader's), /replicas/<name>/gateways (followers report to the leader), and /debug/* when
+test hooks are on.
+
+A replica that does not lead (yet) answers the leader's routes with 503; a follower forwards them to the
+leader (replicas.py) before they get here.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable, Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -15,47 +24,83 @@ from .routing.errors import ConfigError
 
 log = logging.getLogger("ferry.api")
 
-ApplyText = Callable[[Path, str], Awaitable[None]]
+# Answered by every replica itself; everything else is the leader's business.
+LOCAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/replica"})
 
 
-class Operations(Protocol):
-    """What the controller offers the API besides status. KeyError: no such service; ValueError: refused, says why."""
+class Leader(Protocol):
+    """What the API asks of the replica that leads. KeyError: no such service; ValueError: refused, says why."""
+
+    def status(self, service: str | None) -> dict: ...
+
+    async def apply(self, path: Path, text: str) -> None: ...
 
     def rollout_status(self, service: str) -> dict: ...
 
-    async def rollout_action(self, service: str, action: str): ...
+    async def rollout_action(self, service: str, action: str) -> Any: ...
 
     def revisions_status(self, service: str) -> list[dict]: ...
 
     async def set_traffic(self, service: str, splits: list[tuple[str, int]] | None) -> None: ...
 
+    def report_gateways(self, replica: str, gateways: list[dict], ttl_s: float) -> None: ...
 
-def build_api(
-    status: Callable[[str | None], dict],
-    registry: CollectorRegistry,
-    apply_text: ApplyText,
-    operations: Operations,
-    *,
-    test_hooks: dict[str, Callable[[dict], Awaitable[None]]] | None = None,
-) -> web.Application:
+
+# A test hook: run with the leader and the request's JSON body.
+TestHook = Callable[[Leader, dict], Awaitable[None]]
+
+
+@dataclass
+class ApiState:
+    """What the API answers from, in one replica."""
+
+    registry: CollectorRegistry
+    replica: Callable[[], dict]  # GET /replica: this replica's role and what it sees
+    leader_identity: Callable[[], str | None] = lambda: None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)  # holds a whole state to serve
+    leading: Leader | None = None  # set while this replica leads
+    test_hooks: Mapping[str, TestHook] = field(default_factory=dict)
+
+
+def build_api(state: ApiState, *, middlewares: tuple = ()) -> web.Application:
+    """`middlewares` run outermost first (a follower's forwarding), before the leader's routes are refused."""
     routes = web.RouteTableDef()
+
+    def leader() -> Leader:
+        assert state.leading is not None  # not_before_leading let the request through
+        return state.leading
+
+    # -- every replica ---------------------------------------------------------------------------------
+
+    @routes.get("/healthz")
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    @routes.get("/readyz")
+    async def readyz(request: web.Request) -> web.Response:
+        """Ready = holds a whole state to serve: applied (leader) or mirrored (follower)."""
+        if state.ready.is_set():
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="not serving yet\n")
+
+    @routes.get("/metrics")
+    async def get_metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(state.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    @routes.get("/replica")
+    async def replica(request: web.Request) -> web.Response:
+        return web.json_response(state.replica())
+
+    # -- the leader ------------------------------------------------------------------------------------
 
     @routes.get("/status")
     async def get_status(request: web.Request) -> web.Response:
         """?service=NAME: one service and its revisions, cheap even with thousands of services."""
         try:
-            body = status(request.query.get("service"))
+            body = leader().status(request.query.get("service"))
         except KeyError:
             return web.json_response({"error": f"no service {request.query['service']!r}"}, status=404)
         return web.json_response(body, dumps=lambda o: json.dumps(o, separators=(",", ":")))
-
-    @routes.get("/metrics")
-    async def get_metrics(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    @routes.get("/healthz")
-    async def healthz(request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
 
     @routes.post("/apply")
     async def apply(request: web.Request) -> web.Response:
@@ -66,7 +111,7 @@ def build_api(
         except (ValueError, KeyError, TypeError):
             return web.json_response({"error": 'expected JSON {"path": ..., "content": ...}'}, status=400)
         try:
-            await apply_text(path, content)
+            await leader().apply(path, content)
         except ConfigError as err:
             return web.json_response(
                 {"error": str(err), "problems": [p.__dict__ for p in err.problems]}, status=422
@@ -79,7 +124,7 @@ def build_api(
     @routes.get("/rollouts/{service}")
     async def get_rollout(request: web.Request) -> web.Response:
         try:
-            return web.json_response(operations.rollout_status(request.match_info["service"]))
+            return web.json_response(leader().rollout_status(request.match_info["service"]))
         except KeyError:
             return no_service(request)
 
@@ -87,17 +132,17 @@ def build_api(
     async def act_on_rollout(request: web.Request) -> web.Response:
         service = request.match_info["service"]
         try:
-            await operations.rollout_action(service, request.match_info["action"])
+            await leader().rollout_action(service, request.match_info["action"])
         except KeyError:
             return no_service(request)
         except ValueError as err:
             return web.json_response({"error": str(err)}, status=409)
-        return web.json_response(operations.rollout_status(service))
+        return web.json_response(leader().rollout_status(service))
 
     @routes.get("/revisions/{service}")
     async def get_revisions(request: web.Request) -> web.Response:
         try:
-            return web.json_response(operations.revisions_status(request.match_info["service"]))
+            return web.json_response(leader().revisions_status(request.match_info["service"]))
         except KeyError:
             return no_service(request)
 
@@ -111,21 +156,35 @@ def build_api(
             return web.json_response({"error": 'expected JSON {"splits": [[revision, percent], ...]} or {"reset": true}'},
                                      status=400)
         try:
-            await operations.set_traffic(request.match_info["service"], splits)
+            await leader().set_traffic(request.match_info["service"], splits)
         except KeyError:
             return no_service(request)
         except ValueError as err:
             return web.json_response({"error": str(err)}, status=422)
         return web.json_response({"service": request.match_info["service"], "splits": splits})
 
-    for name, hook in (test_hooks or {}).items():
+    @routes.put("/replicas/{replica}/gateways")
+    async def report(request: web.Request) -> web.Response:
+        """A follower's gateways, for the leader's autoscaler and status."""
+        body = await request.json()
+        leader().report_gateways(request.match_info["replica"], list(body["gateways"]), float(body["ttl_s"]))
+        return web.json_response({"leader": state.leader_identity()})
+
+    for name, hook in state.test_hooks.items():
 
         async def run_hook(request: web.Request, hook=hook, name=name) -> web.Response:
-            await hook(await request.json() if request.can_read_body else {})
+            await hook(leader(), await request.json() if request.can_read_body else {})
             return web.json_response({"hook": name})
 
         routes.post(f"/debug/{name}")(run_hook)
 
-    app = web.Application()
+    @web.middleware
+    async def not_before_leading(request: web.Request, handler) -> web.StreamResponse:
+        if state.leading is None and request.path not in LOCAL_PATHS:
+            return web.json_response({"error": "this replica is starting to lead: try again in a moment"},
+                                     status=503)
+        return await handler(request)
+
+    app = web.Application(middlewares=[*middlewares, not_before_leading])
     app.add_routes(routes)
     return app

@@ -22,7 +22,8 @@ from typing import Any
 import yaml
 
 from .backends.kubernetes import RBAC_RULES
-from .envoy.bootstrap import ADMIN_METADATA_KEY, BootstrapOptions, bootstrap
+from .envoy.bootstrap import BootstrapOptions, bootstrap
+from .xds.groups import ADMIN_METADATA_KEY
 
 NAME = "ferry"
 GATEWAY = "ferry-gateway"
@@ -39,7 +40,7 @@ STATE_DIR = "/var/lib/ferry"
 BOOTSTRAP_DIR = "/etc/envoy"
 
 LEASE_RULE: dict[str, Any] = {
-    # leader election (ferry/backends/kube_lease.py)
+    # leader election (ferry/backends/kubernetes/lease.py)
     "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"],
 }
 

@@ -18,14 +18,15 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
-from .envoy.bootstrap import ADMIN_METADATA_KEY
-from .periodic import every
+from .api import LOCAL_PATHS
+from .tasks import every
 from .xds.cache import SnapshotCache
+from .xds.groups import ADMIN_METADATA_KEY
 from .xds.mirror import XdsMirror
 from .xds.server import GatewayRegistry
 
 if TYPE_CHECKING:  # the kubernetes client is imported only when --leader-elect asks for it
-    from .backends.kube_lease import LeaseElector
+    from .backends.kubernetes.lease import LeaseElector
 
 log = logging.getLogger("ferry.replicas")
 
@@ -33,8 +34,6 @@ XDS_ANNOTATION = "ferry.dev/xds"  # on the Lease: where the leader serves xDS
 API_ANNOTATION = "ferry.dev/api"  # and its HTTP API
 REPORT_EVERY_S = 2.0
 REPORT_TTL_S = 3 * REPORT_EVERY_S  # a follower that stopped reporting: its gateways no longer count
-# Answered by the replica itself; everything else is the leader's business.
-LOCAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/replica"})
 
 
 def gateways_report(gateways: GatewayRegistry) -> list[dict]:
@@ -46,7 +45,7 @@ def gateways_report(gateways: GatewayRegistry) -> list[dict]:
 
 
 class Follower:
-    """What a replica does while another one leads."""
+    """The following role: what a replica does while another one leads."""
 
     def __init__(self, elector: LeaseElector, cache: SnapshotCache, gateways: GatewayRegistry):
         self.identity = identity = elector.identity
@@ -68,6 +67,35 @@ class Follower:
 
     def leader_api(self) -> str | None:
         return self._leader_says(API_ANNOTATION)
+
+    async def until_leading(self, election: asyncio.Task, stop: asyncio.Event, ready: asyncio.Event) -> bool:
+        """Mirror the leader (`ready` once a whole state arrived) until this replica leads: True; or is asked
+        to stop: False. RuntimeError if the election fails."""
+        following = asyncio.create_task(self.run(), name="follow the leader")
+
+        def synced(task: asyncio.Task) -> None:
+            if not task.cancelled():
+                ready.set()
+                log.info("serving the leader's state", extra={"leader": self._elector.leader})
+
+        mirrored = asyncio.create_task(self.mirror.synced.wait())
+        mirrored.add_done_callback(synced)
+        leading = asyncio.create_task(self._elector.wait_leading())
+        stopping = asyncio.create_task(stop.wait())
+        log.info("following until the leader lease is ours", extra={"identity": self.identity})
+        try:
+            await asyncio.wait({leading, stopping, election}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (mirrored, leading, stopping, following):
+                task.cancel()
+            await asyncio.gather(following, return_exceptions=True)
+        if election.done() and not election.cancelled() and election.exception() is not None:
+            raise RuntimeError(f"leader election failed: {election.exception()}")
+        if not self._elector.is_leader:
+            return False
+        self.following = False
+        log.info("leading", extra={"identity": self.identity})
+        return True
 
     async def run(self) -> None:
         """Mirror the leader and report to it until cancelled."""

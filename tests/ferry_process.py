@@ -16,6 +16,19 @@ from .helpers import free_port, wait_until
 HELLO_APP = Path(__file__).resolve().parent.parent / "examples" / "hello" / "app.py"
 
 
+def hello(message: str = "hi", *, concurrency: int | None = None, timeout: str | None = None, scale: str | None = None,
+          extra: tuple[str, ...] = (), **env) -> str:
+    """Service `hello` running the example app, for write_routes: MESSAGE and `env` in its environment, a readiness
+    probe, the template fields given, and `extra` lines at the service's level (traffic:, rollout:)."""
+    env_yaml = "".join(f", {k}: '{v}'" for k, v in env.items())
+    fields = [f"command: [{sys.executable}, {HELLO_APP}]", f"env: {{MESSAGE: {message}{env_yaml}}}",
+              "readiness: {path: /healthz}"]
+    fields += [f"{name}: {value}" for name, value in
+               (("concurrency", concurrency), ("timeout", timeout), ("scale", scale)) if value is not None]
+    return ("\n    hello:\n      template:\n" + "".join(f"        {field}\n" for field in fields)
+            + "".join(f"      {line}\n" for line in extra if line))
+
+
 class FerryProcess:
     def __init__(self, workdir: Path, *, envoy: bool = True, delta: bool = True, extra: tuple[str, ...] = ()):
         self.workdir = workdir

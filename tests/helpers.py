@@ -1,12 +1,18 @@
-"""Shared test utilities: free loopback ports, waiting on conditions, HTTP through a gateway."""
+"""Shared test utilities: free loopback ports, waiting on conditions, routes files and their problems."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import socket
+import textwrap
 import time
+from pathlib import Path
 from typing import Awaitable, Callable
+
+import pytest
+
+from ferry.routing import ConfigError, LoadedRoutes, Problem, load_routes
 
 _handed_out: set[int] = set()
 
@@ -53,3 +59,33 @@ async def wait_until(condition: Callable[[], Awaitable[bool] | bool], timeout: f
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+# -- routes files ----------------------------------------------------------------------------------------
+
+
+def write_routes(tmp_path: Path, text: str) -> Path:
+    """`text` (dedented) as tmp_path/routes.yaml."""
+    path = tmp_path / "routes.yaml"
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
+
+
+def load(tmp_path: Path, text: str) -> LoadedRoutes:
+    return load_routes(write_routes(tmp_path, text))
+
+
+def problems(tmp_path: Path, text: str) -> list[Problem]:
+    """Every problem ferry finds in `text`, which must have some; each names the file."""
+    path = write_routes(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_routes(path)
+    assert info.value.file == str(path)
+    return list(info.value.problems)
+
+
+def only(tmp_path: Path, text: str) -> Problem:
+    """The one problem in `text`."""
+    found = problems(tmp_path, text)
+    assert len(found) == 1, found
+    return found[0]

@@ -5,9 +5,8 @@ conftest.py imports the fixtures, so every test module can ask for them by name.
 
 from __future__ import annotations
 
-import asyncio
 import threading
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from kubernetes import client as k8s
@@ -20,11 +19,8 @@ from .kube_fake import FakeKubeAPI
 NS = "default"
 
 
-async def wait_for(pred: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> None:
-    """Poll a condition on the loop (events arrive from watch threads; there is nothing finer to await)."""
-    async with asyncio.timeout(timeout):
-        while not pred():
-            await asyncio.sleep(0.005)
+def deployment(fake: FakeKubeAPI, name: str) -> dict[str, Any] | None:
+    return fake.get("deployments", name, NS)
 
 
 class Recorder:

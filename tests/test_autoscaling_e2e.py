@@ -7,7 +7,6 @@ the arithmetic is Knative's either way (it is tested against Knative's vectors e
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 
 import aiohttp
@@ -15,7 +14,8 @@ import pytest
 
 from ferry.cli import format_status
 
-from .ferry_process import HELLO_APP, FerryProcess
+from . import ferry_process
+from .ferry_process import FerryProcess
 from .helpers import wait_until
 from .load import Load
 
@@ -26,17 +26,7 @@ TICK = ("--autoscale-tick", "0.5")
 
 
 def hello(scale: str, *, concurrency: int = 0, timeout: str = "300s", **env) -> str:
-    env_yaml = "".join(f", {k}: '{v}'" for k, v in env.items())
-    return f"""
-    hello:
-      template:
-        command: [{sys.executable}, {HELLO_APP}]
-        env: {{MESSAGE: hi{env_yaml}}}
-        readiness: {{path: /healthz}}
-        concurrency: {concurrency}
-        timeout: {timeout}
-        scale: {scale}
-    """
+    return ferry_process.hello("hi", concurrency=concurrency, timeout=timeout, scale=scale, **env)
 
 
 async def revision(f: FerryProcess) -> dict:

@@ -10,24 +10,15 @@ from typing import Any
 
 import pytest
 
-k8s = pytest.importorskip("kubernetes.client")
-
-from ferry.backends.base import Endpoint, Workload  # noqa: E402
-from ferry.backends.kubernetes import (  # noqa: E402
-    ANNOTATION_OWNER,
-    KubeWorkload,
-    kube_workload,
-)
-from tests.kube_fake import FakeKubeAPI  # noqa: E402
-from tests.kube_fixtures import NS, wait_for  # noqa: E402
+from ferry.backends.base import Endpoint, Workload
+from ferry.backends.kubernetes import KubeWorkload, kube_workload
+from ferry.backends.kubernetes.manifests import ANNOTATION_OWNER
+from tests.helpers import wait_until
+from tests.kube_fixtures import NS, deployment
 
 
 def wl(revision: str = "hello-00001", **kw: Any) -> KubeWorkload:
     return KubeWorkload(service="hello", revision=revision, image="registry.example/hello:1", **kw)
-
-
-def deployment(fake: FakeKubeAPI, name: str) -> dict[str, Any] | None:
-    return fake.get("deployments", name, NS)
 
 
 # ---- create and scale -------------------------------------------------------------------------------
@@ -96,7 +87,7 @@ async def test_idempotent_scale_makes_no_api_request(fake, make_backend):
     revisions = [f"svc-{i:05d}" for i in range(20)]
     for i, rev in enumerate(revisions):
         await b.scale(wl(rev), i % 3 + 1)
-    await wait_for(lambda: all(b._deployments.get(r) for r in revisions), what="watch saw every deployment")
+    await wait_until(lambda: all(b._deployments.get(r) for r in revisions), what="watch saw every deployment")
     mark = len(fake.requests)
     for _ in range(50):
         for i, rev in enumerate(revisions):
@@ -115,7 +106,7 @@ async def test_external_scale_is_seen_and_corrected(fake, make_backend):
     dep = deployment(fake, "hello-00001")
     dep2 = {**dep, "spec": {**dep["spec"], "replicas": 7}}
     fake._store("deployments", (NS, "hello-00001"), dep2, "MODIFIED")
-    await wait_for(lambda: b.counts("hello-00001").total == 7)
+    await wait_until(lambda: b.counts("hello-00001").total == 7)
     await b.scale(wl(), 2)
     assert deployment(fake, "hello-00001")["spec"]["replicas"] == 2
 
@@ -133,30 +124,30 @@ async def test_endpoint_slice_transitions_reach_on_endpoints_at_once(fake, make_
 
     fake.put_slice("hello-00001-a", service=rev, labels=labels,
                    endpoints=[("10.0.0.1", True, False), ("10.0.0.2", False, False)])
-    await wait_for(lambda: b.endpoints(rev) == (e1,))
+    await wait_until(lambda: b.endpoints(rev) == (e1,))
     assert recorder.last(rev) == (e1,)
 
     fake.put_slice("hello-00001-a", service=rev, labels=labels,
                    endpoints=[("10.0.0.1", True, False), ("10.0.0.2", True, False)])
-    await wait_for(lambda: b.endpoints(rev) == (e1, e2))
+    await wait_until(lambda: b.endpoints(rev) == (e1, e2))
 
     # a second slice of the same Service is merged
     fake.put_slice("hello-00001-b", service=rev, labels=labels, endpoints=[("10.0.0.3", True, False)])
-    await wait_for(lambda: b.endpoints(rev) == (e1, e2, e3))
+    await wait_until(lambda: b.endpoints(rev) == (e1, e2, e3))
     assert b.counts(rev).ready == 3
 
     # not-ready leaves at once
     fake.put_slice("hello-00001-a", service=rev, labels=labels,
                    endpoints=[("10.0.0.1", False, False), ("10.0.0.2", True, False)])
-    await wait_for(lambda: recorder.last(rev) == (e2, e3))
+    await wait_until(lambda: recorder.last(rev) == (e2, e3))
     # terminating leaves at once (even while still "ready", as kubelet reports during shutdown)
     fake.put_slice("hello-00001-a", service=rev, labels=labels,
                    endpoints=[("10.0.0.1", False, False), ("10.0.0.2", True, True)])
-    await wait_for(lambda: recorder.last(rev) == (e3,))
+    await wait_until(lambda: recorder.last(rev) == (e3,))
     infos = {i.endpoint: i for i in b.instances(rev)}
     assert infos[e2].stopping and not infos[e2].ready and not infos[e1].ready and infos[e3].ready
     fake.delete_slice("hello-00001-b")
-    await wait_for(lambda: recorder.last(rev) == ())
+    await wait_until(lambda: recorder.last(rev) == ())
     assert b.endpoints(rev) == ()
     # every report was a real change
     changes = [eps for r, eps in recorder.events if r == rev]
@@ -170,7 +161,7 @@ async def test_watch_410_gone_relists_and_resumes_without_losing_a_change(fake, 
     labels = {"ferry.dev/revision": rev, "app.kubernetes.io/managed-by": "ferry"}
     fake.put_slice("s-a", service=rev, labels=labels, endpoints=[("10.0.0.1", True, False)])
     fake.put_slice("s-b", service=rev, labels=labels, endpoints=[("10.0.0.2", True, False)])
-    await wait_for(lambda: len(b.endpoints(rev)) == 2)
+    await wait_until(lambda: len(b.endpoints(rev)) == 2)
     slices = b._reflectors[1]
     lists_before = slices.lists
 
@@ -180,16 +171,16 @@ async def test_watch_410_gone_relists_and_resumes_without_losing_a_change(fake, 
     fake.expire_watches()
     fake.put_slice("s-a", service=rev, labels=labels, endpoints=[("10.0.0.1", True, False), ("10.0.0.9", True, False)])
     fake.delete_slice("s-b")
-    await wait_for(lambda: b.endpoints(rev) == (Endpoint("10.0.0.1", 8080), Endpoint("10.0.0.9", 8080)))
+    await wait_until(lambda: b.endpoints(rev) == (Endpoint("10.0.0.1", 8080), Endpoint("10.0.0.9", 8080)))
     assert slices.lists == lists_before + 1
     assert recorder.last(rev) == (Endpoint("10.0.0.1", 8080), Endpoint("10.0.0.9", 8080))
 
     # ... and the new watch resumed from the list's resourceVersion: later changes stream in
     list_rv = str(fake.rv)
-    await wait_for(lambda: any(r.watch and r.query.get("resourceVersion") == list_rv
+    await wait_until(lambda: any(r.watch and r.query.get("resourceVersion") == list_rv
                                and "endpointslices" in r.path for r in fake.requests))
     fake.put_slice("s-a", service=rev, labels=labels, endpoints=[("10.0.0.9", True, False)])
-    await wait_for(lambda: recorder.last(rev) == (Endpoint("10.0.0.9", 8080),))
+    await wait_until(lambda: recorder.last(rev) == (Endpoint("10.0.0.9", 8080),))
     assert slices.lists == lists_before + 1
 
 
@@ -237,14 +228,14 @@ async def test_api_outage_keeps_last_endpoints_and_recovers(fake, make_backend, 
     labels = {"ferry.dev/revision": rev, "app.kubernetes.io/managed-by": "ferry"}
     await b.scale(wl(), 1)
     fake.put_slice("s-a", service=rev, labels=labels, endpoints=[("10.0.0.1", True, False)])
-    await wait_for(lambda: b.endpoints(rev) == (Endpoint("10.0.0.1", 8080),))
+    await wait_until(lambda: b.endpoints(rev) == (Endpoint("10.0.0.1", 8080),))
     n_events = len(recorder.events)
 
     await fake.outage(refuse=refuse)
-    await wait_for(lambda: all(r.failing_since is not None for r in b._reflectors), what="watches notice the outage")
+    await wait_until(lambda: all(r.failing_since is not None for r in b._reflectors), what="watches notice the outage")
     # a few retries happen; the endpoints stay as they were and nothing is reported
     fails_seen = len(fake.requests)
-    await wait_for(lambda: refuse or len(fake.requests) >= fails_seen + 4, what="retries")
+    await wait_until(lambda: refuse or len(fake.requests) >= fails_seen + 4, what="retries")
     assert b.endpoints(rev) == (Endpoint("10.0.0.1", 8080),)
     assert len(recorder.events) == n_events
     assert b.counts(rev).total == 1
@@ -254,8 +245,8 @@ async def test_api_outage_keeps_last_endpoints_and_recovers(fake, make_backend, 
     fake.put_slice("s-a", service=rev, labels=labels, endpoints=[("10.0.0.2", True, False)])
 
     await fake.recover()
-    await wait_for(lambda: b.endpoints(rev) == (Endpoint("10.0.0.2", 8080),), timeout=10)
-    await wait_for(lambda: all(r.failing_since is None for r in b._reflectors))
+    await wait_until(lambda: b.endpoints(rev) == (Endpoint("10.0.0.2", 8080),), timeout=10)
+    await wait_until(lambda: all(r.failing_since is None for r in b._reflectors))
     outage_logs = [r for r in caplog.records if "unreachable" in r.getMessage()]
     assert sorted(r.watch for r in outage_logs) == ["deployments", "endpointslices"]  # once per watch per outage
     await b.scale(wl(), 2)
@@ -279,7 +270,7 @@ async def test_stop_leaves_endpoints_first_drains_then_deletes(fake, api_client,
     await b.scale(wl(timeout_s=5), 2)
     labels = {"ferry.dev/revision": rev, "app.kubernetes.io/managed-by": "ferry"}
     fake.put_slice("s-a", service=rev, labels=labels, endpoints=[("10.0.0.1", True, False), ("10.0.0.2", True, False)])
-    await wait_for(lambda: len(b.endpoints(rev)) == 2)
+    await wait_until(lambda: len(b.endpoints(rev)) == 2)
     mark = len(fake.requests)
 
     await b.stop(rev)
@@ -296,7 +287,7 @@ async def test_stop_leaves_endpoints_first_drains_then_deletes(fake, api_client,
     # the slice lingering (Kubernetes deletes it a bit later) does not bring endpoints back
     fake.put_slice("s-a", service=rev, labels=labels, endpoints=[("10.0.0.1", True, False)])
     fake.delete_slice("s-a")
-    await wait_for(lambda: "s-a" not in b._slices)
+    await wait_until(lambda: "s-a" not in b._slices)
     assert b.endpoints(rev) == ()
     assert b.counts(rev).total == 0
 
@@ -324,7 +315,7 @@ async def test_aclose_joins_watch_threads_even_mid_backoff(fake, make_backend):
     b = make_backend()
     await b.start()
     await fake.outage()
-    await wait_for(lambda: all(r.failing_since is not None for r in b._reflectors))
+    await wait_until(lambda: all(r.failing_since is not None for r in b._reflectors))
     await asyncio.wait_for(b.aclose(), 5)
     assert not [t for t in threading.enumerate() if t.name.startswith("ferry-kube-")]
     with pytest.raises(RuntimeError):

@@ -17,7 +17,8 @@ import yaml
 
 from ferry.envoy.process import envoy_binary
 
-from .ferry_process import HELLO_APP, FerryProcess, get
+from . import ferry_process
+from .ferry_process import FerryProcess, get
 from .helpers import wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -28,14 +29,7 @@ def ferry_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProces
 
 
 def hello(message: str = "v1", initial: int = 1) -> str:
-    return f"""
-    hello:
-      template:
-        command: [{sys.executable}, {HELLO_APP}]
-        env: {{MESSAGE: {message}}}
-        readiness: {{path: /healthz}}
-        scale: {{initial: {initial}}}
-    """
+    return ferry_process.hello(message, scale=f"{{initial: {initial}}}")
 
 
 def test_validate_accepts_the_example_and_rejects_bad_files(tmp_path):

@@ -15,6 +15,7 @@ from ferry.envoy.admin import EnvoyAdmin
 from ferry.envoy.bootstrap import BootstrapOptions
 from ferry.envoy.process import EnvoyProcess
 
+from . import ferry_process
 from .ferry_process import HELLO_APP, FerryProcess, get
 from .helpers import free_port, wait_until
 from .load import Load, count_revisions
@@ -23,15 +24,7 @@ pytestmark = pytest.mark.timeout(240)
 
 
 def hello(message: str, traffic: str = "", **env) -> str:
-    extra_env = "".join(f", {k}: '{v}'" for k, v in env.items())
-    return f"""
-    hello:
-      template:
-        command: [{sys.executable}, {HELLO_APP}]
-        env: {{MESSAGE: {message}{extra_env}}}
-        readiness: {{path: /healthz}}
-    {traffic}
-    """
+    return ferry_process.hello(message, extra=(traffic,), **env)
 
 
 @pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
@@ -146,7 +139,7 @@ async def test_rejected_config_is_reported_not_resent_and_old_config_keeps_servi
         assert await get(session, f.gateway, "hello.localhost") == (200, "hello-00001")
 
     # A good change is accepted; the rejected table was never sent again in between.
-    f.write_routes(hello("v1", "  traffic: [{revision: hello-00001, percent: 100, tag: pinned}]"))
+    f.write_routes(hello("v1", "traffic: [{revision: hello-00001, percent: 100, tag: pinned}]"))
     await f.wait_converged()
     stats = await admin.get("/stats?filter=rds\\.hello\\.update_rejected")
     assert b"update_rejected: 1" in stats[1], stats
@@ -274,7 +267,7 @@ async def test_bad_edit_is_reported_and_last_good_config_keeps_serving(ferry):
     f.write_routes(hello("v1"))
     await f.start()
     await f.wait_converged()
-    f.write_routes(hello("v1", "  traffic: [{revision: hello-00001, percent: 90}]"))
+    f.write_routes(hello("v1", "traffic: [{revision: hello-00001, percent: 90}]"))
 
     async def error_reported() -> str | None:
         return (await f.status())["config"]["last_error"]
@@ -352,7 +345,7 @@ async def test_traffic_back_to_a_stopped_revision_waits_for_its_new_instances(fe
     await wait_until(lambda: _stopped(f, "hello-00001"), 30, "blue stopped, its cluster lingering")
     async with Load(f.gateway, "hello.localhost", concurrency=8) as load:
         await load.wait_for(200)
-        f.write_routes(hello("green", "  traffic: [{revision: hello-00001, percent: 100}]"))
+        f.write_routes(hello("green", "traffic: [{revision: hello-00001, percent: 100}]"))
         await wait_until(lambda: _traffic_is(f, {"hello-00001": 100}), 30, "traffic back on blue")
         await f.wait_converged()
         await load.wait_for(300)

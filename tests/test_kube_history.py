@@ -8,15 +8,12 @@ from pathlib import Path
 
 import pytest
 
-k8s = pytest.importorskip("kubernetes.client")
+from ferry.backends.kubernetes import KubeWorkload, history
+from ferry.routing import RevisionStore, RoutesFile, ServiceSpec, Template
+from ferry.routing.revisions import Revision, template_digest
 
-from ferry.backends import kube_history as history  # noqa: E402
-from ferry.backends.kubernetes import KubeWorkload  # noqa: E402
-from ferry.routing import RevisionStore, RoutesFile, ServiceSpec, Template  # noqa: E402
-from ferry.routing.revisions import Revision, template_digest  # noqa: E402
-
-from .kube_fixtures import wait_for  # noqa: E402
-from .test_backend_kubernetes import deployment  # noqa: E402
+from .helpers import wait_until
+from .kube_fixtures import deployment
 
 V1 = Template(image="registry.example/hello:1")
 V2 = Template(image="registry.example/hello:2")
@@ -145,7 +142,7 @@ async def test_the_leader_records_and_a_fresh_replica_reads_it_back(fake, make_b
     store.set_result(r2.name, "rolled-back", "error rate 12% > 1%")
     store.save_rollout("hello", json.dumps({"candidate": r2.name, "phase": "rolled-back"}))
     store.set_traffic_override("hello", [(r1.name, 100)])
-    await wait_for(lambda: history.TRAFFIC in deployment(fake, r2.name)["metadata"]["annotations"],
+    await wait_until(lambda: history.TRAFFIC in deployment(fake, r2.name)["metadata"]["annotations"],
                    what="the last fact recorded")
 
     follower = make_backend()
@@ -166,11 +163,11 @@ async def test_history_written_during_an_outage_lands_after_it(fake, make_backen
     await fake.outage()
     mark = len(fake.requests)
     store.set_latest_ready("hello", r1.name)
-    await wait_for(lambda: len([r for r in fake.requests_since(mark) if r.method == "PATCH"]) >= 2,
+    await wait_until(lambda: len([r for r in fake.requests_since(mark) if r.method == "PATCH"]) >= 2,
                    what="the write tried and retried during the outage")
     assert history.LATEST_READY_AT not in deployment(fake, r1.name)["metadata"]["annotations"]
     await fake.recover()
-    await wait_for(lambda: history.LATEST_READY_AT in deployment(fake, r1.name)["metadata"]["annotations"],
+    await wait_until(lambda: history.LATEST_READY_AT in deployment(fake, r1.name)["metadata"]["annotations"],
                    timeout=10, what="the fact recorded once the API is back")
 
 

@@ -1,24 +1,24 @@
-"""Leader election on a Lease (ferry/backends/kube_lease.py): decide() cases, then LeaseElector against the
+"""Leader election on a Lease (ferry/backends/kubernetes/lease.py): decide() cases, then LeaseElector against the
 fake Kubernetes API (tests/kube_fake.py) through the real `kubernetes` client."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable
+from typing import Any
 
 import pytest
+from kubernetes import client as k8s
 
-k8s = pytest.importorskip("kubernetes.client")
-
-from ferry.backends.kube_lease import (  # noqa: E402
+from ferry.backends.kubernetes.lease import (
     Action,
     LeaseElector,
     LeaseRecord,
     decide,
     parse_micro_time,
 )
-from tests.kube_fake import FakeKubeAPI  # noqa: E402
+from tests.helpers import wait_until
+from tests.kube_fake import FakeKubeAPI
 
 NS = "default"
 DURATION = 1.0
@@ -108,12 +108,6 @@ def test_elector_rejects_bad_timing() -> None:
 # ---- against the fake API ------------------------------------------------------------------------------
 
 
-async def wait_for(pred: Callable[[], Any], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not pred():
-            await asyncio.sleep(0.005)
-
-
 class Replica:
     """One elector with its own API client, its run() task and a log of (monotonic time, event)."""
 
@@ -188,14 +182,14 @@ async def test_one_elector_leads_and_keeps_renewing(fake, replicas) -> None:
     assert spec["holderIdentity"] == "a" and spec["leaseDurationSeconds"] == 1 and spec["leaseTransitions"] == 0
     first_rv = int(lease(fake)["metadata"]["resourceVersion"])
     first_renew = parse_micro_time(spec["renewTime"])
-    await wait_for(lambda: int(lease(fake)["metadata"]["resourceVersion"]) >= first_rv + 4, timeout=3)
+    await wait_until(lambda: int(lease(fake)["metadata"]["resourceVersion"]) >= first_rv + 4, timeout=3)
     spec = lease(fake)["spec"]
     assert spec["holderIdentity"] == "a" and spec["leaseTransitions"] == 0
     assert parse_micro_time(spec["renewTime"]) > first_renew
     assert a.is_leader and a.times("stopped") == []
     # the leader renews on its own last write: one PUT per renewal, no GET before each
     mark = len(fake.requests)
-    await wait_for(lambda: len(lease_writes(fake, mark)) >= 2, timeout=3)
+    await wait_until(lambda: len(lease_writes(fake, mark)) >= 2, timeout=3)
     gets = [r for r in fake.requests[mark:] if r.method == "GET" and r.path.startswith(LEASE_PATH)]
     assert gets == []
 
@@ -216,7 +210,7 @@ async def test_takeover_after_leader_dies_without_release(fake, replicas) -> Non
     a = replicas("a").start()
     await asyncio.wait_for(a.elector.wait_leading(), 3)
     b = replicas("b").start()
-    await wait_for(lambda: b.elector.leader == "a")
+    await wait_until(lambda: b.elector.leader == "a")
     await a.cancel()  # no release: the lease stays held by "a" until it expires
     t0 = time.monotonic()
     assert not a.is_leader and len(a.times("stopped")) == 1
@@ -237,7 +231,7 @@ async def test_release_hands_over_within_a_retry_interval(fake, replicas) -> Non
     a = replicas("a").start()
     await asyncio.wait_for(a.elector.wait_leading(), 3)
     b = replicas("b").start()
-    await wait_for(lambda: b.elector.leader == "a")
+    await wait_until(lambda: b.elector.leader == "a")
     t0 = time.monotonic()
     await a.elector.release()
     assert a.task is not None and a.task.done()
@@ -262,18 +256,18 @@ async def test_transitions_counted_across_hand_overs(fake, replicas) -> None:
     a = replicas("a").start()
     await asyncio.wait_for(a.elector.wait_leading(), 3)
     b = replicas("b").start()
-    await wait_for(lambda: b.elector.leader == "a")
+    await wait_until(lambda: b.elector.leader == "a")
     await a.elector.release()
     await asyncio.wait_for(b.elector.wait_leading(), 3)
     a2 = replicas("a").start()  # "a" again, a new process with the same identity
-    await wait_for(lambda: a2.elector.leader == "b")
+    await wait_until(lambda: a2.elector.leader == "b")
     await b.elector.release()
     await asyncio.wait_for(a2.elector.wait_leading(), 3)
     spec = lease(fake)["spec"]
     assert spec["holderIdentity"] == "a" and spec["leaseTransitions"] == 2
     # renewals by the same holder do not count
     rv = int(lease(fake)["metadata"]["resourceVersion"])
-    await wait_for(lambda: int(lease(fake)["metadata"]["resourceVersion"]) >= rv + 2)
+    await wait_until(lambda: int(lease(fake)["metadata"]["resourceVersion"]) >= rv + 2)
     assert lease(fake)["spec"]["leaseTransitions"] == 2
 
 
@@ -281,7 +275,7 @@ async def test_racing_for_an_absent_lease_elects_exactly_one(fake, replicas) -> 
     racers = [replicas(name) for name in ("a", "b", "c")]
     for r in racers:
         r.start()
-    await wait_for(lambda: any(r.is_leader for r in racers), timeout=3)
+    await wait_until(lambda: any(r.is_leader for r in racers), timeout=3)
     deadline = time.monotonic() + 2 * DURATION
     while time.monotonic() < deadline:
         assert sum(r.is_leader for r in racers) == 1
@@ -300,7 +294,7 @@ async def test_create_conflict_is_handled(fake, replicas) -> None:
     fake.fail("GET", r"/leases/ferry$", 404, times=1)
     mark = len(fake.requests)
     b = replicas("b").start()
-    await wait_for(lambda: b.elector.leader == "a")
+    await wait_until(lambda: b.elector.leader == "a")
     assert any(r.method == "POST" and r.path == LEASE_PATH for r in fake.requests[mark:])
     await asyncio.sleep(RETRY * 3)
     assert not b.is_leader and a.is_leader and not b.task.done()
@@ -315,7 +309,7 @@ async def test_update_conflict_means_lost_lease(fake, replicas) -> None:
     obj["spec"]["holderIdentity"] = "z"
     fake._store("leases", (NS, "ferry"), obj, "MODIFIED")
     t0 = time.monotonic()
-    await wait_for(lambda: not a.is_leader, timeout=2)
+    await wait_until(lambda: not a.is_leader, timeout=2)
     assert time.monotonic() - t0 < RENEW + 0.2
     assert len(a.times("stopped")) == 1 and a.elector.leader == "z" and not a.task.done()
 
@@ -323,11 +317,11 @@ async def test_update_conflict_means_lost_lease(fake, replicas) -> None:
 async def test_outage_leader_steps_down_before_its_lease_expires(fake, replicas) -> None:
     a = replicas("a").start()
     await asyncio.wait_for(a.elector.wait_leading(), 3)
-    await wait_for(lambda: len(lease_writes(fake)) >= 3)  # a few renewals
+    await wait_until(lambda: len(lease_writes(fake)) >= 3)  # a few renewals
     await fake.outage()
     t_out = time.monotonic()
     last_ok = [r.at for r in lease_writes(fake) if r.at < t_out][-1]
-    await wait_for(lambda: a.times("stopped"), timeout=3)
+    await wait_until(lambda: a.times("stopped"), timeout=3)
     stopped = a.times("stopped")[0]
     assert not a.is_leader
     # lease valid (for anyone) until >= last_ok + DURATION; the leader gives up at its renew deadline
@@ -344,7 +338,7 @@ async def test_partitioned_leader_steps_down_before_follower_takes_over(fake, re
     a = replicas("a").start()
     await asyncio.wait_for(a.elector.wait_leading(), 3)
     b = replicas("b").start()
-    await wait_for(lambda: b.elector.leader == "a")
+    await wait_until(lambda: b.elector.leader == "a")
     # only a loses the API (connection refused); b still reads the lease and takes it once it expires
     a.api.configuration.host = "http://127.0.0.1:1"
     await asyncio.wait_for(b.elector.wait_leading(), 3)
@@ -353,6 +347,6 @@ async def test_partitioned_leader_steps_down_before_follower_takes_over(fake, re
     assert lease(fake)["spec"]["holderIdentity"] == "b" and lease(fake)["spec"]["leaseTransitions"] == 1
     # a's API comes back: it sees b's live lease and stays a follower
     a.api.configuration.host = fake.url
-    await wait_for(lambda: a.elector.leader == "b")
+    await wait_until(lambda: a.elector.leader == "b")
     await asyncio.sleep(DURATION)
     assert b.is_leader and not a.is_leader and len(a.times("started")) == 1

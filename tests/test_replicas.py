@@ -8,15 +8,18 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from ferry.activator import Activator
 from ferry.backends.local import LocalProcessBackend
-from ferry.controller import Controller
+from ferry.reconcile.census import GatewayCensus
+from ferry.reconcile.config import ConfigSource
+from ferry.reconcile.controller import Controller
 from ferry.replicas import API_ANNOTATION, Follower
 from ferry.routing.loader import load_routes
 from ferry.routing.revisions import RevisionStore
 from ferry.xds import resources as xds
-from ferry.xds.cache import Resource, SnapshotCache
+from ferry.xds.cache import SnapshotCache
 from ferry.xds.server import GatewayRegistry
 
 from .helpers import free_port, wait_until
@@ -40,23 +43,21 @@ async def test_a_new_leader_keeps_the_mirrored_state_it_agrees_with_and_drops_th
     cache = SnapshotCache()
     # What the follower mirrored from the old leader: a cluster only the old leader had (a revision it retired)
     # and a gateway group with its own listen address.
-    cache.update({xds.CLUSTER: {"gone": Resource.of("gone", xds.cluster("gone"))},
-                  xds.LISTENER: {xds.LISTENER_NAME: Resource.of(xds.LISTENER_NAME, xds.listener("127.0.0.1", 8080))}})
+    cache.update({xds.CLUSTER: {"gone": xds.cluster("gone")},
+                  xds.LISTENER: {xds.LISTENER_NAME: xds.listener("127.0.0.1", 8080)}})
     own = "edge@127.0.0.1:7070"
-    cache.group(own).apply({xds.LISTENER: {xds.LISTENER_NAME: Resource.of(
-        xds.LISTENER_NAME, xds.listener("127.0.0.1", 7070))}})
-    own_listener = cache.group(own).stores[xds.LISTENER].entries[xds.LISTENER_NAME]
+    cache.group(own)
+    own_listener = xds.listener("127.0.0.1", 7070)
+    assert cache.group(own).stores[xds.LISTENER].entries[xds.LISTENER_NAME] == own_listener
 
     store = RevisionStore(tmp_path / "state.db")
     controller = Controller(
         store, lambda on_endpoints, drain: LocalProcessBackend(on_endpoints, drain=drain, log_dir=tmp_path),
-        cache, GatewayRegistry(), activator=Activator(port=free_port()), cluster_linger_s=0.05,
+        cache, GatewayCensus(GatewayRegistry()), activator=Activator(port=free_port()), cluster_linger_s=0.05,
     )
     try:
-        controller.adopt_groups()
-        cache.on_new_group = controller.listener_for_group
         await controller.start()
-        await controller.apply(load_routes(routes))
+        await ConfigSource(routes, store, controller.apply, CollectorRegistry()).apply(loaded=load_routes(routes))
         mine = names(cache, xds.CLUSTER) - {"gone"}
         assert mine and "gone" in names(cache, xds.CLUSTER)  # kept through the first apply: it may be in use
         assert cache.group(own).stores[xds.LISTENER].entries[xds.LISTENER_NAME] == own_listener

@@ -16,7 +16,8 @@ import pytest
 
 from ferry.rollout.gradual import gradual_steps
 
-from .ferry_process import HELLO_APP, FerryProcess
+from . import ferry_process
+from .ferry_process import FerryProcess
 from .helpers import wait_until
 from .load import Load, count_revisions
 
@@ -27,17 +28,7 @@ HOST = "hello.localhost"
 
 
 def hello(message: str, rollout: str = "", traffic: str = "", **env) -> str:
-    env_yaml = "".join(f", {k}: '{v}'" for k, v in env.items())
-    return f"""
-    hello:
-      template:
-        command: [{sys.executable}, {HELLO_APP}]
-        env: {{MESSAGE: {message}{env_yaml}}}
-        readiness: {{path: /healthz}}
-        scale: {{min: 1}}
-      {rollout}
-      {traffic}
-    """
+    return ferry_process.hello(message, scale="{min: 1}", extra=(rollout, traffic), **env)
 
 
 def canary(steps: str = "[20, 50, 100]", interval: str = "2s", **analysis) -> str:

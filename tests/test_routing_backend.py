@@ -9,7 +9,6 @@ import pytest
 
 from ferry.routing import (
     Backend,
-    ConfigError,
     Problem,
     Resources,
     RoutesFile,
@@ -19,17 +18,17 @@ from ferry.routing import (
 from ferry.routing.revisions import canonical_template, template_digest
 from ferry.routing.schema import backend_kind
 
+from . import helpers
+
 QUANTITY_EXAMPLES = "e.g. 500m (half a CPU), 2 (CPUs) or 256Mi (memory, 256 MiB)"
 
 
 def load(tmp_path: Path, text: str) -> RoutesFile:
-    return load_routes(tmp_path / "routes.yaml", text=textwrap.dedent(text).lstrip("\n")).spec
+    return helpers.load(tmp_path, text).spec
 
 
 def problems(tmp_path: Path, text: str) -> list[tuple[int | None, str, str]]:
-    with pytest.raises(ConfigError) as info:
-        load(tmp_path, text)
-    return [(p.line, p.path, p.message) for p in info.value.problems]
+    return [(p.line, p.path, p.message) for p in helpers.problems(tmp_path, text)]
 
 
 def kube(template: str, backend: str = "kubernetes") -> str:
@@ -419,7 +418,6 @@ def test_problem_type_is_reexported() -> None:
 
 
 def test_an_incremental_reload_keeps_the_kubernetes_backend(tmp_path) -> None:
-    from ferry.routing import load_routes
 
     head = "backend: {kind: kubernetes, namespace: apps}\nservices:\n"
     service = "  {name}:\n    template:\n      image: example/{name}:{tag}\n"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -10,29 +9,11 @@ import pytest
 from ferry.routing import ConfigError, Problem, RevisionStore, load_routes, validate
 from ferry.routing.errors import format_path, parse_path
 
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "routes.yaml"
-    path.write_text(textwrap.dedent(text).lstrip("\n"))
-    return path
-
-
-def problems(tmp_path: Path, text: str) -> list[Problem]:
-    path = write(tmp_path, text)
-    with pytest.raises(ConfigError) as info:
-        load_routes(path)
-    assert info.value.file == str(path)
-    return list(info.value.problems)
-
-
-def only(tmp_path: Path, text: str) -> Problem:
-    found = problems(tmp_path, text)
-    assert len(found) == 1, found
-    return found[0]
+from .helpers import only, problems, write_routes
 
 
 def test_str_has_one_line_per_problem_with_file_line_and_path(tmp_path: Path) -> None:
-    path = write(
+    path = write_routes(
         tmp_path,
         """
         services:
@@ -652,7 +633,7 @@ WHOLE = "(Knative takes it with second precision only)"
     ],
 )
 def test_scale_values_out_of_range(tmp_path: Path, field: str, value: str, message: str) -> None:
-    path = write(tmp_path, SCALE_FIELD.format(field=field, value=value))
+    path = write_routes(tmp_path, SCALE_FIELD.format(field=field, value=value))
     with pytest.raises(ConfigError) as info:
         load_routes(path)
     (p,) = info.value.problems
@@ -886,7 +867,7 @@ def test_alias_cycles_and_bombs_are_refused(tmp_path: Path) -> None:
 
 
 def test_unknown_revision_reference_lists_known_ones(tmp_path: Path) -> None:
-    path = write(
+    path = write_routes(
         tmp_path,
         """
         services:
@@ -917,7 +898,7 @@ def test_unknown_revision_reference_lists_known_ones(tmp_path: Path) -> None:
 
 
 def test_byo_revision_name_conflict_has_a_line(tmp_path: Path) -> None:
-    path = write(
+    path = write_routes(
         tmp_path,
         """
         services:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,6 @@ from pydantic import ValidationError
 from ferry.routing import (
     Analysis,
     ConfigError,
-    Problem,
     RevisionStore,
     Rollout,
     load_routes,
@@ -21,9 +19,7 @@ from ferry.routing import (
 from ferry.routing import schema as schema_module
 from ferry.routing.revisions import template_digest
 
-
-def load(tmp_path: Path, text: str):
-    return load_routes(tmp_path / "routes.yaml", text=textwrap.dedent(text).lstrip("\n"))
+from .helpers import load, only, problems
 
 
 def rollout_of(tmp_path: Path, rollout: str) -> Rollout:
@@ -31,18 +27,6 @@ def rollout_of(tmp_path: Path, rollout: str) -> Rollout:
     found = load_routes(tmp_path / "routes.yaml", text=text).spec.services["hello"].rollout
     assert found is not None
     return found
-
-
-def problems(tmp_path: Path, text: str) -> list[Problem]:
-    with pytest.raises(ConfigError) as info:
-        load(tmp_path, text)
-    return list(info.value.problems)
-
-
-def only(tmp_path: Path, text: str) -> Problem:
-    found = problems(tmp_path, text)
-    assert len(found) == 1, found
-    return found[0]
 
 
 # -- defaults and accepted values -------------------------------------------------------------------------

@@ -2,51 +2,32 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
-from envoy.config.cluster.v3 import cluster_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from google.protobuf import struct_pb2
-from google.rpc import status_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from ferry.xds import resources as xds
-from ferry.xds.cache import Resource, SnapshotCache
+from ferry.xds.cache import SnapshotCache
 from ferry.xds.server import AdsServicer, GatewayRegistry, start_xds_server
 
 from .helpers import free_port, wait_until
-
-READ_TIMEOUT = 5.0
-
-
-def cluster(name: str, timeout: float = 1.0) -> Resource:
-    return Resource.of(name, xds.cluster(name, connect_timeout_s=timeout))
-
-
-def cla(name: str, port: int) -> Resource:
-    return Resource.of(name, xds.load_assignment(name, [("127.0.0.1", port)]))
-
-
-def route_table(name: str, *clusters: str) -> Resource:
-    targets = tuple(xds.WeightedTarget(c, c, 100 // len(clusters)) for c in clusters)
-    vhosts = [xds.virtual_host(xds.HostRoute(name, name, (f"{name}.test",), targets, 30))]
-    return Resource.of(name, xds.route_configuration(name, vhosts))
-
-
-def node(node_id: str, group: str = "default", listen: str | None = None):
-    from envoy.config.core.v3 import base_pb2
-
-    n = base_pb2.Node(id=node_id, cluster=group)
-    if listen:
-        n.metadata.fields["ferry.listen"].CopyFrom(struct_pb2.Value(string_value=listen))
-    return n
+from .xds_client import (
+    READ_TIMEOUT,
+    cla,
+    cluster,
+    delta,
+    names_of,
+    node,
+    read,
+    route_table,
+    sotw,
+)
 
 
 class Harness:
-    def __init__(self, cache: SnapshotCache, deps=None):
+    def __init__(self, cache: SnapshotCache):
         self.cache = cache
         self.gateways = GatewayRegistry()
-        self.servicer = AdsServicer(cache, self.gateways, dependencies=deps)
+        self.servicer = AdsServicer(cache, self.gateways)
         self.server = None
         self.channel = None
 
@@ -60,38 +41,6 @@ class Harness:
     async def __aexit__(self, *exc):
         await self.channel.close()
         await self.server.stop(0)
-
-
-async def read(call):
-    return await asyncio.wait_for(call.read(), READ_TIMEOUT)
-
-
-def names_of(response) -> list[str]:
-    out = []
-    for any_ in response.resources:
-        message = {xds.CLUSTER: cluster_pb2.Cluster}.get(response.type_url)
-        if message is None:
-            from envoy.config.endpoint.v3 import endpoint_pb2
-
-            m = endpoint_pb2.ClusterLoadAssignment()
-            m.ParseFromString(any_.value)
-            out.append(m.cluster_name)
-        else:
-            m = message()
-            m.ParseFromString(any_.value)
-            out.append(m.name)
-    return sorted(out)
-
-
-def sotw(type_url, *, names=(), nonce="", version="", error=None, node_=None):
-    request = discovery_pb2.DiscoveryRequest(
-        type_url=type_url, resource_names=list(names), response_nonce=nonce, version_info=version
-    )
-    if error:
-        request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
-    if node_ is not None:
-        request.node.CopyFrom(node_)
-    return request
 
 
 async def test_sotw_ack_then_push_only_on_change():
@@ -196,13 +145,12 @@ async def test_stale_nonce_is_ignored_in_sotw():
 async def test_routes_wait_for_their_clusters_and_endpoints():
     """Make before break: a route table naming a new cluster goes out only after CDS and EDS are ACKed."""
     cache = SnapshotCache()
-    deps = {"svc": frozenset({"a"})}
     cache.update({
         xds.CLUSTER: {"a": cluster("a")},
         xds.ENDPOINT: {"a": cla("a", 1000)},
         xds.ROUTE: {"svc": route_table("svc", "a")},
     })
-    async with Harness(cache, deps=lambda t, r: deps.get(r.name, ())) as h:
+    async with Harness(cache) as h:
         call = h.stub.StreamAggregatedResources()
         # Subscribe to everything at once, routes first, as an impatient client might.
         await call.write(sotw(xds.ROUTE, names=["svc"], node_=node("gw")))
@@ -218,7 +166,6 @@ async def test_routes_wait_for_their_clusters_and_endpoints():
         assert rds.type_url == xds.ROUTE
 
         # Now a change that adds cluster b and routes to it: CDS first, then EDS for b, then routes.
-        deps["svc"] = frozenset({"a", "b"})
         await call.write(sotw(xds.ROUTE, names=["svc"], nonce=rds.nonce, version=rds.version_info))
         cache.update({
             xds.CLUSTER: {"b": cluster("b")},
@@ -253,21 +200,6 @@ async def test_reconnect_with_current_version_gets_no_resend():
         response = await read(again)
         assert response.type_url == xds.ENDPOINT  # CDS was current: nothing re-sent for it
         again.cancel()
-
-
-def delta(type_url, *, subscribe=(), unsubscribe=(), nonce="", error=None, initial=None, node_=None):
-    request = discovery_pb2.DeltaDiscoveryRequest(
-        type_url=type_url,
-        resource_names_subscribe=list(subscribe),
-        resource_names_unsubscribe=list(unsubscribe),
-        response_nonce=nonce,
-        initial_resource_versions=initial or {},
-    )
-    if error:
-        request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
-    if node_ is not None:
-        request.node.CopyFrom(node_)
-    return request
 
 
 async def test_delta_subscribe_unsubscribe_and_removals():
@@ -317,11 +249,8 @@ async def test_delta_wildcard_and_initial_versions():
 
 
 async def test_two_groups_get_their_own_snapshots():
-    def listener_for(group, metadata):
-        host, port = metadata.get("ferry.listen", "127.0.0.1:8080").split(":")
-        return {xds.LISTENER: {xds.LISTENER_NAME: Resource.of(xds.LISTENER_NAME, xds.listener(host, int(port)))}}
-
-    cache = SnapshotCache(on_new_group=listener_for)
+    cache = SnapshotCache()
+    cache.update({xds.LISTENER: {xds.LISTENER_NAME: xds.listener("127.0.0.1", 8080)}})  # each moved to its address
     async with Harness(cache) as h:
         one = h.stub.StreamAggregatedResources()
         two = h.stub.StreamAggregatedResources()
@@ -342,7 +271,7 @@ async def test_two_groups_get_their_own_snapshots():
         assert empty1.type_url == xds.CLUSTER and not empty1.resources and not empty2.resources
         await one.write(sotw(xds.CLUSTER, nonce=empty1.nonce, version=empty1.version_info))
         await two.write(sotw(xds.CLUSTER, nonce=empty2.nonce, version=empty2.version_info))
-        cache.update({xds.CLUSTER: {"only-edge": cluster("only-edge")}}, groups=["edge"])
+        cache.update({xds.CLUSTER: {"only-edge": cluster("only-edge")}}, ["edge@127.0.0.1:18081"])
         cache.update({xds.CLUSTER: {"everyone": cluster("everyone")}})
         got1, got2 = await read(one), await read(two)
         assert names_of(got1) == ["everyone", "only-edge"]
@@ -358,12 +287,16 @@ async def test_delta_explicit_wildcard_for_routes_and_endpoints():
     stays a wildcard only for LDS, CDS and SRDS."""
     cache = SnapshotCache()
     cache.update({
+        xds.CLUSTER: {"a": cluster("a")},  # the route table names it
         xds.ENDPOINT: {"a": cla("a", 1000), "b": cla("b", 1001)},
         xds.ROUTE: {"svc": route_table("svc", "a")},
     })
     async with Harness(cache) as h:
         call = h.stub.DeltaAggregatedResources()
-        await call.write(delta(xds.ENDPOINT, subscribe=["*"], node_=node("replica")))
+        await call.write(delta(xds.CLUSTER, subscribe=["*"], node_=node("replica")))
+        cds = await read(call)
+        await call.write(delta(xds.CLUSTER, nonce=cds.nonce))  # routes wait for the clusters they name
+        await call.write(delta(xds.ENDPOINT, subscribe=["*"]))
         eds = await read(call)
         assert sorted(r.name for r in eds.resources) == ["a", "b"]
         await call.write(delta(xds.ENDPOINT, nonce=eds.nonce))

@@ -20,8 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-TARGET_MIN = 0.01
-"""Smallest per-instance target Knative allows, so a tiny utilization cannot divide by zero."""
+from ..routing.fields import TARGET_MIN  # the smallest per-instance target (Knative's TargetMin)
 
 TICK_INTERVAL = 2.0
 """Seconds between decisions in Knative; the scale-down-delay window has one slot per tick."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Protocol
 
 from ..envoy.admin import EnvoyAdmin
-from ..periodic import every
+from ..tasks import every
 from . import metrics
 from .decision import Settings
 from .scaler import (
@@ -33,8 +33,8 @@ log = logging.getLogger("ferry.autoscaler")
 
 
 class ScaleTarget(Protocol):
-    def ready(self, revision: str) -> int:
-        """Ready instances of the revision now."""
+    def ready_instances(self, revision: str) -> int:
+        """How many instances of the revision are ready now."""
 
     def reachable(self, revision: str) -> bool:
         """Does any route (main split or tag) send it traffic?"""
@@ -134,7 +134,7 @@ class Autoscaler:
             state = self.states.get(revision)
             if state is None:
                 continue
-            step = tick(state, now, ready=self.target.ready(revision), reachable=self.target.reachable(revision))
+            step = tick(state, now, ready=self.target.ready_instances(revision), reachable=self.target.reachable(revision))
             self.states[revision] = step.state
             if step.decision is not None:
                 self.decisions[revision] = (self.clock(), step)

@@ -1,14 +1,18 @@
 """What every backend offers the controller: run a revision's instances, report ready endpoints.
 
 The controller decides *how many* instances a revision should have; a backend only makes it so and
-reports which instances are ready to take traffic. Local processes today, Kubernetes later.
+reports which instances are ready to take traffic: local processes (local.py) or Kubernetes Deployments
+(kubernetes/). A backend whose workloads outlive ferry also offers what `Durable` declares.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable, Mapping, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Awaitable, Callable, Mapping, NamedTuple, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from ..routing.revisions import RevisionStore
 
 
 class Endpoint(NamedTuple):
@@ -86,3 +90,19 @@ class Backend(Protocol):
         """Stop what this backend runs for this ferry process: local instances (no process survives); for
         Kubernetes its watches, while Deployments stay for the next ferry to adopt, as workloads outlive
         their controllers there."""
+
+
+@runtime_checkable
+class Durable(Protocol):
+    """What a backend adds when its workloads outlive ferry (Kubernetes' Deployments): the revision history kept
+    with them, what already runs, and the removal of old stopped revisions. Backends declare it by subclassing."""
+
+    async def share_history(self, store: RevisionStore) -> int:
+        """Take in the revision history kept with the workloads, then keep every later write of `store` there.
+        Returns how many revisions were new to `store`."""
+
+    def replicas(self, revision: str) -> int | None:
+        """How many instances the revision runs now (None: it has no workload): a new ferry adopts that."""
+
+    async def collect_garbage(self, keep: set[str]) -> list[str]:
+        """Delete the kept workloads of stopped revisions not in `keep`; returns what was deleted."""

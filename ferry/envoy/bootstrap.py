@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-LISTEN_METADATA_KEY = "ferry.listen"
-ADMIN_METADATA_KEY = "ferry.admin"  # where ferry reads this gateway's stats for the autoscaler
+from ..xds.groups import ADMIN_METADATA_KEY, LISTEN_METADATA_KEY
 
 
 @dataclass(frozen=True)

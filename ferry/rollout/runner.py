@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple, Protocol
 
 from ..envoy.admin import EnvoyAdmin
-from ..periodic import every
+from ..tasks import every
 from . import machine
 from .stats import read_samples
 

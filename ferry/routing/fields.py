@@ -14,12 +14,13 @@ from typing import Annotated, NamedTuple
 
 from pydantic import AfterValidator, Field, PlainSerializer, PlainValidator, Strict
 
-from ..autoscaler.decision import TARGET_MIN
 from .durations import parse_duration
 from .messages import describe
 from .names import dns_label, host_name
 
 MAX_TIMEOUT_S = 3600.0
+# Knative's TargetMin: the smallest per-instance target, so a tiny utilization cannot divide by zero.
+TARGET_MIN = 0.01
 # Knative's WindowMin and WindowMax: the bounds of the stable window; the scale-down delay shares the maximum.
 MIN_WINDOW_S = 6.0
 MAX_WINDOW_S = 3600.0

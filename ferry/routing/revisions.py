@@ -14,15 +14,12 @@ import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 from .errors import ConfigError, Problem, format_path
 from .schema import RoutesFile, Template
-
-if TYPE_CHECKING:
-    from ferry.backends.kube_history import History
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS revisions (
@@ -85,6 +82,17 @@ class RevisionPlan:
 
     current: dict[str, Revision]
     new: tuple[Revision, ...]
+
+
+@dataclass
+class History:
+    """A revision history kept elsewhere (on Kubernetes: the Deployments), for RevisionStore.import_history."""
+
+    revisions: list[Revision] = field(default_factory=list)
+    latest_ready: dict[str, str] = field(default_factory=dict)  # service -> revision
+    results: dict[str, tuple[str, str | None, float]] = field(default_factory=dict)  # revision -> result
+    rollouts: dict[str, tuple[str, float]] = field(default_factory=dict)  # service -> (state JSON, at)
+    traffic: dict[str, tuple[list[tuple[str, int]] | None, float]] = field(default_factory=dict)
 
 
 def canonical_template(template: Template) -> str:
@@ -345,8 +353,6 @@ class RevisionStore:
                         " splits = excluded.splits, at = excluded.at WHERE excluded.at >= traffic_overrides.at",
                         (service, json.dumps(splits), at))
         return added
-
-    # -- helpers ------------------------------------------------------------------------------------
 
     # -- rollouts, their results, and imperative traffic --------------------------------------------
 

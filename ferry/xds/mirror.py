@@ -30,20 +30,9 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
-from ..envoy.bootstrap import LISTEN_METADATA_KEY
-from ..routing.fields import HostPort
-from .cache import Changes, GroupSnapshot, Resource, SnapshotCache
-from .resources import (
-    CLUSTER,
-    ENDPOINT,
-    LISTENER,
-    LISTENER_NAME,
-    PUSH_ORDER,
-    ROUTE,
-    SCOPED_ROUTE,
-    listener,
-)
-from .stream import SHORT_TYPE
+from .cache import SnapshotCache
+from .resources import route_clusters
+from .types import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SCOPED_ROUTE, SHORT_TYPE, Changes, Resource
 
 log = logging.getLogger("ferry.xds.mirror")
 
@@ -74,8 +63,9 @@ _INVALID_ARGUMENT = 3  # google.rpc.Code
 
 
 def decode(response: discovery_pb2.DeltaDiscoveryResponse) -> dict[str, Resource | None]:
-    """A Delta response as cache changes for its type; ValueError if a resource is not what it claims to be
-    (nothing of such a response is applied: it is NACKed whole)."""
+    """A Delta response as cache changes for its type, each resource with the names it refers to, read from it;
+    ValueError if a resource is not what it claims to be (nothing of such a response is applied: it is NACKed
+    whole)."""
     message = _MESSAGES.get(response.type_url)
     if message is None:
         raise ValueError(f"unknown resource type {response.type_url!r}")
@@ -85,24 +75,30 @@ def decode(response: discovery_pb2.DeltaDiscoveryResponse) -> dict[str, Resource
             raise ValueError(f"resource {item.name!r} is not a {SHORT_TYPE[response.type_url]} resource")
         body = item.resource.value
         try:
-            message.FromString(body)
+            parsed = message.FromString(body)
         except DecodeError as err:
             raise ValueError(f"resource {item.name!r} cannot be parsed: {err}") from err
-        entries[item.name] = Resource.of(item.name, body)
+        entries[item.name] = Resource.of(item.name, body, references(response.type_url, parsed))
     for name in response.removed_resources:
         entries[name] = None
     return entries
 
 
-def stale_changes(snapshot: GroupSnapshot, seen: Mapping[str, set[str]], keep_own_listener: bool) -> Changes:
-    """Deletions for what `snapshot` holds and the upstream did not send (a group with its own listen
-    address keeps its listener: it never came from the upstream)."""
+def references(type_url: str, message) -> frozenset[str]:
+    """The names a decoded resource refers to, as the leader's builders set them (xds/resources.py)."""
+    if type_url == ROUTE:
+        return route_clusters(message)
+    if type_url == SCOPED_ROUTE:
+        return frozenset((message.route_configuration_name,))
+    return frozenset()
+
+
+def stale_changes(stores: Mapping[str, Mapping[str, Resource]], seen: Mapping[str, set[str]]) -> Changes:
+    """Deletions for what `stores` hold and the upstream did not send (groups.specialise keeps the listener of a
+    group with its own listen address: that one never came from the upstream)."""
     changes: dict[str, dict[str, None]] = {}
-    for type_url, store in snapshot.stores.items():
-        gone = [
-            name for name in store.entries
-            if name not in seen[type_url] and not (keep_own_listener and type_url == LISTENER and name == LISTENER_NAME)
-        ]
+    for type_url, entries in stores.items():
+        gone = [name for name in entries if name not in seen[type_url]]
         if gone:
             changes[type_url] = dict.fromkeys(gone)
     return changes
@@ -134,48 +130,6 @@ class _Connection:
         return self.synced
 
 
-# Route table -> cluster names, per route name and only for its latest version: bounded by the number of
-# route tables, not by how often they change.
-_ROUTE_DEPS_MAX = 65_536
-_route_deps: dict[str, tuple[str, frozenset[str]]] = {}
-
-
-def route_clusters(body: bytes) -> frozenset[str]:
-    """Every cluster a serialized RouteConfiguration sends to (single and weighted), across all its hosts."""
-    try:
-        config = route_pb2.RouteConfiguration.FromString(body)
-    except DecodeError:
-        return frozenset()
-    names: set[str] = set()
-    for vhost in config.virtual_hosts:
-        for route in vhost.routes:
-            if not route.HasField("route"):
-                continue
-            action = route.route
-            kind = action.WhichOneof("cluster_specifier")
-            if kind == "cluster":
-                names.add(action.cluster)
-            elif kind == "weighted_clusters":
-                names.update(weight.name for weight in action.weighted_clusters.clusters)
-    return frozenset(names)
-
-
-def route_dependencies(type_url: str, resource: Resource) -> frozenset[str]:
-    """AdsServicer `dependencies` for a follower: a route table waits for the clusters it names. The leader's
-    controller knows them from its model; a follower reads them from the route body (cached, since the
-    server asks again on every route push and while a route waits)."""
-    if type_url != ROUTE:
-        return frozenset()
-    cached = _route_deps.get(resource.name)
-    if cached is not None and cached[0] == resource.version:
-        return cached[1]
-    clusters = route_clusters(resource.body)
-    if cached is None and len(_route_deps) >= _ROUTE_DEPS_MAX:
-        del _route_deps[next(iter(_route_deps))]  # the oldest entry
-    _route_deps[resource.name] = (resource.version, clusters)
-    return clusters
-
-
 # -- the client -----------------------------------------------------------------------------------------
 
 
@@ -184,7 +138,7 @@ class XdsMirror:
 
     `upstream()` names the leader's xDS address ("host:port"), or None while no leader is known. Call
     `notify_upstream_changed()` when it may have changed; it is also re-read every `backoff_max_s`.
-    The mirror installs `listener_for_group` as the cache's `on_new_group` hook.
+    Groups with their own listen address are the cache's business (xds/groups.py), as on the leader.
     """
 
     def __init__(
@@ -206,7 +160,6 @@ class XdsMirror:
         # Set once the cache holds a whole mirrored state, and never cleared: the last state keeps serving
         # while no leader answers (status()["in_sync"] says whether the current stream has caught up).
         self.synced = asyncio.Event()
-        self.listen_overrides: dict[str, str] = {}  # group -> its own listen address, from node metadata
         self.reconnects = 0
         self.last_error: str | None = None
         self.last_update: float | None = None  # wall time of the last response applied
@@ -214,23 +167,8 @@ class XdsMirror:
         self._connection: _Connection | None = None
         self._wake = asyncio.Event()
         self._notified = False
-        cache.on_new_group = self.listener_for_group
 
-    # -- hooks and inputs -----------------------------------------------------------------------------
-
-    def listener_for_group(self, group: str, metadata: Mapping[str, str]) -> Changes:
-        """SnapshotCache hook: a group whose gateways ask for their own listen address gets its own listener
-        (as the leader's controller does); any other group keeps the mirrored one, copied from default."""
-        override = metadata.get(LISTEN_METADATA_KEY)
-        if not override:
-            return {}
-        try:
-            listen = HostPort.parse(override)
-        except ValueError as err:
-            log.warning("ignoring a gateway's listen address", extra={"group": group, "error": str(err)})
-            return {}
-        self.listen_overrides[group] = str(listen)
-        return {LISTENER: {LISTENER_NAME: Resource.of(LISTENER_NAME, listener(listen.host, listen.port))}}
+    # -- inputs ---------------------------------------------------------------------------------------
 
     def notify_upstream_changed(self) -> None:
         """The leader may have changed: reconnect at once if `upstream()` now names another address."""
@@ -338,7 +276,9 @@ class XdsMirror:
             log.warning("rejected the upstream's config", extra={"upstream": connection.address, "error": str(err)})
             answer.error_detail.CopyFrom(status_pb2.Status(code=_INVALID_ARGUMENT, message=str(err)))
             return answer
-        self._apply(response.type_url, entries)
+        # A type at a time, unchecked: the leader checked its whole state, and sends routes only after the
+        # clusters they name (the mirror ACKs those first).
+        self.cache.update({response.type_url: entries}, check=False)
         self.last_update = time.time()
         if connection.record(response.type_url, entries):
             pruned = self._prune(connection.seen)
@@ -348,25 +288,14 @@ class XdsMirror:
                 "took_s": round(time.time() - connection.connected_at, 3)})
         return answer
 
-    def _apply(self, type_url: str, entries: Mapping[str, Resource | None]) -> None:
-        """Everything goes to every group, except the listener to groups that have their own."""
-        if type_url != LISTENER or LISTENER_NAME not in entries or not self.listen_overrides:
-            self.cache.update({type_url: entries})
-            return
-        others = {name: resource for name, resource in entries.items() if name != LISTENER_NAME}
-        if others:
-            self.cache.update({LISTENER: others})
-        groups = [g.name for g in self.cache.groups() if g.name not in self.listen_overrides]
-        self.cache.update({LISTENER: {LISTENER_NAME: entries[LISTENER_NAME]}}, groups)
-
     def _prune(self, seen: Mapping[str, set[str]]) -> int:
         """Delete what the upstream did not send on this stream (the state of an earlier leader)."""
         pruned = 0
         for snapshot in list(self.cache.groups()):
-            changes = stale_changes(snapshot, seen, keep_own_listener=snapshot.name in self.listen_overrides)
+            changes = stale_changes({t: s.entries for t, s in snapshot.stores.items()}, seen)
             if changes:
                 pruned += sum(len(names) for names in changes.values())
-                self.cache.update(changes, [snapshot.name])
+                self.cache.update(changes, [snapshot.name], check=False)
         return pruned
 
     def _disconnected(self, connection: _Connection, outcome: object) -> None:

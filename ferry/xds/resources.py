@@ -1,15 +1,15 @@
-"""Pure builders: ferry's routing model -> serialized Envoy resources.
+"""Pure builders: ferry's routing model -> Envoy resources, serialized, with the names they refer to.
 
-Everything here is a function of its arguments. Resources are returned serialized (bytes) because that
-is what travels in an Any, and because serializing once and caching per service is what keeps a change
-to one service from re-encoding ten thousand others (see `route_configuration`).
+Everything here is a function of its arguments. Each builder returns a `Resource`: the serialized message
+(what travels in an Any; serialized once per change, so a change to one service never re-encodes ten
+thousand others) and, for route tables and host scopes, the names they refer to, read off what was built.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, protocol_pb2
@@ -28,15 +28,8 @@ from envoy.type.matcher.v3 import regex_pb2
 from envoy.type.matcher.v3 import string_pb2 as string_matcher_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
-LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
-ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-SCOPED_ROUTE = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"
-CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
-
-# The order in which a change reaches a gateway: clusters, their endpoints, then the listener, the host
-# scopes and the route tables that name them (make before break; Envoy does not warm routes).
-PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, SCOPED_ROUTE, ROUTE)
+# The type names are re-exported: callers spell them xds.CLUSTER beside the builders.
+from .types import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SCOPED_ROUTE, Resource  # noqa: F401
 
 LISTENER_NAME = "ferry_http"
 SCOPES_NAME = "ferry_hosts"
@@ -113,8 +106,8 @@ _RETRY_POLICY = route_components_pb2.RetryPolicy(
 )
 
 
-def virtual_host(route: HostRoute) -> bytes:
-    """Serialized VirtualHost: weighted clusters by percent, each split naming its revision in a header;
+def virtual_host(route: HostRoute) -> route_components_pb2.VirtualHost:
+    """A VirtualHost: weighted clusters by percent, each split naming its revision in a header;
     first, a route per tag for requests that name it in the ferry-tag header (an unknown tag falls through)."""
     service_header = _header(SERVICE_HEADER, route.service)
     routes = [
@@ -166,8 +159,7 @@ def virtual_host(route: HostRoute) -> bytes:
             request_headers_to_add=headers,
         )
     )
-    vh = route_components_pb2.VirtualHost(name=route.name, domains=list(route.domains), routes=routes)
-    return vh.SerializeToString()
+    return route_components_pb2.VirtualHost(name=route.name, domains=list(route.domains), routes=routes)
 
 
 def _sticky_route(route: HostRoute, cookie: str, target: WeightedTarget, service_header) -> route_components_pb2.Route:
@@ -198,35 +190,52 @@ def _set_cookie(cookie: str, revision: str) -> base_pb2.HeaderValueOption:
     )
 
 
-def route_configuration(name: str, virtual_hosts: Iterable[bytes]) -> bytes:
-    """One service's route table (its main host and tag hosts), from serialized virtual hosts."""
+def route_table(name: str, routes: Sequence[HostRoute]) -> Resource:
+    """One service's route table (its main host and tag hosts); it refers to every cluster its hosts send to."""
     message = route_pb2.RouteConfiguration(
         name=name,
         request_headers_to_add=[
             _header("forwarded", "for=%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%;proto=http"),
         ],
+        virtual_hosts=[virtual_host(r) for r in routes],
     )
-    for vh in virtual_hosts:
-        message.virtual_hosts.add().ParseFromString(vh)
-    return message.SerializeToString()
+    return Resource.of(name, message.SerializeToString(), route_clusters(message))
 
 
-def host_scope(host: str, route_configuration_name: str) -> bytes:
+def route_clusters(table: route_pb2.RouteConfiguration) -> frozenset[str]:
+    """Every cluster a route table sends to (single and weighted), across all its hosts: its references, as
+    a follower reads them from a table it receives."""
+    names: set[str] = set()
+    for vhost in table.virtual_hosts:
+        for route in vhost.routes:
+            if not route.HasField("route"):
+                continue
+            action = route.route
+            kind = action.WhichOneof("cluster_specifier")
+            if kind == "cluster":
+                names.add(action.cluster)
+            elif kind == "weighted_clusters":
+                names.update(weight.name for weight in action.weighted_clusters.clusters)
+    return frozenset(names)
+
+
+def host_scope(host: str, route_configuration_name: str) -> Resource:
     """A scope: requests whose Host is `host` use that service's route table.
 
     Scopes are why a change to one service is one small RDS push at any scale: each service has its own
     RouteConfiguration instead of one table of every virtual host that Envoy must rebuild on each change.
     """
-    return scoped_route_pb2.ScopedRouteConfiguration(
+    body = scoped_route_pb2.ScopedRouteConfiguration(
         name=host,
         route_configuration_name=route_configuration_name,
         key=scoped_route_pb2.ScopedRouteConfiguration.Key(
             fragments=[scoped_route_pb2.ScopedRouteConfiguration.Key.Fragment(string_key=host)]
         ),
     ).SerializeToString()
+    return Resource.of(host, body, frozenset((route_configuration_name,)))
 
 
-def listener(host: str, port: int) -> bytes:
+def listener(host: str, port: int) -> Resource:
     """The gateway's HTTP listener; its host scopes (SRDS) and route tables (RDS) come over the same ADS stream."""
     manager = hcm_pb2.HttpConnectionManager(
         stat_prefix="ferry",
@@ -277,13 +286,13 @@ def listener(host: str, port: int) -> bytes:
             )
         ],
     )
-    return message.SerializeToString()
+    return Resource.of(LISTENER_NAME, message.SerializeToString())
 
 
 _UNLIMITED = wrappers_pb2.UInt32Value(value=1_000_000)
 
 
-def cluster(name: str, connect_timeout_s: float = 1.0) -> bytes:
+def cluster(name: str, connect_timeout_s: float = 1.0) -> Resource:
     """An EDS cluster for one revision.
 
     Circuit breakers are opened wide: queueing belongs to the autoscaler and the activator, and Envoy's
@@ -318,10 +327,10 @@ def cluster(name: str, connect_timeout_s: float = 1.0) -> bytes:
             )
         },
     )
-    return message.SerializeToString()
+    return Resource.of(name, message.SerializeToString())
 
 
-def load_assignment(cluster_name_: str, endpoints: Sequence[tuple[str, int]]) -> bytes:
+def load_assignment(cluster_name_: str, endpoints: Sequence[tuple[str, int]]) -> Resource:
     message = endpoint_pb2.ClusterLoadAssignment(
         cluster_name=cluster_name_,
         endpoints=[
@@ -341,4 +350,4 @@ def load_assignment(cluster_name_: str, endpoints: Sequence[tuple[str, int]]) ->
         if endpoints
         else [],
     )
-    return message.SerializeToString()
+    return Resource.of(cluster_name_, message.SerializeToString())

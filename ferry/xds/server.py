@@ -8,14 +8,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable, Iterable
-
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .cache import Resource, SnapshotCache
-from .stream import SHORT_TYPE, AdsStream, Nack, Node, StreamObserver
+from .cache import SnapshotCache
+from .stream import AdsStream, Nack, Node, StreamObserver
+from .types import SHORT_TYPE
 
 log = logging.getLogger("ferry.xds")
 
@@ -108,18 +107,14 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         cache: SnapshotCache,
         gateways: GatewayRegistry,
         observer: StreamObserver | None = None,
-        dependencies: Callable[[str, Resource], Iterable[str]] | None = None,
-        snapshot_key: Callable[[Node], str] | None = None,
     ):
         self._cache = cache
         self._gateways = gateways
         self._observer = observer
-        self._dependencies = dependencies
-        self._snapshot_key = snapshot_key or (lambda node: node.group)
 
     def _resolve_group(self, node: Node):
-        """Gateways share a snapshot by group (node.cluster) unless the policy says what else sets them apart."""
-        return self._cache.group(self._snapshot_key(node), node.metadata)
+        """Gateways share a snapshot by group (node.cluster), unless they ask for their own listener (groups.py)."""
+        return self._cache.group_of(node.group, node.metadata)
 
     # grpc.aio recognises streaming handlers by their being async generator functions.
     async def StreamAggregatedResources(self, request_iterator, context):
@@ -135,7 +130,6 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             delta=delta,
             resolve_group=self._resolve_group,
             observer=self._observer,
-            dependencies=self._dependencies,
         )
         wake = asyncio.Event()
         stream.wake = wake.set

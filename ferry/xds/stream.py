@@ -1,14 +1,14 @@
 """One gateway's ADS stream: what it subscribed to, what it holds, what it rejected, what to send next.
 
-Pure protocol state; no gRPC here (server.py feeds requests in and writes responses out), so the rules
-in ../shared/reference/xds.md can be tested without a socket:
+Pure protocol state; no gRPC here (server.py feeds requests in and writes responses out), so Envoy's xDS
+protocol rules (api-docs/xds_protocol.rst) can be tested without a socket:
 
 - ACK/NACK is decided by nonce + error_detail; stale nonces are ignored in SotW, while Delta still honours
   their subscription changes.
 - A client's holdings (`known`) change only on ACK, never on send.
 - A NACKed version is recorded and not sent again; the next *new* version is.
 - One response per type in flight; clusters and endpoints reach the gateway before listeners and routes,
-  and a route table goes out only once every cluster it names is ACKed with its endpoints.
+  and a route table goes out only once every cluster it names (its `refs`) is ACKed with its endpoints.
 - After a cluster changes, its endpoints are sent again (a changed cluster warms only on EDS).
 """
 
@@ -22,8 +22,8 @@ from typing import Callable, Iterable, Mapping
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 
-from .cache import Changed, GroupSnapshot, Resource
-from .resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SCOPED_ROUTE
+from .cache import Changed, GroupSnapshot
+from .types import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SCOPED_ROUTE, SHORT_TYPE, Resource
 
 log = logging.getLogger("ferry.xds")
 
@@ -31,8 +31,6 @@ log = logging.getLogger("ferry.xds")
 FULL_STATE_TYPES = frozenset({LISTENER, CLUSTER, SCOPED_ROUTE})
 # Waiting on clusters/endpoints forever would hide a bug as a stale gateway; past this, send and log.
 DEPENDENCY_WAIT_S = 5.0
-
-SHORT_TYPE = {LISTENER: "LDS", ROUTE: "RDS", SCOPED_ROUTE: "SRDS", CLUSTER: "CDS", ENDPOINT: "EDS"}
 
 
 @dataclass
@@ -116,7 +114,6 @@ class AdsStream:
         delta: bool,
         resolve_group: Callable[[Node], GroupSnapshot],
         observer: StreamObserver | None = None,
-        dependencies: Callable[[str, Resource], Iterable[str]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.delta = delta
@@ -127,7 +124,6 @@ class AdsStream:
         self.closed = False
         self._resolve_group = resolve_group
         self._observer = observer or StreamObserver()
-        self._dependencies = dependencies or (lambda type_url, resource: ())
         self._clock = clock
         self._nonce = 0
         self.wake: Callable[[], None] = lambda: None
@@ -372,7 +368,7 @@ class AdsStream:
         missing = [
             dep
             for resource in updates
-            for dep in self._dependencies(ROUTE, resource)
+            for dep in resource.refs
             if dep not in clusters or dep not in endpoints
         ]
         if not missing:

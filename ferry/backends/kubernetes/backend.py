@@ -9,8 +9,8 @@ so one namespace-wide watch on `app.kubernetes.io/managed-by=ferry` sees every r
 a cache of spec/status replicas, so an autoscaler tick that changes nothing makes no API request.
 
 Threads: the `kubernetes` client is blocking. One-shot calls run in the default executor
-(`asyncio.to_thread`); each watch runs list+watch in its own thread and hands events to the loop with
-`call_soon_threadsafe`. All cache state lives on the loop; threads only read the API.
+(`asyncio.to_thread`); each watch runs list+watch in its own thread (reflector.py) and hands events to the
+loop with `call_soon_threadsafe`. All cache state lives on the loop; threads only read the API.
 
 Failure handling:
 - watch 410 Gone / expired resourceVersion: re-list, diff against the cache, report changes, resume watching
@@ -26,379 +26,38 @@ Failure handling:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import threading
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import tenacity
-import urllib3
 from kubernetes import client as k8s
-from kubernetes import watch as k8s_watch
 
 # The client imports its API classes lazily, ~0.4 s each: on first use that would stall the event loop, at the
 # worst moment for a follower becoming leader (its lease renewals run on that loop). Import them now.
 from kubernetes.client import AppsV1Api, CoreV1Api, DiscoveryV1Api
 from kubernetes.client.exceptions import ApiException
 
-from ferry.backends.base import (
-    DrainHook,
-    Endpoint,
-    EndpointsChanged,
-    InstanceCounts,
-    InstanceInfo,
-    Workload,
+from ...routing.revisions import RevisionStore
+from ..base import Durable, DrainHook, Endpoint, EndpointsChanged, InstanceCounts, InstanceInfo, Workload
+from .api import conflict, json_call, reason, resource_version, transient
+from .history import DIGEST, DeploymentHistory, creation_annotations, read_history
+from .manifests import (
+    ANNOTATION_OWNER,
+    LABEL_REVISION,
+    LABEL_SERVICE,
+    PORT_NAME,
+    SELECTOR,
+    SLICE_SERVICE_LABEL,
+    KubeWorkload,
+    deployment_manifest,
+    kube_workload,
+    service_manifest,
 )
-from ferry.backends.kube_history import (
-    DIGEST,
-    DeploymentHistory,
-    creation_annotations,
-    read_history,
-)
-from ferry.routing.revisions import RevisionStore
+from .reflector import Reflector
 
 log = logging.getLogger("ferry.backends.kubernetes")
-
-LABEL_SERVICE = "ferry.dev/service"
-LABEL_REVISION = "ferry.dev/revision"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGED_BY = "ferry"
-ANNOTATION_OWNER = "ferry.dev/owner"
-SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
-SLICE_SERVICE_LABEL = "kubernetes.io/service-name"
-CONTAINER_NAME = "app"
-PORT_NAME = "http"
-
-# What ferry's RBAC Role must allow in its namespace (see rbac_rules()).
-RBAC_RULES: tuple[dict[str, Any], ...] = (
-    # get: only to adopt an existing Deployment after a 409 AlreadyExists on create; patch: the revision
-    # history's annotations (kube_history.py)
-    {"apiGroups": ["apps"], "resources": ["deployments"],
-     "verbs": ["list", "watch", "get", "create", "patch", "delete"]},
-    # update: the re-apply (PUT with resourceVersion) after a 409 Conflict on the patch
-    {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "patch", "update"]},
-    {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "create", "delete"]},
-    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
-)
-
-
-def rbac_rules() -> list[dict[str, Any]]:
-    """The rules of the namespaced Role this backend needs (a copy, ready to dump into a manifest)."""
-    return [dict(r) for r in RBAC_RULES]
-
-
-@dataclass(frozen=True)
-class KubeWorkload:
-    """One revision's template as a container: what a Deployment needs beyond ferry's local Workload."""
-
-    service: str
-    revision: str
-    image: str
-    command: tuple[str, ...] | None = None  # container entrypoint override (None = the image's)
-    args: tuple[str, ...] | None = None
-    env: Mapping[str, str] = field(default_factory=dict)
-    port: int = 8080
-    readiness_path: str | None = None  # HTTP GET probe on the port; None = TCP socket probe
-    resources: Mapping[str, Any] | None = None  # the container's `resources` ({"requests": ..., "limits": ...})
-    timeout_s: float = 300.0  # request timeout; also the pods' termination grace period
-    annotations: Mapping[str, str] = field(default_factory=dict)  # the Deployment's (revision history)
-
-
-def kube_workload(
-    workload: Workload,
-    *,
-    image: str,
-    port: int = 8080,
-    args: tuple[str, ...] | list[str] | None = None,
-    resources: Mapping[str, Any] | None = None,
-) -> KubeWorkload:
-    """A local Workload as a container: its command becomes the entrypoint override (empty = the image's)."""
-    return KubeWorkload(
-        service=workload.service,
-        revision=workload.revision,
-        image=image,
-        command=tuple(workload.command) or None,
-        args=tuple(args) if args is not None else None,
-        env=dict(workload.env),
-        port=port,
-        readiness_path=workload.readiness_path,
-        resources=resources,
-        timeout_s=workload.timeout_s,
-    )
-
-
-def _labels(wl: KubeWorkload) -> dict[str, str]:
-    return {LABEL_SERVICE: wl.service, LABEL_REVISION: wl.revision, LABEL_MANAGED_BY: MANAGED_BY}
-
-
-PRE_STOP_DRAIN_S = 5
-
-
-def deployment_manifest(wl: KubeWorkload, *, owner: str, replicas: int) -> dict[str, Any]:
-    """The Deployment ferry creates for a revision (plain JSON, as sent to the API)."""
-    env = [
-        {"name": "PORT", "value": str(wl.port)},
-        {"name": "K_SERVICE", "value": wl.service},
-        {"name": "K_CONFIGURATION", "value": wl.service},
-        {"name": "K_REVISION", "value": wl.revision},
-    ]
-    reserved = {e["name"] for e in env}
-    env += [{"name": k, "value": str(v)} for k, v in wl.env.items() if k not in reserved]
-    probe: dict[str, Any] = (
-        {"httpGet": {"path": wl.readiness_path, "port": wl.port}}
-        if wl.readiness_path is not None
-        else {"tcpSocket": {"port": wl.port}}
-    )
-    probe.update(periodSeconds=1, failureThreshold=3, successThreshold=1, timeoutSeconds=1)
-    container: dict[str, Any] = {
-        "name": CONTAINER_NAME,
-        "image": wl.image,
-        "ports": [{"name": PORT_NAME, "containerPort": wl.port, "protocol": "TCP"}],
-        "env": env,
-        "readinessProbe": probe,
-        # A pod the Deployment controller picks for a scale-down turns terminating, which takes it out of ferry's
-        # EDS at once; waiting a moment before SIGTERM lets every gateway drop it and finish what it sent
-        # (the sleep action needs Kubernetes 1.30+).
-        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_DRAIN_S}}},
-    }
-    if wl.command is not None:
-        container["command"] = list(wl.command)
-    if wl.args is not None:
-        container["args"] = list(wl.args)
-    if wl.resources is not None:
-        container["resources"] = dict(wl.resources)
-    labels = _labels(wl)
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": wl.revision, "labels": labels,
-                     "annotations": {**wl.annotations, ANNOTATION_OWNER: owner}},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {LABEL_REVISION: wl.revision, LABEL_MANAGED_BY: MANAGED_BY}},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "containers": [container],
-                    "terminationGracePeriodSeconds": max(1, int(round(wl.timeout_s))),
-                },
-            },
-        },
-    }
-
-
-def service_manifest(wl: KubeWorkload, *, owner: str) -> dict[str, Any]:
-    """The headless Service whose EndpointSlices (labelled like it) carry the revision's pod readiness."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": wl.revision, "labels": _labels(wl), "annotations": {ANNOTATION_OWNER: owner}},
-        "spec": {
-            "clusterIP": "None",
-            "selector": {LABEL_REVISION: wl.revision, LABEL_MANAGED_BY: MANAGED_BY},
-            "ports": [{"name": PORT_NAME, "port": wl.port, "targetPort": wl.port, "protocol": "TCP"}],
-            "publishNotReadyAddresses": False,
-        },
-    }
-
-
-# ---- errors and retries ------------------------------------------------------------------------------
-
-
-def _status(exc: BaseException) -> int | None:
-    return exc.status if isinstance(exc, ApiException) else None
-
-
-def _transient(exc: BaseException) -> bool:
-    """Worth retrying: the API server is unreachable, overloaded or failing (not a 4xx about our request)."""
-    if isinstance(exc, ApiException):
-        return exc.status in (0, 429, 500, 502, 503, 504)
-    return isinstance(exc, (urllib3.exceptions.HTTPError, OSError))
-
-
-def _conflict(exc: BaseException) -> bool:
-    return _status(exc) == 409
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, ApiException):
-        return f"HTTP {exc.status} {exc.reason or ''}".strip()
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _rv(obj: Mapping[str, Any]) -> int:
-    """An object's resourceVersion as a number for "which is newer" (opaque in theory, etcd's revision in practice)."""
-    try:
-        return int(obj.get("metadata", {}).get("resourceVersion") or 0)
-    except ValueError:
-        return 0
-
-
-def _json_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Run a client call made with _preload_content=False (non-2xx raises ApiException) and parse its body."""
-    resp = fn(*args, **kwargs)
-    try:
-        data = resp.data
-    finally:
-        resp.release_conn()
-    return json.loads(data) if data else {}
-
-
-# ---- list+watch in a thread ---------------------------------------------------------------------------
-
-
-class _RawWatch(k8s_watch.Watch):
-    """Events as plain dicts: no model deserialization (ferry reads a few fields; strict models reject partial objects)."""
-
-    def get_return_type(self, func: Any) -> None:  # noqa: D102
-        return None
-
-
-Deliver = Callable[[str, Any], None]  # ("SYNC", ([items], list rv)) | ("ADDED"|"MODIFIED"|"DELETED", obj), on the loop
-
-
-class _Reflector:
-    """List, then watch from the list's resourceVersion, forever; re-list after 410 Gone; back off on errors."""
-
-    def __init__(
-        self,
-        name: str,
-        list_func: Callable[..., Any],
-        namespace: str,
-        loop: asyncio.AbstractEventLoop,
-        deliver: Deliver,
-        *,
-        watch_timeout_s: int,
-        connect_timeout_s: float,
-        backoff_min_s: float,
-        backoff_max_s: float,
-    ) -> None:
-        self.name = name
-        self._list = list_func
-        self._namespace = namespace
-        self._loop = loop
-        self._deliver = deliver
-        self._watch_timeout_s = watch_timeout_s
-        self._connect_timeout_s = connect_timeout_s
-        self._backoff_min_s = backoff_min_s
-        self._backoff_max_s = backoff_max_s
-        self._stop = threading.Event()
-        self._watch: _RawWatch | None = None
-        self._thread = threading.Thread(target=self._run, name=f"ferry-kube-{name}", daemon=True)
-        self.synced = asyncio.Event()  # set (on the loop) once the first list arrived
-        self.lists = 0  # number of lists done (1 + one per 410 or recovery)
-        self.failing_since: float | None = None
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        w = self._watch
-        if w is not None:
-            w.stop()  # shuts the socket down: a blocked read returns at once
-
-    def join(self, timeout: float) -> bool:
-        if self._thread.ident is not None:
-            self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    def _post(self, kind: str, payload: Any) -> None:
-        if self._stop.is_set():
-            return
-        try:
-            self._loop.call_soon_threadsafe(self._deliver, kind, payload)
-        except RuntimeError:  # loop closed under us: we are shutting down
-            self._stop.set()
-
-    def _post_synced(self) -> None:
-        try:
-            self._loop.call_soon_threadsafe(self.synced.set)
-        except RuntimeError:
-            self._stop.set()
-
-    def _relist(self) -> str:
-        resp = self._list(
-            self._namespace, label_selector=SELECTOR, _preload_content=False,
-            _request_timeout=(self._connect_timeout_s, max(30.0, self._connect_timeout_s)),
-        )
-        try:
-            if not 200 <= resp.status <= 299:
-                raise ApiException(status=resp.status, reason=resp.reason)
-            body = json.loads(resp.data)
-        finally:
-            resp.release_conn()
-        self.lists += 1
-        rv = str(body.get("metadata", {}).get("resourceVersion") or "")
-        self._post("SYNC", (body.get("items") or [], _rv(body)))
-        self._post_synced()
-        return rv
-
-    def _run(self) -> None:
-        rv: str | None = None
-        delay = self._backoff_min_s
-        while not self._stop.is_set():
-            try:
-                if rv is None:
-                    rv = self._relist()
-                    self._recovered()
-                    delay = self._backoff_min_s
-                w = self._watch = _RawWatch()
-                started = time.monotonic()
-                events = 0
-                for ev in w.stream(
-                    self._list, self._namespace, label_selector=SELECTOR, resource_version=rv,
-                    allow_watch_bookmarks=True, timeout_seconds=self._watch_timeout_s,
-                    _request_timeout=(self._connect_timeout_s, self._watch_timeout_s + 5),
-                ):
-                    if self._stop.is_set():
-                        break
-                    events += 1
-                    kind, obj = ev.get("type"), ev.get("raw_object") or {}
-                    new_rv = obj.get("metadata", {}).get("resourceVersion") if isinstance(obj, dict) else None
-                    if kind in ("ADDED", "MODIFIED", "DELETED"):
-                        self._post(kind, obj)
-                    if new_rv:
-                        rv = str(new_rv)
-                    self._recovered()
-                    delay = self._backoff_min_s
-                if events == 0 and time.monotonic() - started < 1.0 and not self._stop.is_set():
-                    self._stop.wait(self._backoff_min_s)  # a server ending watches at once must not make us spin
-            except Exception as e:  # noqa: BLE001 - a watch thread must survive anything and retry
-                if self._stop.is_set():
-                    break
-                if _status(e) == 410:
-                    log.info("watch expired (410 Gone), re-listing", extra={"watch": self.name, "resource_version": rv})
-                    rv = None
-                    continue
-                if self.failing_since is None:
-                    self.failing_since = time.monotonic()
-                    log.warning(
-                        "kubernetes API unreachable; keeping the last known state and retrying",
-                        extra={"watch": self.name, "error": _reason(e)},
-                    )
-                else:
-                    log.debug("watch retry failed", extra={"watch": self.name, "error": _reason(e)})
-                rv = None  # re-list once reachable: a fresh, complete state marks the recovery
-                self._stop.wait(delay)
-                delay = min(delay * 2, self._backoff_max_s)
-            finally:
-                self._watch = None
-
-    def _recovered(self) -> None:
-        if self.failing_since is not None:
-            log.warning(
-                "kubernetes API reachable again",
-                extra={"watch": self.name, "after_s": round(time.monotonic() - self.failing_since, 2)},
-            )
-            self.failing_since = None
-
-
-# ---- the backend -------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -430,8 +89,9 @@ def _parse_slice(obj: Mapping[str, Any]) -> _SliceEntry | None:
     return _SliceEntry(revision, tuple(out))
 
 
-class KubernetesBackend:
-    """The Backend protocol (ferry.backends.base) on Kubernetes Deployments in one namespace.
+class KubernetesBackend(Durable):
+    """The Backend protocol (ferry.backends.base) on Kubernetes Deployments in one namespace; Durable, as
+    Deployments outlive ferry.
 
     `scale()` takes a `KubeWorkload` (or a plain `Workload` when `default_image` is set, converted with
     `kube_workload`). Watches start on the first `scale()` or on `start()`, which is worth awaiting at
@@ -471,7 +131,7 @@ class KubernetesBackend:
         self._api_retry_s = api_retry_s
         self._backoff_min_s = backoff_min_s
         self._backoff_max_s = backoff_max_s
-        self._reflectors: list[_Reflector] = []
+        self._reflectors: list[Reflector] = []
         self._deployments: dict[str, dict[str, Any]] = {}  # ours only (owner annotation), by name
         self._written: dict[str, tuple[int, int]] = {}  # revision -> (resourceVersion, replicas) of our last write
         self._slices: dict[str, _SliceEntry] = {}  # by slice name
@@ -502,9 +162,9 @@ class KubernetesBackend:
                 backoff_min_s=self._backoff_min_s, backoff_max_s=self._backoff_max_s,
             )
             self._reflectors = [
-                _Reflector("deployments", self._apps.list_namespaced_deployment, self._namespace, loop,
+                Reflector("deployments", self._apps.list_namespaced_deployment, self._namespace, loop,
                            self._on_deployment_event, **common),
-                _Reflector("endpointslices", self._discovery.list_namespaced_endpoint_slice, self._namespace, loop,
+                Reflector("endpointslices", self._discovery.list_namespaced_endpoint_slice, self._namespace, loop,
                            self._on_slice_event, **common),
             ]
             for r in self._reflectors:
@@ -529,7 +189,7 @@ class KubernetesBackend:
         """Converge the revision's Deployment to `instances` replicas; no API request when already there.
 
         The first call creates the Service and the Deployment (at `instances`, 0 included: the Deployment
-        records the revision, see kube_history.py). Later calls patch the scale subresource only when the cached spec.replicas
+        records the revision, see history.py). Later calls patch the scale subresource only when the cached spec.replicas
         (from ferry's own last write or the Deployment watch, whichever is newer) differs.
         """
         if self._closed:
@@ -661,7 +321,7 @@ class KubernetesBackend:
                     await asyncio.sleep(self._backoff_max_s)
 
     def _requeue_annotations(self, revision: str, notes: dict[str, str | None], err: BaseException) -> None:
-        log.warning("cannot record revision history; will retry", extra={"revision": revision, "error": _reason(err)})
+        log.warning("cannot record revision history; will retry", extra={"revision": revision, "error": reason(err)})
         self._annotations[revision] = {**notes, **self._annotations.get(revision, {})}
         self._annotations_queued.set()
 
@@ -707,7 +367,7 @@ class KubernetesBackend:
             reraise=True,
             before_sleep=lambda rs: log.info(
                 "kubernetes API call failed, retrying",
-                extra={"error": _reason(rs.outcome.exception()), "attempt": rs.attempt_number},
+                extra={"error": reason(rs.outcome.exception()), "attempt": rs.attempt_number},
             ),
         )
 
@@ -719,9 +379,9 @@ class KubernetesBackend:
         """
         kwargs.setdefault("_request_timeout", self._request_timeout)
         kwargs["_preload_content"] = False
-        async for attempt in self._retrying(_transient):
+        async for attempt in self._retrying(transient):
             with attempt:
-                return await asyncio.to_thread(_json_call, fn, *args, **kwargs)
+                return await asyncio.to_thread(json_call, fn, *args, **kwargs)
         raise AssertionError("unreachable")
 
     async def _create(self, wl: KubeWorkload, replicas: int) -> None:
@@ -764,13 +424,13 @@ class KubernetesBackend:
 
     async def _set_scale(self, revision: str, replicas: int) -> None:
         """Patch deployments/scale; on 409 Conflict re-read the Scale and re-apply on its resourceVersion."""
-        scale = await self._call_conflict_safe(revision, replicas)
+        scale = await self._callconflict_safe(revision, replicas)
         self._note_write(revision, scale.get("metadata", {}).get("resourceVersion"), replicas)
         log.info("deployment scaled", extra={"revision": revision, "replicas": replicas})
 
-    async def _call_conflict_safe(self, revision: str, replicas: int) -> Any:
+    async def _callconflict_safe(self, revision: str, replicas: int) -> Any:
         first = True
-        async for attempt in self._retrying(_conflict):
+        async for attempt in self._retrying(conflict):
             with attempt:
                 if first:
                     first = False
@@ -828,7 +488,7 @@ class KubernetesBackend:
         written = self._written.get(revision)
         if dep is None:
             return written[1] if written else None
-        if written and written[0] > _rv(dep):
+        if written and written[0] > resource_version(dep):
             return written[1]
         replicas = dep.get("spec", {}).get("replicas")
         return 1 if replicas is None else int(replicas)
@@ -850,7 +510,7 @@ class KubernetesBackend:
         if kind == "DELETED":
             self._deployments.pop(name, None)
             written = self._written.get(name)
-            if written is not None and written[0] <= _rv(payload):
+            if written is not None and written[0] <= resource_version(payload):
                 self._written.pop(name, None)
         else:
             self._deployments[name] = payload
@@ -911,21 +571,3 @@ class KubernetesBackend:
             log.warning("drain timed out", extra={"revision": revision, "endpoint": str(ep), "after_s": timeout})
         except Exception:
             log.exception("drain hook failed", extra={"revision": revision, "endpoint": str(ep)})
-
-
-
-def api_client_for(kubeconfig: str | None, context: str | None, base_dir: Path) -> k8s.ApiClient:
-    """The API client for routes.yaml's backend: its kubeconfig (relative to the routes file, ~ expanded) and
-    context; without one, the in-cluster service account when running in a pod, else ~/.kube/config."""
-    from kubernetes import config
-
-    if kubeconfig is None:
-        try:
-            config.load_incluster_config()
-            return k8s.ApiClient()
-        except config.ConfigException:
-            kubeconfig = "~/.kube/config"
-    path = (base_dir / Path(kubeconfig).expanduser()).resolve()
-    if not path.exists():
-        raise OSError(f"kubeconfig {path} does not exist: point backend.kubeconfig at one, or run ferry in a pod")
-    return config.new_client_from_config(config_file=str(path), context=context)

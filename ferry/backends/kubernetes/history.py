@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-from ferry.routing.revisions import Revision, RevisionStore, canonical_template
-from ferry.routing.schema import Template
+from ...routing.revisions import History, Revision, RevisionStore, canonical_template
+from ...routing.schema import Template
 
-log = logging.getLogger("ferry.backends.kube_history")
+log = logging.getLogger("ferry.backends.kubernetes.history")
 
 GENERATION = "ferry.dev/generation"
 DIGEST = "ferry.dev/digest"  # also read by the backend when it adopts an existing Deployment
@@ -41,17 +40,6 @@ def creation_annotations(revision: Revision) -> dict[str, str]:
         TEMPLATE: canonical_template(revision.template),
         CREATED_AT: repr(revision.created_at),
     }
-
-
-@dataclass
-class History:
-    """What the Deployments say, ready for RevisionStore.import_history."""
-
-    revisions: list[Revision] = field(default_factory=list)
-    latest_ready: dict[str, str] = field(default_factory=dict)  # service -> revision
-    results: dict[str, tuple[str, str | None, float]] = field(default_factory=dict)  # revision -> result
-    rollouts: dict[str, tuple[str, float]] = field(default_factory=dict)  # service -> (state JSON, at)
-    traffic: dict[str, tuple[list[tuple[str, int]] | None, float]] = field(default_factory=dict)
 
 
 def read_history(deployments: Iterable[Mapping[str, Any]], *, service_label: str, revision_label: str) -> History:

@@ -26,7 +26,7 @@ then wait slightly longer, never shorter). acquireTime / renewTime are RFC 3339 
 RBAC: in its namespace ferry needs `coordination.k8s.io` `leases`: get, create, update (see RBAC_RULES).
 
 Threads: the blocking `kubernetes` client runs in the default executor (`asyncio.to_thread`), with
-`_preload_content=False` and raw JSON bodies, like ferry/backends/kubernetes.py. Every call carries a request
+`_preload_content=False` and raw JSON bodies, like the backend (api.py). Every call carries a request
 timeout; a call still running at the renew deadline is abandoned (its thread finishes on its own; a renew
 landing late only extends a lease this replica will read back as its own).
 """
@@ -50,9 +50,9 @@ from typing import Any, Awaitable, Callable
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from ferry.backends.kubernetes import _json_call, _reason, _transient
+from .api import json_call, reason, transient
 
-log = logging.getLogger("ferry.backends.kube_lease")
+log = logging.getLogger("ferry.backends.kubernetes.lease")
 
 RBAC_RULES: tuple[dict[str, Any], ...] = (
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
@@ -324,13 +324,13 @@ class LeaseElector:
             ok = False
             self._note_failure("timed out")
         except ApiException as e:
-            if not _transient(e):
-                log.warning("lease request rejected", extra={"lease": self.name, "error": _reason(e)})
+            if not transient(e):
+                log.warning("lease request rejected", extra={"lease": self.name, "error": reason(e)})
             ok = False
-            self._note_failure(_reason(e))
+            self._note_failure(reason(e))
         except Exception as e:  # noqa: BLE001 - connection errors and the like: retried by the loops
             ok = False
-            self._note_failure(_reason(e))
+            self._note_failure(reason(e))
         else:
             if self._failing:
                 self._failing = False
@@ -412,7 +412,7 @@ class LeaseElector:
                 self.renew_deadline_s,
             )
         except Exception as e:  # noqa: BLE001 - best effort: followers take over after the duration anyway
-            log.warning("lease release failed", extra={"lease": self.name, "error": _reason(e)})
+            log.warning("lease release failed", extra={"lease": self.name, "error": reason(e)})
             return
         self.observed_record = LeaseRecord.from_lease(stored)
         self.observed_at = time.monotonic()
@@ -420,5 +420,5 @@ class LeaseElector:
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
         return await asyncio.to_thread(
-            _json_call, fn, *args, _preload_content=False, _request_timeout=self._request_timeout
+            json_call, fn, *args, _preload_content=False, _request_timeout=self._request_timeout
         )

@@ -1,0 +1,211 @@
+"""`ferry up`: one replica of the control plane, with its API, the file watch, and optionally one local Envoy.
+
+Every replica serves xDS, the activator and the API from the start. Without --leader-elect it leads at once;
+with it, it follows (replicas.Follower mirrors the leader) until the Lease is its own, then leads (roles.lead)
+with the same cache, so the gateways connected to it stay connected. Every part is entered on one
+AsyncExitStack and stopped in reverse; nothing outlives `run()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from ..activator import Activator
+from ..api import ApiState, build_api
+from ..replicas import API_ANNOTATION, XDS_ANNOTATION, Follower
+from ..routing.loader import LoadedRoutes, load_routes
+from ..routing.revisions import RevisionStore, default_store_path
+from ..routing.schema import HostPort
+from ..testhooks import HOOKS
+from ..xds.cache import SnapshotCache
+from ..xds.server import AdsServicer, GatewayRegistry, XdsMetrics, start_xds_server
+from .roles import Shared, lead
+
+log = logging.getLogger("ferry")
+
+
+@dataclass
+class DaemonOptions:
+    routes: Path
+    state: Path | None = None  # default: .ferry/state.db beside routes.yaml
+    xds: HostPort = HostPort("127.0.0.1", 18000)
+    api: HostPort = HostPort("127.0.0.1", 8090)
+    admin: HostPort = HostPort("127.0.0.1", 9901)
+    run_envoy: bool = True
+    delta: bool = True
+    watch: bool = True
+    test_hooks: bool = False
+    cluster_linger_s: float = 10.0
+    node_id: str = "ferry-local"
+    activator: HostPort = HostPort("127.0.0.1", 8012)
+    advertise_activator: HostPort | None = None  # what EDS tells gateways, when they cannot use `activator`
+    retained_revisions: int = 10  # Kubernetes: stopped revisions kept per service
+    leader_elect: bool = False  # Kubernetes: lead only while holding the Lease; follow (mirror) the leader otherwise
+    advertise: str | None = None  # the host other replicas and gateways reach this one at (a pod's IP)
+    lease_duration_s: float = 15.0
+    queue_limit: int = 10_000
+    autoscale_tick_s: float = 2.0
+
+    @property
+    def state_path(self) -> Path:
+        return self.state or default_store_path(self.routes)
+
+
+class GcPauseLog:
+    """Logs garbage-collector pauses long enough to delay pushes (they stop ferry's whole event loop)."""
+
+    def __init__(self, threshold_s: float = 0.05):
+        self.threshold_s = threshold_s
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif (paused := time.perf_counter() - self._started) >= self.threshold_s:
+            log.warning("long garbage-collector pause", extra={
+                "generation": info.get("generation"), "ms": round(paused * 1000, 1), "collected": info.get("collected")})
+
+
+@contextmanager
+def _collector_tuned() -> Iterator[None]:
+    """ferry makes little cyclic garbage but allocates in bursts (a /status at 10,000 services is ~10^5
+    objects): with CPython's default thresholds that meant a 50-250 ms full collection every second, finding
+    nothing. Collect young objects every 50,000 allocations and the old ones rarely; log long pauses."""
+    pauses = GcPauseLog()
+    gc.callbacks.append(pauses)
+    gc.set_threshold(50_000, 20, 100)
+    try:
+        yield
+    finally:
+        gc.callbacks.remove(pauses)
+
+
+async def _started(start, message: str) -> None:
+    """Await a server's start; a port that cannot be bound is the user's error, said with the flag to change."""
+    try:
+        await start
+    except OSError as err:
+        raise OSError(f"{message}: {err.strerror or err}") from None
+
+
+@dataclass
+class Daemon:
+    options: DaemonOptions
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Serve until `stop` is set (or SIGINT/SIGTERM), then tear everything down."""
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        loaded = load_routes(self.options.routes)  # a bad file at start-up is the user's first error: fail loudly
+        await self._serve(loaded, stop)
+
+    async def _serve(self, loaded: LoadedRoutes, stop: asyncio.Event) -> None:
+        options = self.options
+        async with AsyncExitStack() as stack:
+            stack.callback(log.info, "ferry stopped")
+            store = RevisionStore(options.state_path)
+            stack.callback(store.close)
+            stack.enter_context(_collector_tuned())
+            lost = asyncio.Event()
+            elector = self._elector(loaded, lost) if options.leader_elect else None
+            follower: Follower | None = None
+            state = ApiState(
+                self.registry,
+                replica=lambda: follower.status() if follower is not None else {
+                    "role": "leader", "identity": elector.identity if elector else None},
+                leader_identity=lambda: elector.identity if elector else None,
+                test_hooks=HOOKS if options.test_hooks else {},
+            )
+            gateways = GatewayRegistry()
+            shared = Shared(options, self.registry, store, SnapshotCache(), gateways, Activator(
+                host=options.activator.host, port=options.activator.port, queue_limit=options.queue_limit,
+                # Requests reach this activator only once this replica leads (EDS names the leader's).
+                on_demand=lambda revision: state.leading.wake(revision) if state.leading else None,
+                registry=self.registry,
+            ), state.ready)
+
+            xds_server = await start_xds_server(
+                AdsServicer(shared.cache, gateways, XdsMetrics(self.registry, gateways)), str(options.xds))
+            stack.push_async_callback(xds_server.stop, 0.5)
+            await _started(shared.activator.start(),
+                           f"cannot serve the activator on {options.activator} (use --activator to move it)")
+            stack.push_async_callback(shared.activator.aclose)
+            if elector is not None:
+                stack.push_async_callback(elector.release)  # after everything stopped writing: a follower takes over
+                election = asyncio.create_task(elector.run(), name="leader election")
+                follower = Follower(elector, shared.cache, gateways)
+            api = web.AppRunner(build_api(state, middlewares=(follower.forward,) if follower else ()), access_log=None)
+            await api.setup()
+            stack.push_async_callback(api.cleanup)
+            site = web.TCPSite(api, options.api.host, options.api.port)
+            message = f"cannot serve ferry's API on {options.api} (use --api to move it)"
+
+            inherited = False
+            if follower is not None:
+                await _started(site.start(), message)  # a follower answers /readyz and /replica, and forwards the rest
+                if not await follower.until_leading(election, stop, state.ready):
+                    return  # asked to stop while following
+                inherited = follower.mirror.synced.is_set()
+                loaded = load_routes(options.routes)  # it may have changed while this replica followed
+            async with lead(shared, loaded, inherited=inherited) as leading:
+                state.leading = leading
+                try:
+                    if follower is None:
+                        await _started(site.start(), message)
+                    log.info("ferry is up", extra={
+                        "routes": str(options.routes), "xds": str(options.xds), "api": str(options.api),
+                        "gateway": str(loaded.spec.gateway.listen) if options.run_envoy else "external"})
+                    await _first(stop.wait(), lost.wait())
+                    if lost.is_set() and not stop.is_set():
+                        # client-go's advice: a replica that lost the lease stops, and comes back as a follower.
+                        raise RuntimeError("lost the leader lease: stopping so that only the new leader writes")
+                finally:
+                    state.leading = None  # the API answers 503 from here on: nothing reaches a closing controller
+
+    def _elector(self, loaded: LoadedRoutes, lost: asyncio.Event):
+        """--leader-elect: the Lease in the backend's namespace, advertising where this replica serves."""
+        from ..backends.kubernetes import api_client_for
+        from ..backends.kubernetes.lease import LeaseElector
+
+        options = self.options
+        backend = loaded.spec.backend
+        if backend.kind != "kubernetes":
+            raise OSError("--leader-elect needs backend: kubernetes in the routes file (the Lease lives in its namespace)")
+        host = options.advertise or options.xds.host
+        if host in ("0.0.0.0", "::", ""):
+            raise OSError("--leader-elect: other replicas must reach this one; say where with --advertise HOST "
+                          "(in a pod: $(POD_IP))")
+        duration = options.lease_duration_s
+        return LeaseElector(
+            api_client_for(backend.kubeconfig, backend.context, loaded.base_dir), backend.namespace,
+            duration_s=duration, renew_every_s=duration / 5, retry_every_s=min(2.0, duration / 5),
+            on_stopped_leading=lost.set,
+            advertise={XDS_ANNOTATION: f"{host}:{options.xds.port}", API_ANNOTATION: f"{host}:{options.api.port}"},
+        )
+
+
+async def _first(*waits) -> None:
+    """Until the first of `waits` is done."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -1,0 +1,150 @@
+"""The leading role: what a replica runs while it decides (the controller, its loops, the file watch, the local
+Envoy). The following role is replicas.Follower."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry
+
+from ..activator import Activator
+from ..backends.local import LocalProcessBackend
+from ..envoy.bootstrap import BootstrapOptions
+from ..envoy.process import EnvoyProcess
+from ..reconcile.census import GatewayCensus
+from ..reconcile.config import ConfigSource
+from ..reconcile.controller import BackendFactory, Controller
+from ..routing.loader import LoadedRoutes
+from ..routing.revisions import RevisionStore
+from ..routing.schema import HostPort
+from ..xds.cache import SnapshotCache
+from ..xds.server import GatewayRegistry
+from .watch import watch_file
+
+if TYPE_CHECKING:
+    from . import DaemonOptions
+
+log = logging.getLogger("ferry")
+
+
+@dataclass
+class Shared:
+    """What every role of one replica uses, and outlives them."""
+
+    options: DaemonOptions
+    registry: CollectorRegistry
+    store: RevisionStore
+    cache: SnapshotCache
+    gateways: GatewayRegistry
+    activator: Activator
+    ready: asyncio.Event  # a whole state to serve (applied, or mirrored)
+
+
+class Leading:
+    """The replica that decides: the API's `Leader` (api.py)."""
+
+    def __init__(self, controller: Controller, source: ConfigSource, census: GatewayCensus):
+        self.controller = controller
+        self.source = source
+        self.census = census
+
+    def status(self, service: str | None) -> dict:
+        return {"config": {**self.source.status(), **self.controller.timings}, **self.controller.status(service)}
+
+    async def apply(self, path: Path, text: str) -> None:
+        await self.source.apply(path, text)
+
+    def rollout_status(self, service: str) -> dict:
+        return self.controller.rollout_status(service)
+
+    async def rollout_action(self, service: str, action: str) -> Any:
+        return await self.controller.rollout_action(service, action)
+
+    def revisions_status(self, service: str) -> list[dict]:
+        return self.controller.revisions_status(service)
+
+    async def set_traffic(self, service: str, splits: list[tuple[str, int]] | None) -> None:
+        await self.controller.set_traffic(service, splits)
+
+    def report_gateways(self, replica: str, gateways: list[dict], ttl_s: float) -> None:
+        self.census.report(replica, gateways, ttl_s)
+
+    def wake(self, revision: str) -> None:
+        self.controller.wake(revision)
+
+
+@asynccontextmanager
+async def lead(shared: Shared, loaded: LoadedRoutes, *, inherited: bool) -> AsyncIterator[Leading]:
+    """Lead until the block exits, then stop in reverse: the local Envoy, the watch and loops, the controller
+    (and with it the backend). `inherited`: the cache was filled by a mirror of the previous leader."""
+    options = shared.options
+    async with AsyncExitStack() as stack:
+        envoy = None
+        if options.run_envoy:
+            envoy = EnvoyProcess(
+                BootstrapOptions(
+                    node_id=options.node_id, xds_host=options.xds.host, xds_port=options.xds.port,
+                    admin_host=options.admin.host, admin_port=options.admin.port, delta=options.delta,
+                ),
+                options.state_path.parent,
+            )
+        census = GatewayCensus(shared.gateways, [envoy.admin] if envoy else [])
+        controller = Controller(
+            shared.store, backend_factory(loaded, options.state_path.parent), shared.cache, census,
+            activator=shared.activator,
+            activator_address=options.advertise_activator or (
+                HostPort(options.advertise, options.activator.port) if options.advertise else None),
+            cluster_linger_s=options.cluster_linger_s,
+            autoscale_tick_s=options.autoscale_tick_s,
+            retained_revisions=options.retained_revisions,
+        )
+        stack.push_async_callback(controller.aclose)
+        source = ConfigSource(options.routes, shared.store, controller.apply, shared.registry)
+        await controller.start()
+        await source.apply(loaded=loaded)
+        shared.ready.set()
+        if inherited:
+            controller.drop_inherited_later()
+        background = [controller.autoscaler.run(), controller.rollout_runner.run()]
+        if options.watch:
+            watching = asyncio.Event()
+            background.append(watch_file(options.routes, source.apply, watching))
+        for coro in background:
+            _run_in_background(stack, coro)
+        if options.watch:
+            await asyncio.wait_for(watching.wait(), 10)
+        if envoy:
+            await envoy.start()
+            stack.push_async_callback(envoy.stop)
+            _run_in_background(stack, envoy.supervise())
+        yield Leading(controller, source, census)
+
+
+def _run_in_background(stack: AsyncExitStack, coro) -> None:
+    """A task that lives until the stack unwinds (cancelled then)."""
+    task = asyncio.get_running_loop().create_task(coro, name=getattr(coro, "__qualname__", "background"))
+
+    async def cancel() -> None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    stack.push_async_callback(cancel)
+
+
+def backend_factory(loaded: LoadedRoutes, workdir: Path) -> BackendFactory:
+    """Where revisions run, as the file's `backend:` says: local processes, or Deployments in a namespace."""
+    backend = loaded.spec.backend
+    if backend.kind == "kubernetes":
+        from ..backends.kubernetes import KubernetesBackend, api_client_for
+
+        api_client = api_client_for(backend.kubeconfig, backend.context, loaded.base_dir)
+        return lambda on_endpoints, drain: KubernetesBackend(
+            on_endpoints, drain=drain, namespace=backend.namespace, api_client=api_client, retain=True
+        )
+    return lambda on_endpoints, drain: LocalProcessBackend(on_endpoints, drain=drain, log_dir=workdir / "logs")

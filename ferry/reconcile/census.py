@@ -1,0 +1,54 @@
+"""The gateway census: every gateway this control plane serves, directly or through a follower replica, with
+where its stats are read (the autoscaler's and the rollout analysis' sources) and whether all of them run the
+latest configuration."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from ..envoy.admin import EnvoyAdmin
+from ..routing.fields import HostPort
+from ..xds.groups import ADMIN_METADATA_KEY
+from ..xds.server import GatewayRegistry
+
+
+class GatewayCensus:
+    def __init__(self, gateways: GatewayRegistry, local_admins: Iterable[EnvoyAdmin] = ()):
+        self.gateways = gateways
+        self.local_admins = list(local_admins)  # ferry's own Envoy
+        self._replicas: dict[str, tuple[float, list[dict]]] = {}  # replica -> (expires, its gateways)
+
+    async def wait_in_sync(self, timeout: float) -> bool:
+        """Until every connected gateway runs the current config: False on timeout."""
+        return await self.gateways.wait_in_sync(timeout)
+
+    def report(self, replica: str, gateways: list[dict], ttl_s: float) -> None:
+        """What a follower replica serves: its gateways count for autoscaling and status until `ttl_s` passes
+        without a new report (a follower that died takes its gateways' reports with it)."""
+        self._replicas[replica] = (time.monotonic() + ttl_s, gateways)
+
+    def _via_replicas(self) -> list[tuple[str, dict]]:
+        now = time.monotonic()
+        for replica in [r for r, (expires, _) in self._replicas.items() if expires < now]:
+            del self._replicas[replica]
+        return [(r, g) for r, (_, gateways) in self._replicas.items() for g in gateways]
+
+    def status(self) -> list[dict]:
+        return self.gateways.status() + [{**gateway, "via": replica} for replica, gateway in self._via_replicas()]
+
+    def admins(self) -> list[EnvoyAdmin]:
+        """Every gateway that told us its admin address (directly, or through a follower replica), and our own
+        Envoy."""
+        admins = {(a.host, a.port): a for a in self.local_admins}
+        addresses = [stream.node.metadata.get(ADMIN_METADATA_KEY) if stream.node is not None else None
+                     for stream in list(self.gateways.streams)]
+        addresses += [gateway.get("admin") for _, gateway in self._via_replicas()]
+        for address in addresses:
+            if address:
+                try:
+                    parsed = HostPort.parse(address)
+                except ValueError:
+                    continue
+                admins.setdefault((parsed.host, parsed.port), EnvoyAdmin(parsed.host, parsed.port, timeout=1.0))
+        return list(admins.values())

@@ -1,0 +1,89 @@
+"""Staging what gateways should serve, and publishing it to the snapshot cache in one step.
+
+`Publisher` collects puts and deletions and hands them to the cache together, which checks that no
+resource is left naming one that is missing (xds/cache.py) before any gateway is told. It remembers what
+it published, so that after taking over a cache another leader filled, what only that leader published can
+be dropped. `RouteTables` keeps, per service, its route table and the host scopes that select it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..xds import resources as xds
+from ..xds.cache import SnapshotCache
+from ..xds.types import Resource
+
+log = logging.getLogger("ferry.reconcile")
+
+
+class Publisher:
+    def __init__(self, cache: SnapshotCache):
+        self.cache = cache
+        self._pending: dict[str, dict[str, Resource | None]] = {t: {} for t in xds.PUSH_ORDER}
+        self._owned: dict[str, set[str]] = {t: set() for t in xds.PUSH_ORDER}  # what this publisher put
+
+    def put(self, type_url: str, resource: Resource) -> None:
+        self._pending[type_url][resource.name] = resource
+        self._owned[type_url].add(resource.name)
+
+    def delete(self, type_url: str, name: str) -> None:
+        self._pending[type_url][name] = None
+        self._owned[type_url].discard(name)
+
+    def publish(self) -> None:
+        """Everything staged, to every group at once (InconsistentChanges: nothing was, and it is dropped)."""
+        changes = {t: entries for t, entries in self._pending.items() if entries}
+        if not changes:
+            return
+        self._pending = {t: {} for t in xds.PUSH_ORDER}
+        self.cache.update(changes)
+
+    def stage_inherited_deletions(self) -> int:
+        """Stage the deletion of what the cache's default group holds and this publisher never put (listeners
+        excepted: each group's is its own, see xds/groups.py). Returns how many."""
+        stores = self.cache.group(SnapshotCache.DEFAULT).stores
+        count = 0
+        for type_url in xds.PUSH_ORDER:
+            if type_url == xds.LISTENER:
+                continue
+            for name in set(stores[type_url].entries) - self._owned[type_url]:
+                self._pending[type_url][name] = None
+                count += 1
+        return count
+
+
+class RouteTables:
+    """Per service, one route table and a host scope per host (SRDS), so that a change to one service is one
+    small RDS push at any number of services. A host may move from one service to another in one edit."""
+
+    def __init__(self, publisher: Publisher):
+        self._publisher = publisher
+        self._tables: set[str] = set()
+        self._scopes: dict[str, set[str]] = {}  # service -> hosts scoped to its route table
+        self._scope_owner: dict[str, str] = {}  # host -> the service its scope points at
+
+    def put(self, service: str, routes: tuple[xds.HostRoute, ...]) -> None:
+        """The service's route table, and a host scope for each of its hosts."""
+        self._publisher.put(xds.ROUTE, xds.route_table(service, routes))
+        self._tables.add(service)
+        hosts = {host for r in routes for host in r.domains}
+        self._release(service, self._scopes.get(service, set()) - hosts)
+        for host in hosts - self._scopes.get(service, set()):
+            self._scope_owner[host] = service
+            self._publisher.put(xds.SCOPED_ROUTE, xds.host_scope(host, service))
+        self._scopes[service] = hosts
+
+    def remove(self, service: str) -> None:
+        self._release(service, self._scopes.pop(service, set()))
+        if service in self._tables:
+            self._tables.discard(service)
+            self._publisher.delete(xds.ROUTE, service)
+
+    def _release(self, service: str, hosts: set[str]) -> None:
+        """Delete the scopes of hosts the service no longer has, unless another service took them over in
+        this same change (services are processed in file order, so the taker may have come first)."""
+        for host in hosts:
+            if self._scope_owner.get(host) == service:
+                del self._scope_owner[host]
+                self._publisher.delete(xds.SCOPED_ROUTE, host)

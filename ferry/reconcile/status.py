@@ -1,0 +1,161 @@
+"""What `ferry status`, `ferry revisions` and `ferry rollout status` show: views of the controller's state,
+computed on demand (one service and its revisions cost the same at any number of services)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+from ..backends.base import InstanceCounts
+from ..routing.schema import service_hosts, tag_host
+from .model import RevisionRuntime, ServiceRuntime
+from .rules import split_owner
+
+if TYPE_CHECKING:
+    from .controller import Controller
+
+
+def status(c: Controller, service: str | None = None) -> dict:
+    """Everything, or one service and its revisions. KeyError: no such service."""
+    chosen = sorted(c.services) if service is None else [c.services[service].name]
+    revisions = sorted(
+        name for name, runtime in c.revisions.items() if service is None or runtime.revision.service == service)
+    return {
+        "services": {name: _service(c, c.services[name]) for name in chosen},
+        "revisions": {name: _revision(c, c.revisions[name]) for name in revisions},
+        "gateways": c.census.status(),
+    }
+
+
+def _service(c: Controller, service: ServiceRuntime) -> dict:
+    gateway = c.gateway
+    port = "" if gateway.listen.port == 80 else f":{gateway.listen.port}"
+    hosts = service_hosts(service.name, service.spec, gateway)
+    traffic: list[dict] = []
+    if service.traffic is not None:
+        traffic += [{"revision": s.revision, "percent": s.percent} for s in service.traffic.main]
+        traffic += [
+            {"revision": revision, "tag": tag, "url": f"http://{tag_host(tag, service.name, gateway)}{port}"}
+            for tag, revision in service.traffic.tags
+        ]
+    return {
+        "url": f"http://{hosts[0]}{port}",
+        "hosts": hosts,
+        "latest_created": service.current.name,
+        "latest_ready": c.latest_ready.get(service.name),
+        "traffic": traffic,
+        "routed": service.waiting is None,
+        "waiting": service.waiting,
+        "split_owner": split_owner(service),
+        "traffic_override": [[s.revision, s.percent] for s in service.override] if service.override else None,
+        "rollout": rollout_status(c, service.name) if service.rollout is not None else None,
+    }
+
+
+def revisions_status(c: Controller, service_name: str) -> list[dict]:
+    """`ferry revisions`: every revision the service ever had, newest first, with its traffic and how its
+    rollout ended."""
+    service = c.services[service_name]
+    results = c.store.results(service_name)
+    served = {s.revision: s.percent for s in service.traffic.main} if service.traffic else {}
+    tags: dict[str, list[str]] = {}
+    for tag, revision in service.traffic.tags if service.traffic else ():
+        tags.setdefault(revision, []).append(tag)
+    out = []
+    for revision in reversed(c.store.revisions(service_name)):
+        runtime = c.revisions.get(revision.name)
+        result = results.get(revision.name)
+        out.append({
+            "name": revision.name,
+            "generation": revision.generation,
+            "created_at": revision.created_at,
+            "state": _state(runtime, c.backend.counts(revision.name) if runtime.managed else None)
+            if runtime else "stopped",
+            "ready": len(runtime.endpoints) if runtime else 0,
+            "traffic": served.get(revision.name, 0),
+            "tags": tags.get(revision.name, []),
+            "latest_ready": revision.name == c.latest_ready.get(service_name),
+            "rollout": {"result": result[0], "reason": result[1], "at": result[2]} if result else None,
+        })
+    return out
+
+
+def rollout_status(c: Controller, service_name: str) -> dict:
+    """`ferry rollout status`: where it is, the weights gateways serve, every check and its verdict."""
+    service = c.services[service_name]
+    rollout = service.rollout
+    if rollout is None:
+        return {"service": service_name, "phase": None}
+    return {
+        **json.loads(rollout.to_json()),
+        "active": rollout.active,
+        "preview": rollout.preview,
+        "spec": json.loads(json.dumps(asdict(c.rollouts.spec(service)))),
+        "served": [{"revision": s.revision, "percent": s.percent} for s in service.traffic.main]
+        if service.traffic else [],
+        "rollback_ms": service.rollback_ms,
+    }
+
+
+def _revision(c: Controller, runtime: RevisionRuntime) -> dict:
+    managed = runtime.managed
+    counts = c.backend.counts(runtime.name) if managed else None
+    return {
+        "service": runtime.revision.service,
+        "generation": runtime.revision.generation,
+        "ready": counts.ready if counts else len(runtime.endpoints),
+        "total": counts.total if counts else len(runtime.endpoints),
+        "instances_started": counts.started if counts else None,
+        "endpoints": [str(e) for e in runtime.endpoints],
+        "state": _state(runtime, counts),
+        "managed": managed,
+        "autoscaling": _autoscaling(c, runtime) if managed else None,
+        "instances": [
+            {"pid": i.pid, "endpoint": str(i.endpoint) if i.endpoint else None, "ready": i.ready,
+             "stopping": i.stopping, "restarts": i.restarts, "log": str(i.log_path)}
+            for i in (c.backend.instances(runtime.name) if managed else ())
+        ],
+    }
+
+
+def _state(runtime: RevisionRuntime, counts: InstanceCounts | None) -> str:
+    if runtime.retiring:
+        return "retiring"
+    if runtime.endpoints:
+        return "ready"
+    if runtime.routable:  # the activator holds its requests
+        return "at zero" if counts is not None and counts.total == 0 else "activating"
+    return "not ready"
+
+
+def _autoscaling(c: Controller, runtime: RevisionRuntime) -> dict:
+    """What `ferry status` shows about scaling: wanted vs ready, the load seen, and why."""
+    autoscaler = c.autoscaler
+    state = autoscaler.states.get(runtime.name)
+    if state is None:
+        return {"activator_in_path": runtime.activator_in_path, "tracked": False}
+    observed_at = autoscaler.observed_at
+    now = autoscaler.clock() if observed_at is None else observed_at  # averages as decisions see them
+    settings = state.settings
+    load = autoscaler.last_load.get(runtime.name)
+    decided = autoscaler.decisions.get(runtime.name)
+    return {
+        "desired": state.scale,
+        "ready": len(runtime.endpoints),
+        "metric": settings.metric,
+        "target_per_instance": round(settings.target_value, 3),
+        "observed": {
+            "concurrency": round(load.concurrency, 3) if load else None,
+            "rps": round(load.rps, 3) if load else None,
+            "stable": state.stable.average(now),
+            "panic": state.panic.average(now),
+        },
+        "panic_mode": state.decider.panic_since is not None,
+        "active": state.active_since is not None,
+        "activator_in_path": runtime.activator_in_path,
+        "excess_burst_capacity": decided[1].decision.excess_burst_capacity if decided else None,
+        "last_decision": {"reason": decided[1].reason, "seconds_ago": round(autoscaler.clock() - decided[0], 1)}
+        if decided else None,
+        "scale_events": list(runtime.scale_events),
+    }

@@ -1,0 +1,49 @@
+"""The shapes of ferry's background work: a step run every interval (scrape, tick, rollouts), and a set of
+tasks that log their failure and are cancelled together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+
+async def every(interval: float, step: Callable[[], Awaitable[None]], log: logging.Logger, what: str) -> None:
+    """A failing step is logged and the loop goes on; a slow one delays the next, with no catch-up burst."""
+    loop = asyncio.get_running_loop()
+    next_at = loop.time()
+    while True:
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s failed", what)
+        next_at = max(next_at + interval, loop.time())
+        await asyncio.sleep(next_at - loop.time())
+
+
+class Background:
+    """Tasks started on the side: a failure is logged (never lost), and aclose() cancels what still runs."""
+
+    def __init__(self, log: logging.Logger):
+        self._log = log
+        self._tasks: set[asyncio.Task] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._log.error("background task failed", extra={"task": task.get_name()}, exc_info=task.exception())
+
+    async def aclose(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,79 @@
+"""Which snapshot a gateway gets: go-control-plane's NodeHash, and the one way ferry specialises a group.
+
+Gateways share a snapshot by group (Envoy's node.cluster). A gateway that asks for its own listen address
+(node metadata `ferry.listen`, which `ferry bootstrap --listen` writes) gets a snapshot of its own, keyed
+`<group>@<host:port>`: the group's resources, but for the HTTP listener, which listens where it asked.
+The key carries the address, so the policy needs no memory: a cache a follower filled and a leader took over
+specialises its groups exactly as the leader would have.
+
+The leader's cache and a follower's mirror use this same policy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+
+from envoy.config.listener.v3 import listener_pb2
+from google.protobuf.message import DecodeError
+
+from .resources import LISTENER_NAME
+from .types import LISTENER, Changes, Resource
+
+LISTEN_METADATA_KEY = "ferry.listen"  # node metadata: this gateway's own listen address
+ADMIN_METADATA_KEY = "ferry.admin"  # node metadata: where ferry reads this gateway's stats
+
+
+def snapshot_key(group: str, metadata: Mapping[str, str]) -> str:
+    """The snapshot a gateway of `group` with node `metadata` is served from."""
+    listen = metadata.get(LISTEN_METADATA_KEY)
+    if listen and parse_listen(listen) is not None:
+        return f"{group}@{listen}"
+    return group
+
+
+def own_listen(key: str) -> tuple[str, int] | None:
+    """The listen address a snapshot key asks for, or None for a plain group."""
+    _, at, listen = key.rpartition("@")
+    return parse_listen(listen) if at else None
+
+
+def parse_listen(text: str) -> tuple[str, int] | None:
+    """'127.0.0.1:8080' or '[::1]:8080' -> (host, port); None if it is not an IP address and a port."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return None
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return host, int(port)
+
+
+def specialise(key: str, changes: Changes) -> Changes:
+    """`changes` as group `key` takes them: in a group with its own address, the HTTP listener is put with that
+    address and never deleted (it did not come from the file); every other group takes them as they are."""
+    listen = own_listen(key)
+    entries = changes.get(LISTENER)
+    if listen is None or not entries or LISTENER_NAME not in entries:
+        return changes
+    listener = entries[LISTENER_NAME]
+    adjusted = dict(entries)
+    if listener is None:
+        del adjusted[LISTENER_NAME]
+    else:
+        adjusted[LISTENER_NAME] = moved(listener, listen)
+    return {**changes, LISTENER: adjusted}
+
+
+def moved(listener: Resource, listen: tuple[str, int]) -> Resource:
+    """The same listener, listening at `listen`."""
+    message = listener_pb2.Listener()
+    try:
+        message.ParseFromString(listener.body)
+    except DecodeError:
+        return listener
+    address = message.address.socket_address
+    address.address, address.port_value = listen
+    return Resource.of(listener.name, message.SerializeToString(), listener.refs)
