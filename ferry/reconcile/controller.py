@@ -418,6 +418,7 @@ class Controller:
             await self._reconcile_now(service)
         else:
             await self.rollout_changed(service_name, following, previous=previous, decided_at=time.perf_counter())
+        await self.census.wait_in_sync(self.sync_timeout_s)  # answered once the gateways serve it (as `kn` waits)
         return service.rollout
 
     async def set_traffic(self, service_name: str, splits: list[tuple[str, int]] | None) -> None:
@@ -429,6 +430,7 @@ class Controller:
             self.rollouts.set_override(service, splits)
             await self._reconcile(service)
             self._commit()
+        await self.census.wait_in_sync(self.sync_timeout_s)  # answered once the gateways serve it (as `kn` waits)
 
     # -- autoscaling (the Autoscaler's ScaleTarget) ----------------------------------------------------
 
