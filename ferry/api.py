@@ -60,6 +60,7 @@ class ApiState:
     ready: asyncio.Event = field(default_factory=asyncio.Event)  # holds a whole state to serve
     leading: Leader | None = None  # set while this replica leads
     test_hooks: Mapping[str, TestHook] = field(default_factory=dict)
+    more_metrics: Callable[[], Awaitable[bytes]] | None = None  # another process's (the activator's)
 
 
 def build_api(state: ApiState, *, middlewares: tuple = ()) -> web.Application:
@@ -85,7 +86,10 @@ def build_api(state: ApiState, *, middlewares: tuple = ()) -> web.Application:
 
     @routes.get("/metrics")
     async def get_metrics(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(state.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        body = generate_latest(state.registry)
+        if state.more_metrics is not None:
+            body += await state.more_metrics()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @routes.get("/replica")
     async def replica(request: web.Request) -> web.Response:

@@ -1,4 +1,4 @@
-"""ferry's command line: up, apply, validate, status, bootstrap."""
+"""ferry's command line: up, down, apply, validate, status, rollout, revisions, traffic, manifests, bootstrap."""
 
 from __future__ import annotations
 
@@ -83,6 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("-v", "--verbose", action="count", default=0)
     up.add_argument("-q", "--quiet", action="store_true")
 
+    down = sub.add_parser("down", help="stop a ferry and its data plane, or the data plane a ferry that died left")
+    down.add_argument("routes", nargs="?", type=Path, help="the routes file ferry ran (its state is beside it)")
+    down.add_argument("--state", type=Path, help="the state folder (or its state.db), if not beside the routes file")
+
+    activator = sub.add_parser("activator", help="(started by ferry up) the activator as its own process")
+    activator.add_argument("--listen", type=_hostport, required=True)
+    activator.add_argument("--control", type=Path, required=True, help="the control socket ferry connects to")
+    activator.add_argument("--queue-limit", type=_positive_int, default=10_000, metavar="N")
+    activator.add_argument("-v", "--verbose", action="count", default=0)
+
     apply = sub.add_parser("apply", help="send a routes file to a running ferry")
     apply.add_argument("routes", type=Path)
     apply.add_argument("--api", default=DEFAULT_API)
@@ -131,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     boot.add_argument("--format", choices=["yaml", "json"], default="yaml")
 
     args = parser.parse_args(argv)
-    commands = {"up": _up, "apply": _apply, "validate": _validate, "status": _status, "bootstrap": _bootstrap,
+    commands = {"up": _up, "down": _down, "activator": _activator, "apply": _apply, "validate": _validate, "status": _status, "bootstrap": _bootstrap,
                 "rollout": _rollout, "revisions": _revisions, "traffic": _traffic,
                 "manifests": _manifests}
     return commands[args.command](args)
@@ -161,6 +171,27 @@ def _up(args) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _down(args) -> int:
+    from .daemon.down import down, state_folder
+
+    folder = state_folder(args.routes, args.state)
+    try:
+        stopped = asyncio.run(down(folder))
+    except (OSError, RuntimeError, TimeoutError) as err:
+        print(f"ferry: {err}", file=sys.stderr)
+        return 1
+    print("\n".join(f"stopped {what}" for what in stopped) if stopped else f"nothing runs from {folder}")
+    return 0
+
+
+def _activator(args) -> int:
+    from . import logs
+    from .activator.process import main
+
+    logs.configure(args.verbose)
+    return main(args.listen.host, args.listen.port, args.control, args.queue_limit)
 
 
 def _request(api: str, path: str, body: dict | None = None) -> tuple[int, dict]:

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import aiohttp
 
+from ferry.dataplane import Register
+from ferry.envoy.admin import EnvoyAdmin
+
 from .helpers import free_port, wait_until
 
 HELLO_APP = Path(__file__).resolve().parent.parent / "examples" / "hello" / "app.py"
@@ -124,14 +127,33 @@ class FerryProcess:
         return await self.status()
 
     async def stop(self) -> None:
-        if self.proc is None or self.proc.returncode is not None:
+        """SIGTERM ferry, which stops its data plane; if ferry died (a test killed it), `ferry down` stops what it
+        left running."""
+        if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGTERM)
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 30)
+            except asyncio.TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        down = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ferry", "down", str(self.routes), stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL)
+        await down.wait()
+
+    def dataplane(self) -> dict[str, int]:
+        """What ferry recorded of its data plane: "<kind> <key>" -> pid."""
+        register = Register(self.workdir / ".ferry")
         try:
-            await asyncio.wait_for(self.proc.wait(), 30)
-        except asyncio.TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
+            return {f"{e.kind} {e.key}": e.proc.pid for e in register.entries()}
+        finally:
+            register.close()
+
+    async def envoy_updates(self) -> dict[str, int]:
+        """Configs the local Envoy accepted or refused, per xDS type (update_attempt also counts reconnections)."""
+        return await update_counts(EnvoyAdmin("127.0.0.1", self.admin_port))
 
     async def kill(self) -> None:
         self.proc.kill()
@@ -141,3 +163,11 @@ class FerryProcess:
 async def get(session: aiohttp.ClientSession, url: str, host: str, **headers) -> tuple[int, str]:
     async with session.get(url, headers={"Host": host, **headers}) as response:
         return response.status, response.headers.get("x-revision", "")
+
+
+async def update_counts(admin: EnvoyAdmin) -> dict[str, int]:
+    """A gateway's accepted and refused configs per xDS type: unchanged across a resync means nothing was re-sent."""
+    _, body = await admin.get("/stats?filter=(cds|lds|srds|rds\\.[a-z]+)\\.update_(success|rejected)$")
+    counts = dict(line.split(": ") for line in body.decode().strip().splitlines())
+    assert {"cluster_manager.cds.update_success", "http.ferry.rds.hello.update_success"} <= set(counts), counts
+    return counts

@@ -69,7 +69,10 @@ class FakeActivator:
     def remove_revision(self, revision) -> None:
         self.revisions.pop(revision, None)
 
-    def in_flight(self, revision, endpoint) -> int:
+    def keep_only_known(self) -> None:
+        pass
+
+    async def in_flight(self, revision, endpoint) -> int:
         return 0
 
     def stats(self) -> dict:

@@ -18,6 +18,7 @@ import pytest
 
 from ferry.backends.base import Endpoint, InstanceCounts, Workload
 from ferry.backends.local import LocalProcessBackend
+from ferry.dataplane import Register
 
 from .helpers import wait_until
 
@@ -349,38 +350,80 @@ async def test_command_resolution_relative_to_cwd_and_on_path(make_backend, tmp_
             assert await r.text() == f"{rev}: hello\n"
 
 
-@pytest.mark.skipif(not os.access("/usr/bin/setpriv", os.X_OK), reason="needs util-linux setpriv")
-async def test_sigkilled_ferry_leaves_no_orphan(tmp_path):
+async def test_a_sigkilled_ferrys_instances_serve_on_and_the_next_one_adopts_them(tmp_path, client):
+    """Live restore, the backend's part: instances outlive the process that started them, and a backend over
+    the same register takes them back as they are: the same process, served at once, nothing started twice."""
     script = f"""
 import asyncio, sys
 from pathlib import Path
 from ferry.backends.base import Workload
 from ferry.backends.local import LocalProcessBackend
+from ferry.dataplane import Register
+from ferry.dataplane import Register
 
 async def main():
     def on(rev, eps):
         if eps:
-            print(b.instances(rev)[0].pid, flush=True)
-    b = LocalProcessBackend(on, log_dir=Path(sys.argv[1]))
+            print(b.instances(rev)[0].pid, eps[0].port, flush=True)
+    b = LocalProcessBackend(on, log_dir=Path(sys.argv[1]), register=Register(Path(sys.argv[2])))
     await b.scale(Workload(service="hello", revision="{REV}", command=(sys.executable, "app.py"),
                            cwd=Path({str(APP_DIR)!r}), readiness_path="/healthz"), 1)
     await asyncio.Event().wait()
 
 asyncio.run(main())
 """
+    state = tmp_path / "state"
     ferry = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", script, str(tmp_path / "logs"), stdout=asyncio.subprocess.PIPE
+        sys.executable, "-c", script, str(tmp_path / "logs"), str(state), stdout=asyncio.subprocess.PIPE
     )
     app_pid = None
+    register = None
     try:
-        app_pid = int(await asyncio.wait_for(ferry.stdout.readline(), 15))
-        assert pid_alive(app_pid)
+        app_pid, port = map(int, (await asyncio.wait_for(ferry.stdout.readline(), 15)).split())
         ferry.kill()
         await ferry.wait()
-        await wait_until(lambda: not pid_alive(app_pid), timeout=5, what="app killed by pdeathsig")
+        async with client.get(f"http://127.0.0.1:{port}/") as r:  # serving on, with no ferry at all
+            assert r.status == 200
+
+        register = Register(state)
+        rec = Recorder()
+        b = LocalProcessBackend(rec, log_dir=tmp_path / "logs", register=register)
+        assert await b.recover() == 1
+        assert b.replicas(REV) == 1 and b.endpoints(REV) == (Endpoint("127.0.0.1", port),)
+        await b.scale(workload(), 1)
+        assert [(i.pid, i.ready) for i in b.instances(REV)] == [(app_pid, True)]  # nothing started twice
+        await b.aclose()
+        assert not pid_alive(app_pid) and register.entries() == []
     finally:
         if ferry.returncode is None:
             ferry.kill()
             await ferry.wait()
         if app_pid and pid_alive(app_pid):
             os.killpg(app_pid, signal.SIGKILL)
+        if register is not None:
+            register.close()
+
+
+async def test_an_instance_that_died_while_ferry_was_away_is_replaced_and_a_reused_pid_is_not_adopted(tmp_path):
+    from ferry.dataplane import INSTANCE, Proc, identify
+
+    register = Register(tmp_path / "state")
+    try:
+        # Recorded: two instances of REV at scale 2. One is gone; the other's pid now belongs to another process
+        # (this test's own: same pid, but it started at another time).
+        me = identify(os.getpid())
+        stranger = Proc(me.pid, me.start_time - 1, me.boot, me.argv)
+        for index, proc in ((1, Proc(2**22 + 7, 1, me.boot)), (2, stranger)):
+            register.put(INSTANCE, f"{REV}/{index}", proc, revision=REV, index=index, port=1, digest="x",
+                         readiness="/healthz", log=str(tmp_path / f"{index}.log"))
+        register.set_scale(REV, 2)
+        b = LocalProcessBackend(Recorder(), log_dir=tmp_path / "logs", register=register)
+        assert await b.recover() == 0
+        assert register.entries() == [] and b.replicas(REV) == 2
+        await b.scale(workload(), 2)  # the controller asks for what the last ferry decided
+        await wait_until(lambda: len(b.endpoints(REV)) == 2, what="two new instances ready")
+        assert os.getpid() not in {i.pid for i in b.instances(REV)}
+        assert len(register.entries(INSTANCE)) == 2
+        await b.aclose()
+    finally:
+        register.close()

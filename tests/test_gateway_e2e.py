@@ -16,7 +16,7 @@ from ferry.envoy.bootstrap import BootstrapOptions
 from ferry.envoy.process import EnvoyProcess
 
 from . import ferry_process
-from .ferry_process import HELLO_APP, FerryProcess, get
+from .ferry_process import HELLO_APP, FerryProcess, get, update_counts
 from .helpers import free_port, wait_until
 from .load import Load, count_revisions
 
@@ -196,7 +196,7 @@ async def test_killing_ferry_under_load_keeps_envoy_serving_and_resync_changes_n
     try:
         await f.wait_converged(gateways=1)
         await wait_until(lambda: _answers(f.gateway, "hello.localhost", "blue"), 20, "the gateway")
-        updates_before = await _update_counts(envoy.admin)
+        updates_before = await update_counts(envoy.admin)
         async with Load(f.gateway, "hello.localhost", concurrency=8) as load:
             await load.wait_for(200)
             await f.kill()
@@ -205,7 +205,7 @@ async def test_killing_ferry_under_load_keeps_envoy_serving_and_resync_changes_n
             await f.wait_converged(gateways=1)
             await load.wait_for(300)
         assert load.failures == 0, (load.statuses, load.errors, load.bad)
-        assert await _update_counts(envoy.admin) == updates_before  # resync re-sent nothing
+        assert await update_counts(envoy.admin) == updates_before  # resync re-sent nothing
         status = await f.status()
         assert status["gateways"][0]["node"] == "edge-1" and status["gateways"][0]["in_sync"]
 
@@ -222,14 +222,6 @@ async def _answers(url: str, host: str, app: str) -> bool:
             return await get(session, url, host) == (200, app)
         except aiohttp.ClientError:
             return False
-
-
-async def _update_counts(admin: EnvoyAdmin) -> dict[str, int]:
-    # update_attempt also counts reconnections; success/rejected count configs applied or refused.
-    _, body = await admin.get("/stats?filter=(cds|lds|srds|rds\\.[a-z]+)\\.update_(success|rejected)$")
-    counts = dict(line.split(": ") for line in body.decode().strip().splitlines())
-    assert {"cluster_manager.cds.update_success", "http.ferry.rds.hello.update_success"} <= set(counts), counts
-    return counts
 
 
 async def test_gateways_in_other_groups_and_with_their_own_listeners(ferry, tmp_path):

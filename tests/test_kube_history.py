@@ -130,7 +130,7 @@ def test_store_writes_reach_the_observer(store):
 
 async def test_the_leader_records_and_a_fresh_replica_reads_it_back(fake, make_backend, store, fresh):
     leader = make_backend()
-    assert await leader.share_history(store) == 0
+    assert await leader.recover(store) == 0
     r1, r2 = apply(store, V1), apply(store, V2)
     await leader.scale(kw(r1), 1)
     await leader.scale(kw(r2), 0)  # created even at zero: it records the revision
@@ -146,7 +146,7 @@ async def test_the_leader_records_and_a_fresh_replica_reads_it_back(fake, make_b
                    what="the last fact recorded")
 
     follower = make_backend()
-    assert await follower.share_history(fresh) == 2
+    assert await follower.recover(fresh) == 2
     assert [r.name for r in fresh.revisions("hello")] == [r1.name, r2.name]
     assert fresh.latest_ready("hello") == r1.name
     assert fresh.results("hello")[r2.name][:2] == ("rolled-back", "error rate 12% > 1%")
@@ -157,7 +157,7 @@ async def test_the_leader_records_and_a_fresh_replica_reads_it_back(fake, make_b
 
 async def test_history_written_during_an_outage_lands_after_it(fake, make_backend, store):
     backend = make_backend(backoff_max_s=0.2, api_retry_s=0.5)
-    await backend.share_history(store)
+    await backend.recover(store)
     r1 = apply(store, V1)
     await backend.scale(kw(r1), 1)
     await fake.outage()
@@ -173,12 +173,12 @@ async def test_history_written_during_an_outage_lands_after_it(fake, make_backen
 
 async def test_a_deployment_of_the_same_name_with_another_template_is_not_adopted(fake, make_backend, store, fresh):
     first = make_backend()
-    await first.share_history(store)
+    await first.recover(store)
     r1 = apply(store, V1)
     await first.scale(kw(r1), 1)
     # A replica whose history diverged (it could not read the shared one) names another template hello-00001.
     diverged = make_backend()
-    diverged._store = fresh  # noqa: SLF001 - skip share_history: the divergence is what is under test
+    diverged._store = fresh  # noqa: SLF001 - skip recover: the divergence is what is under test
     other = apply(fresh, V2)
     assert other.name == r1.name
     with pytest.raises(RuntimeError, match="exists with a different template"):

@@ -10,7 +10,6 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from ferry.activator import Activator
 from ferry.backends.local import LocalProcessBackend
 from ferry.reconcile.census import GatewayCensus
 from ferry.reconcile.config import ConfigSource
@@ -23,6 +22,7 @@ from ferry.xds.cache import SnapshotCache
 from ferry.xds.server import GatewayRegistry
 
 from .helpers import free_port, wait_until
+from .reconcile_fakes import FakeActivator
 
 ROUTES = """\
 gateway: {listen: 127.0.0.1:8080, domain: localhost}
@@ -53,7 +53,7 @@ async def test_a_new_leader_keeps_the_mirrored_state_it_agrees_with_and_drops_th
     store = RevisionStore(tmp_path / "state.db")
     controller = Controller(
         store, lambda on_endpoints, drain: LocalProcessBackend(on_endpoints, drain=drain, log_dir=tmp_path),
-        cache, GatewayCensus(GatewayRegistry()), activator=Activator(port=free_port()), cluster_linger_s=0.05,
+        cache, GatewayCensus(GatewayRegistry()), activator=FakeActivator(), cluster_linger_s=0.05,
     )
     try:
         await controller.start()

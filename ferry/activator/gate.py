@@ -101,6 +101,13 @@ class RevisionGate:
         else:
             self._poke_if_due()  # requests that waited for a free slot now wait for an instance
 
+    def poke_again(self) -> None:
+        """Ask for a wake-up now if requests wait with no instance, even if one was asked for already (a
+        restarted ferry has not heard it)."""
+        self._last_poke = None
+        self._cancel_repoke()
+        self._poke_if_due()
+
     def remove(self, reason: str) -> None:
         """Fail every waiting request with `reason`; requests being proxied finish normally."""
         self._removed_reason = reason

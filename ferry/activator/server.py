@@ -143,6 +143,12 @@ class Activator:
             log.debug("revision added", extra={"revision": revision, "instances": len(endpoints)})
         gate.update(endpoints, concurrency=concurrency, timeout_s=timeout_s)
 
+    def poke_again(self, revision: str) -> None:
+        """Wake the revision again if requests wait for it (see RevisionGate.poke_again)."""
+        gate = self._gates.get(revision)
+        if gate is not None:
+            gate.poke_again()
+
     def remove_revision(self, revision: str) -> None:
         """The revision is gone from ferry: its queued requests get 503; requests at instances finish."""
         gate = self._gates.pop(revision, None)

@@ -94,15 +94,18 @@ class Backend(Protocol):
 
 @runtime_checkable
 class Durable(Protocol):
-    """What a backend adds when its workloads outlive ferry (Kubernetes' Deployments): the revision history kept
-    with them, what already runs, and the removal of old stopped revisions. Backends declare it by subclassing."""
+    """What a backend adds when its workloads outlive ferry (local instances, Kubernetes' Deployments): taking back
+    what still runs (and, on Kubernetes, the revision history kept there), how much of each revision runs, and the
+    removal of what no revision wants any more. Backends declare it by subclassing."""
 
-    async def share_history(self, store: RevisionStore) -> int:
-        """Take in the revision history kept with the workloads, then keep every later write of `store` there.
-        Returns how many revisions were new to `store`."""
+    async def recover(self, store: RevisionStore) -> int:
+        """Before the first apply, take in what outlived the last ferry: the workloads that still run (adopted
+        as they are), and, where the revision history is kept with them, that history (then every later write
+        of `store` goes there too). Returns how many workloads, or revisions new to `store`, it found."""
 
     def replicas(self, revision: str) -> int | None:
         """How many instances the revision runs now (None: it has no workload): a new ferry adopts that."""
 
     async def collect_garbage(self, keep: set[str]) -> list[str]:
-        """Delete the kept workloads of stopped revisions not in `keep`; returns what was deleted."""
+        """Delete what is kept of revisions not in `keep` (stopped Deployments; instances a restart adopted that
+        no apply claimed); returns what was deleted."""

@@ -3,7 +3,8 @@
 Envoy forgets a host the moment EDS removes it (it is gone from /clusters), yet finishes the requests
 already sent to it and then closes those connections; idle ones it closes at once. So once the
 gateways have acknowledged the removal, an instance with no established connection left from anyone
-but ferry itself (the activator, which counts its own requests exactly) has nothing in flight.
+but ferry itself and its activator process (which counts its own requests exactly, and keeps idle
+connections in its pool) has nothing in flight.
 
 Linux /proc only; elsewhere nothing is seen and the drain relies on the app's graceful SIGTERM.
 """
@@ -55,15 +56,16 @@ def foreign_clients(port: int, sockets: Iterable[Socket], own_inodes: set[int]) 
     return count
 
 
-def own_socket_inodes() -> set[int]:
+def socket_inodes(pid: int | str = "self") -> set[int]:
+    """The sockets a process holds open."""
     inodes = set()
     try:
-        fds = os.listdir("/proc/self/fd")
+        fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
         return inodes
     for fd in fds:
         try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
         except OSError:
             continue
         if target.startswith("socket:["):
@@ -71,8 +73,9 @@ def own_socket_inodes() -> set[int]:
     return inodes
 
 
-def connected_clients(port: int) -> int:
-    """How many connections other processes (the gateways) hold open to local `port` right now."""
+def connected_clients(port: int, exempt_pids: Iterable[int] = ()) -> int:
+    """How many connections processes other than ferry and `exempt_pids` (the activator) hold open to local
+    `port` right now: the gateways'."""
     sockets: list[Socket] = []
     for table in TABLES:
         try:
@@ -81,4 +84,7 @@ def connected_clients(port: int) -> int:
             continue
     if not sockets:
         return 0
-    return foreign_clients(port, sockets, own_socket_inodes())
+    own = socket_inodes()
+    for pid in exempt_pids:
+        own |= socket_inodes(pid)
+    return foreign_clients(port, sockets, own)

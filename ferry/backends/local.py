@@ -2,47 +2,42 @@
 
 One supervisor task per instance starts the process, probes it until ready, and restarts it with backoff
 when it dies. Stopping is separate and ordered the way Knative does it: leave the endpoints, let the
-gateways drain, SIGTERM, and SIGKILL only after a grace period. Every process gets its own session (so a
-Ctrl-C at ferry's terminal does not hit it directly) and, through setpriv, a parent-death SIGKILL (so even a
-SIGKILLed ferry leaves no orphan).
+gateways drain, SIGTERM, and SIGKILL only after a grace period. Every process gets its own session, so a
+Ctrl-C at ferry's terminal does not hit it, and ferry's death does not end it: instances keep serving while
+ferry is down. With a register (ferry/dataplane.py), every instance and each revision's scale are recorded,
+and a restarted ferry adopts the instances it finds still running (`recover`) instead of starting new ones.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import hashlib
 import logging
 import os
 import shutil
 import signal
 import socket
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from ferry.backends.base import (
-    DrainHook,
-    Endpoint,
-    EndpointsChanged,
-    InstanceCounts,
-    InstanceInfo,
-    Workload,
-)
-from ferry.backends.connections import connected_clients
+from ..dataplane import INSTANCE, Register, Running, is_running, signal_group, spawn, tail
+from .base import Durable, DrainHook, Endpoint, EndpointsChanged, InstanceCounts, InstanceInfo, Workload
+from .connections import connected_clients
 
 log = logging.getLogger("ferry.backends.local")
 
-SETPRIV = "/usr/bin/setpriv"
 PROBE_TIMEOUT_S = 0.3  # one probe; a healthy local app answers in well under a millisecond
-LOG_TAIL_BYTES = 4096
-LOG_TAIL_LINES = 20
+ADOPTION_PROBES = 5  # an adopted instance is ready if one of these probes (a probe interval apart) passes
 
 
 class _Instance:
-    def __init__(self, host: str, index: int, log_path: Path) -> None:
+    def __init__(self, host: str, revision: str, index: int, log_path: Path) -> None:
         self.host = host
+        self.revision = revision
         self.index = index  # smallest free number: names the log file, reused so churn does not pile up files
         self.log_path = log_path
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: Running | None = None
         self.port: int | None = None
         self.started_at = 0.0
         self.ready = False
@@ -52,6 +47,8 @@ class _Instance:
         self.restarts = 0
         self.supervisor: asyncio.Task[None] | None = None
         self.stopper: asyncio.Task[None] | None = None
+        self.digest: str | None = None  # what it runs (workload_digest)
+        self.readiness: str | None = None  # its readiness path
 
     @property
     def endpoint(self) -> Endpoint | None:
@@ -59,22 +56,29 @@ class _Instance:
 
     @property
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
+        return self.proc is not None and self.proc.alive
+
+    @property
+    def key(self) -> str:
+        return f"{self.revision}/{self.index}"
 
 
 class _Revision:
-    def __init__(self, workload: Workload) -> None:
-        self.workload = workload
+    def __init__(self, name: str, workload: Workload | None) -> None:
+        self.name = name
+        self.workload = workload  # None: adopted instances no apply has claimed yet
         self.instances: list[_Instance] = []  # in start order: the newest is last
         self.published: tuple[Endpoint, ...] = ()
 
-    @property
-    def name(self) -> str:
-        return self.workload.revision
+
+def workload_digest(workload: Workload) -> str:
+    """What an instance runs: an adopted one serves its revision only if it runs the same."""
+    text = repr((workload.command, str(workload.cwd), sorted(workload.env.items()), workload.readiness_path))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-class LocalProcessBackend:
-    """The Backend protocol (ferry.backends.base) on local processes."""
+class LocalProcessBackend(Durable):
+    """The Backend protocol (ferry.backends.base) on local processes; Durable, as instances outlive ferry."""
 
     def __init__(
         self,
@@ -90,6 +94,8 @@ class LocalProcessBackend:
         backoff_initial_s: float = 0.1,
         backoff_max_s: float = 10.0,
         backoff_reset_s: float = 10.0,
+        register: Register | None = None,
+        exempt_pids: Callable[[], Iterable[int]] = tuple,
     ) -> None:
         self._on_endpoints = on_endpoints
         self._drain = drain
@@ -102,7 +108,9 @@ class LocalProcessBackend:
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
         self._backoff_reset_s = backoff_reset_s
-        self._setpriv = SETPRIV if os.access(SETPRIV, os.X_OK) else None
+        self._register = register
+        self._exempt_pids = exempt_pids  # processes whose connections to an instance are no drain signal (the activator)
+        self._scales: dict[str, int] = {}  # the last ferry's decisions, as recorded (recover)
         self._revisions: dict[str, _Revision] = {}
         self._started: dict[str, int] = {}  # processes spawned per revision, across scale to zero and back
         self._closed = False
@@ -115,11 +123,14 @@ class LocalProcessBackend:
             raise RuntimeError("backend is closed")
         if instances < 0:
             raise ValueError(f"instances must be >= 0, got {instances}")
+        self._record_scale(workload.revision, instances)
         rev = self._revisions.get(workload.revision)
         if rev is None:
             if instances == 0:
                 return
-            rev = self._revisions[workload.revision] = _Revision(workload)
+            rev = self._revisions[workload.revision] = _Revision(workload.revision, workload)
+        if rev.workload is None:
+            self._claim(rev, workload)
         rev.workload = workload  # new instances use the latest template given
         active = [i for i in rev.instances if not i.stopping]
         if len(active) < instances:
@@ -146,6 +157,7 @@ class LocalProcessBackend:
     async def stop(self, revision: str) -> None:
         """Stop every instance of the revision and wait until all have exited (drains included)."""
         self._started.pop(revision, None)
+        self._record_scale(revision, None)
         rev = self._revisions.get(revision)
         if rev is None:
             return
@@ -165,6 +177,69 @@ class LocalProcessBackend:
                 await asyncio.wait(stoppers)
         finally:
             await self._kill_all()
+
+    # ---- Durable: what outlives ferry ---------------------------------------------------------------
+
+    async def recover(self, store: object = None) -> int:
+        """Adopt the instances the last ferry recorded that still run (the same process: pid, start time and
+        command line), each probed so that those ready are served at once; forget the others. Returns how many
+        were adopted. The revision history needs no sharing here: it is this folder's SQLite."""
+        if self._register is None:
+            return 0
+        self._scales = self._register.scales()
+        live = []
+        for entry in self._register.entries(INSTANCE):
+            if is_running(entry.proc):
+                live.append(entry)
+            else:
+                self._register.remove(INSTANCE, entry.key)
+        ready = await asyncio.gather(*(self._probe_adopted(e.data["port"], e.data.get("readiness")) for e in live))
+        now = asyncio.get_running_loop().time()
+        for entry, is_ready in zip(live, ready, strict=True):
+            name = entry.data["revision"]
+            rev = self._revisions.get(name) or self._revisions.setdefault(name, _Revision(name, None))
+            inst = _Instance(self._host, name, int(entry.data["index"]), Path(entry.data["log"]))
+            inst.proc, inst.port, inst.announced = Running(entry.proc), int(entry.data["port"]), True
+            inst.ready, inst.ready_since, inst.started_at = is_ready, now if is_ready else None, now
+            inst.digest, inst.readiness = entry.data["digest"], entry.data.get("readiness")
+            rev.instances.append(inst)
+            inst.supervisor = asyncio.create_task(self._supervise(rev, inst), name=f"ferry-supervise-{entry.key}")
+        for rev in self._revisions.values():
+            rev.published = tuple(i.endpoint for i in rev.instances if i.ready)
+        if live:
+            log.info("instances adopted", extra={"instances": len(live), "ready": sum(ready)})
+        return len(live)
+
+    def replicas(self, revision: str) -> int | None:
+        """The instances the last ferry decided the revision should run (None: it did not run it)."""
+        return self._scales.get(revision)
+
+    async def collect_garbage(self, keep: set[str]) -> list[str]:
+        """Stop (drained, as any stop) the adopted instances of revisions not in `keep` that no apply claimed."""
+        gone = [name for name, rev in self._revisions.items() if rev.workload is None and name not in keep]
+        for name in gone:
+            await self.stop(name)
+        return gone
+
+    def _claim(self, rev: _Revision, workload: Workload) -> None:
+        """The first scale() of a revision with adopted instances: those that run another template stop."""
+        digest = workload_digest(workload)
+        self._begin_stop(rev, [i for i in rev.instances if i.digest != digest])
+
+    async def _probe_adopted(self, port: int, path: str | None) -> bool:
+        for _ in range(ADOPTION_PROBES):
+            if await self._probe(int(port), path):
+                return True
+            await asyncio.sleep(self._probe_interval)
+        return False
+
+    def _record_scale(self, revision: str, instances: int | None) -> None:
+        if self._register is not None and self._scales.get(revision, -1) != instances:
+            self._register.set_scale(revision, instances)
+            if instances is None:
+                self._scales.pop(revision, None)
+            else:
+                self._scales[revision] = instances
 
     # ---- extras -------------------------------------------------------------------------------------
 
@@ -192,25 +267,30 @@ class LocalProcessBackend:
     def _start_instance(self, rev: _Revision) -> None:
         used = {i.index for i in rev.instances}
         index = next(n for n in range(1, len(used) + 2) if n not in used)
-        inst = _Instance(self._host, index, self._log_dir / f"{rev.name}-{index}.log")
+        inst = _Instance(self._host, rev.name, index, self._log_dir / f"{rev.name}-{index}.log")
         rev.instances.append(inst)
         inst.supervisor = asyncio.create_task(self._supervise(rev, inst), name=f"ferry-supervise-{rev.name}-{index}")
 
     async def _supervise(self, rev: _Revision, inst: _Instance) -> None:
-        """Keep one instance running: start, probe, and on an unexpected exit restart with backoff."""
+        """Keep one instance running: start (unless it was adopted running), probe, and on an unexpected exit
+        restart with backoff, or let it go if it was adopted and no apply has claimed its revision."""
         loop = asyncio.get_running_loop()
         delay = self._backoff_initial_s
         while True:
-            try:
-                proc = await self._spawn(rev.workload, inst)
-                self._started[rev.name] = self._started.get(rev.name, 0) + 1
-            except OSError as e:
-                log.warning(
-                    "instance failed to start",
-                    extra={"revision": rev.name, "index": inst.index, "error": str(e), "retry_in_s": round(delay, 1)},
-                )
-            else:
-                prober = asyncio.create_task(self._probe_loop(rev, inst, proc), name=f"ferry-probe-{rev.name}-{inst.index}")
+            proc = inst.proc if inst.alive else None
+            if proc is None and rev.workload is not None:
+                try:
+                    proc = await self._spawn(rev.workload, inst)
+                    self._started[rev.name] = self._started.get(rev.name, 0) + 1
+                except OSError as e:
+                    log.warning(
+                        "instance failed to start",
+                        extra={"revision": rev.name, "index": inst.index, "error": str(e),
+                               "retry_in_s": round(delay, 1)},
+                    )
+            if proc is not None:
+                prober = asyncio.create_task(self._probe_loop(rev, inst, proc),
+                                             name=f"ferry-probe-{rev.name}-{inst.index}")
                 try:
                     code = await proc.wait()
                 finally:
@@ -221,58 +301,70 @@ class LocalProcessBackend:
                 stayed_ready = inst.ready_since is not None and loop.time() - inst.ready_since >= self._backoff_reset_s
                 inst.ready, inst.ready_since = False, None
                 self._publish(rev)  # out of the endpoints before anything else
-                _signal_group(proc.pid, signal.SIGKILL)  # children it left behind
+                signal_group(proc.pid, signal.SIGKILL)  # children it left behind
+                self._forget(inst)
                 if stayed_ready:
                     delay = self._backoff_initial_s
-                tail = _tail(inst.log_path)
+                tail_text = tail(inst.log_path)
                 log.warning(
                     "instance exited unexpectedly; its log ends:\n%s",
-                    tail,
+                    tail_text,
                     extra={"revision": rev.name, "index": inst.index, "pid": proc.pid, "exit_code": code,
-                           "restart_in_s": round(delay, 1),
-                           "log_tail": tail},
+                           "restart_in_s": round(delay, 1), "log_tail": tail_text},
                 )
+                if rev.workload is None:  # adopted, and unclaimed: nothing to restart it from
+                    self._remove(rev, inst)
+                    return
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._backoff_max_s)
             inst.restarts += 1
 
-    async def _spawn(self, wl: Workload, inst: _Instance) -> asyncio.subprocess.Process:
+    async def _spawn(self, wl: Workload, inst: _Instance) -> Running:
         env = {**os.environ, **wl.env}
         argv = [_resolve(wl, env.get("PATH")), *wl.command[1:]]
-        if self._setpriv:
-            argv = [self._setpriv, "--pdeathsig", "KILL", "--", *argv]
         port = _free_port(self._host)
         env.update(PORT=str(port), K_SERVICE=wl.service, K_CONFIGURATION=wl.service, K_REVISION=wl.revision)
         with open(inst.log_path, "ab") as logf:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
             logf.write(f"--- ferry: {stamp} starting {wl.revision} instance {inst.index} on port {port}\n".encode())
             logf.flush()
-            proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=wl.cwd, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=logf, stderr=logf,
-                start_new_session=True,
-            )
+            proc = await spawn(argv, cwd=wl.cwd, env=env, stdout=logf, stderr=logf)
         inst.proc, inst.port = proc, port
+        inst.digest, inst.readiness = workload_digest(wl), wl.readiness_path
         inst.started_at = asyncio.get_running_loop().time()
         inst.announced = False
+        if self._register is not None:
+            self._register.put(INSTANCE, inst.key, proc.proc, revision=wl.revision, index=inst.index, port=port,
+                               digest=inst.digest, readiness=inst.readiness, log=str(inst.log_path))
         log.info(
             "instance started",
             extra={"revision": wl.revision, "index": inst.index, "pid": proc.pid, "port": port},
         )
         return proc
 
-    async def _probe_loop(self, rev: _Revision, inst: _Instance, proc: asyncio.subprocess.Process) -> None:
+    def _forget(self, inst: _Instance) -> None:
+        if self._register is not None:
+            self._register.remove(INSTANCE, inst.key)
+
+    def _remove(self, rev: _Revision, inst: _Instance) -> None:
+        rev.instances.remove(inst)
+        if not rev.instances and self._revisions.get(rev.name) is rev:
+            del self._revisions[rev.name]
+
+    async def _probe_loop(self, rev: _Revision, inst: _Instance, proc: Running) -> None:
         """Fast probes until ready (cold starts matter), then slow ones; 3 misses in a row take it out."""
         loop = asyncio.get_running_loop()
-        path, port = rev.workload.readiness_path, inst.port
+        path, port = inst.readiness, inst.port
         assert port is not None
-        while not await self._probe(port, path):
-            await asyncio.sleep(self._probe_interval)
-        self._set_ready(rev, inst, True)
-        log.info(
-            "instance ready",
-            extra={"revision": rev.name, "index": inst.index, "pid": proc.pid, "port": port,
-                   "after_s": round(loop.time() - inst.started_at, 3)},
-        )
+        if not inst.ready:  # an adopted instance may be ready already
+            while not await self._probe(port, path):
+                await asyncio.sleep(self._probe_interval)
+            self._set_ready(rev, inst, True)
+            log.info(
+                "instance ready",
+                extra={"revision": rev.name, "index": inst.index, "pid": proc.pid, "port": port,
+                       "after_s": round(loop.time() - inst.started_at, 3)},
+            )
         failures = 0
         while True:
             await asyncio.sleep(self._liveness_interval)
@@ -348,47 +440,42 @@ class LocalProcessBackend:
                 inst.supervisor.cancel()
                 await asyncio.wait([inst.supervisor])
             proc, ep = inst.proc, inst.endpoint
-            if proc is None or proc.returncode is not None:
+            if proc is None or not proc.alive:
                 return
+            timeout_s = rev.workload.timeout_s if rev.workload is not None else self._stop_grace_s
             if self._drain is not None and inst.announced and ep is not None:
                 try:
-                    async with asyncio.timeout(rev.workload.timeout_s):
+                    async with asyncio.timeout(timeout_s):
                         await self._drain(rev.name, ep)
                         await self._wait_for_clients_to_leave(ep.port)
                 except TimeoutError:
                     log.warning("drain timed out", extra={"revision": rev.name, "endpoint": str(ep),
-                                                     "after_s": rev.workload.timeout_s})
+                                                     "after_s": timeout_s})
                 except Exception:
                     log.exception("drain hook failed", extra={"revision": rev.name, "endpoint": str(ep)})
             await self._terminate(rev, inst, proc)
         except Exception:
             log.exception("stopping instance failed: revision=%s index=%d", rev.name, inst.index)
         finally:
-            if inst.proc is not None and inst.proc.returncode is None:  # cancelled or failed midway
-                _signal_group(inst.proc.pid, signal.SIGKILL)
+            if inst.alive:  # cancelled or failed midway
+                signal_group(inst.proc.pid, signal.SIGKILL)
             else:
-                rev.instances.remove(inst)
-                if not rev.instances and self._revisions.get(rev.name) is rev:
-                    del self._revisions[rev.name]
+                self._forget(inst)
+                self._remove(rev, inst)
 
     async def _wait_for_clients_to_leave(self, port: int) -> None:
         """Gateways finish what they sent the instance, then close their connections to it."""
-        while connected_clients(port):
+        while connected_clients(port, self._exempt_pids()):
             await asyncio.sleep(self._probe_interval)
 
-    async def _terminate(self, rev: _Revision, inst: _Instance, proc: asyncio.subprocess.Process) -> None:
-        """SIGTERM the process group, SIGKILL it if it outlives the grace period."""
-        _signal_group(proc.pid, signal.SIGTERM)
-        try:
-            code = await asyncio.wait_for(proc.wait(), self._stop_grace_s)
-        except TimeoutError:
+    async def _terminate(self, rev: _Revision, inst: _Instance, proc: Running) -> None:
+        """SIGTERM the process group, SIGKILL it if it outlives the grace period (and what it left behind)."""
+        if not await proc.terminate(self._stop_grace_s):
             log.warning(
-                "instance ignored SIGTERM, killing it",
+                "instance ignored SIGTERM, killed it",
                 extra={"revision": rev.name, "index": inst.index, "pid": proc.pid, "grace_s": self._stop_grace_s},
             )
-            _signal_group(proc.pid, signal.SIGKILL)
-            code = await proc.wait()
-        _signal_group(proc.pid, signal.SIGKILL)  # anything it forked and left behind
+        code = proc.child.returncode if proc.child is not None else None
         log.info(
             "instance stopped",
             extra={"revision": rev.name, "index": inst.index, "pid": proc.pid, "exit_code": code},
@@ -403,9 +490,9 @@ class LocalProcessBackend:
         tasks = [t for i in insts for t in (i.supervisor, i.stopper) if t is not None and not t.done()]
         for t in tasks:
             t.cancel()
-        procs = [i.proc for i in insts if i.proc is not None and i.proc.returncode is None]
+        procs = [i.proc for i in insts if i.alive]
         for p in procs:
-            _signal_group(p.pid, signal.SIGKILL)
+            signal_group(p.pid, signal.SIGKILL)
         reaps = [asyncio.ensure_future(p.wait()) for p in procs]
         try:
             if tasks or reaps:
@@ -413,6 +500,8 @@ class LocalProcessBackend:
         finally:
             for r in reaps:
                 r.cancel()
+            for inst in insts:
+                self._forget(inst)
             self._revisions.clear()
 
 
@@ -437,19 +526,3 @@ def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _tail(path: Path) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - LOG_TAIL_BYTES))
-            data = f.read()
-    except OSError:
-        return ""
-    return "\n".join(data.decode(errors="replace").splitlines()[-LOG_TAIL_LINES:])

@@ -3,7 +3,12 @@
 Every replica serves xDS, the activator and the API from the start. Without --leader-elect it leads at once;
 with it, it follows (replicas.Follower mirrors the leader) until the Lease is its own, then leads (roles.lead)
 with the same cache, so the gateways connected to it stay connected. Every part is entered on one
-AsyncExitStack and stopped in reverse; nothing outlives `run()`.
+AsyncExitStack and stopped in reverse when ferry is asked to stop.
+
+What survives what: the data plane (the local Envoy, the activator process, the instances) is recorded in the
+state folder (ferry/dataplane.py) and outlives a ferry that dies (SIGKILL, a crash): it keeps serving the last
+configuration. The next `ferry up` on that folder adopts it (the same processes, nothing re-sent to Envoy), or
+`ferry down` stops it. SIGINT, SIGTERM and `ferry down` stop all of it, in order.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from ..activator import Activator
+from .. import dataplane
+from ..activator.process import ActivatorProcess
 from ..api import ApiState, build_api
 from ..replicas import API_ANNOTATION, XDS_ANNOTATION, Follower
 from ..routing.loader import LoadedRoutes, load_routes
@@ -30,7 +36,7 @@ from ..routing.schema import HostPort
 from ..testhooks import HOOKS
 from ..xds.cache import SnapshotCache
 from ..xds.server import AdsServicer, GatewayRegistry, XdsMetrics, start_xds_server
-from .roles import Shared, lead
+from .roles import Shared, _run_in_background, lead
 
 log = logging.getLogger("ferry")
 
@@ -118,8 +124,15 @@ class Daemon:
 
     async def _serve(self, loaded: LoadedRoutes, stop: asyncio.Event) -> None:
         options = self.options
+        folder = options.state_path.parent
         async with AsyncExitStack() as stack:
             stack.callback(log.info, "ferry stopped")
+            stack.enter_context(dataplane.lock(folder))
+            register = dataplane.Register(folder)
+            stack.callback(register.close)
+            survivors = _adoptable(register, options.routes)
+            register.set_meta("routes", str(options.routes.absolute()))
+            stack.callback(_forget_owner, register)
             store = RevisionStore(options.state_path)
             stack.callback(store.close)
             stack.enter_context(_collector_tuned())
@@ -134,19 +147,22 @@ class Daemon:
                 test_hooks=HOOKS if options.test_hooks else {},
             )
             gateways = GatewayRegistry()
-            shared = Shared(options, self.registry, store, SnapshotCache(), gateways, Activator(
-                host=options.activator.host, port=options.activator.port, queue_limit=options.queue_limit,
-                # Requests reach this activator only once this replica leads (EDS names the leader's).
-                on_demand=lambda revision: state.leading.wake(revision) if state.leading else None,
-                registry=self.registry,
-            ), state.ready)
+            activator = ActivatorProcess(
+                options.activator.host, options.activator.port, folder, queue_limit=options.queue_limit,
+                register=register)  # its wake-ups go to the controller once this replica leads (roles.lead)
+            state.more_metrics = activator.client.metrics
+            shared = Shared(options, self.registry, store, SnapshotCache(), gateways, activator, state.ready,
+                            register, survivors)
 
+            # Gateways are answered only once this replica holds a whole state: a gateway that outlived the last
+            # ferry must not be told to drop what it serves.
             xds_server = await start_xds_server(
-                AdsServicer(shared.cache, gateways, XdsMetrics(self.registry, gateways)), str(options.xds))
+                AdsServicer(shared.cache, gateways, XdsMetrics(self.registry, gateways), ready=state.ready),
+                str(options.xds))
             stack.push_async_callback(xds_server.stop, 0.5)
-            await _started(shared.activator.start(),
-                           f"cannot serve the activator on {options.activator} (use --activator to move it)")
-            stack.push_async_callback(shared.activator.aclose)
+            await activator.start()
+            stack.push_async_callback(activator.stop)
+            _run_in_background(stack, activator.supervise())
             if elector is not None:
                 stack.push_async_callback(elector.release)  # after everything stopped writing: a follower takes over
                 election = asyncio.create_task(elector.run(), name="leader election")
@@ -209,3 +225,23 @@ async def _first(*waits) -> None:
     finally:
         for task in tasks:
             task.cancel()
+
+
+def _forget_owner(register: dataplane.Register) -> None:
+    """On the way out: once nothing of the data plane runs any more, the folder is free for any routes file."""
+    if not register.entries():
+        register.set_meta("routes", None)
+
+
+def _adoptable(register: dataplane.Register, routes: Path) -> list[dataplane.Entry]:
+    """What the last ferry on this state folder left running, to be adopted; OSError if it served another routes
+    file (saying what runs and how to stop it)."""
+    register.forget_dead()
+    survivors = register.entries()
+    recorded = register.meta("routes")
+    if survivors and recorded is not None and Path(recorded) != routes.absolute():
+        kinds = ", ".join(f"{sum(e.kind == k for e in survivors)} {k}" for k in sorted({e.kind for e in survivors}))
+        folder = register.path.parent
+        raise OSError(f"the state folder {folder} holds a running data plane of {recorded} ({kinds}): "
+                      f"`ferry down --state {folder}` stops it, `ferry up {recorded}` takes it back")
+    return survivors

@@ -13,14 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
-from ..activator import Activator
+from .. import dataplane
+from ..activator.process import ActivatorProcess
 from ..backends.local import LocalProcessBackend
 from ..envoy.bootstrap import BootstrapOptions
 from ..envoy.process import EnvoyProcess
 from ..reconcile.census import GatewayCensus
 from ..reconcile.config import ConfigSource
 from ..reconcile.controller import BackendFactory, Controller
-from ..routing.loader import LoadedRoutes
+from ..routing.errors import ConfigError
+from ..routing.loader import LoadedRoutes, load_routes
 from ..routing.revisions import RevisionStore
 from ..routing.schema import HostPort
 from ..xds.cache import SnapshotCache
@@ -42,8 +44,10 @@ class Shared:
     store: RevisionStore
     cache: SnapshotCache
     gateways: GatewayRegistry
-    activator: Activator
+    activator: ActivatorProcess
     ready: asyncio.Event  # a whole state to serve (applied, or mirrored)
+    register: dataplane.Register
+    survivors: list[dataplane.Entry]  # what the last ferry left running, to adopt
 
 
 class Leading:
@@ -75,9 +79,6 @@ class Leading:
     def report_gateways(self, replica: str, gateways: list[dict], ttl_s: float) -> None:
         self.census.report(replica, gateways, ttl_s)
 
-    def wake(self, revision: str) -> None:
-        self.controller.wake(revision)
-
 
 @asynccontextmanager
 async def lead(shared: Shared, loaded: LoadedRoutes, *, inherited: bool) -> AsyncIterator[Leading]:
@@ -92,12 +93,12 @@ async def lead(shared: Shared, loaded: LoadedRoutes, *, inherited: bool) -> Asyn
                     node_id=options.node_id, xds_host=options.xds.host, xds_port=options.xds.port,
                     admin_host=options.admin.host, admin_port=options.admin.port, delta=options.delta,
                 ),
-                options.state_path.parent,
+                options.state_path.parent, register=shared.register,
             )
         census = GatewayCensus(shared.gateways, [envoy.admin] if envoy else [])
         controller = Controller(
-            shared.store, backend_factory(loaded, options.state_path.parent), shared.cache, census,
-            activator=shared.activator,
+            shared.store, backend_factory(loaded, options.state_path.parent, shared), shared.cache, census,
+            activator=shared.activator.client,
             activator_address=options.advertise_activator or (
                 HostPort(options.advertise, options.activator.port) if options.advertise else None),
             cluster_linger_s=options.cluster_linger_s,
@@ -105,13 +106,20 @@ async def lead(shared: Shared, loaded: LoadedRoutes, *, inherited: bool) -> Asyn
             retained_revisions=options.retained_revisions,
         )
         stack.push_async_callback(controller.aclose)
+        # Requests reach this replica's activator only while it leads (EDS names the leader's).
+        shared.activator.client.on_demand = controller.wake
+        stack.callback(setattr, shared.activator.client, "on_demand", lambda revision: None)
         source = ConfigSource(options.routes, shared.store, controller.apply, shared.registry)
         await controller.start()
+        if shared.survivors:
+            await _serve_what_survived(source, shared.store, loaded)
         await source.apply(loaded=loaded)
         shared.ready.set()
         if inherited:
             controller.drop_inherited_later()
         background = [controller.autoscaler.run(), controller.rollout_runner.run()]
+        if shared.survivors:
+            background.append(controller.release_leftovers())
         if options.watch:
             watching = asyncio.Event()
             background.append(watch_file(options.routes, source.apply, watching))
@@ -137,7 +145,22 @@ def _run_in_background(stack: AsyncExitStack, coro) -> None:
     stack.push_async_callback(cancel)
 
 
-def backend_factory(loaded: LoadedRoutes, workdir: Path) -> BackendFactory:
+async def _serve_what_survived(source: ConfigSource, store: RevisionStore, loaded: LoadedRoutes) -> None:
+    """A data plane outlived the last ferry: first apply what it was serving (the last applied configuration), so
+    that Envoy, the activator and the instances are taken back as they are, with nothing new to send them;
+    the routes file as it is now comes next, as an ordinary change."""
+    last = store.last_applied()
+    if last is None or last == (loaded.path, loaded.text):
+        return
+    path, text = last
+    try:
+        await source.apply(loaded=load_routes(path, text))
+    except ConfigError as err:
+        log.warning("the last applied configuration no longer loads; applying the file as it is",
+                    extra={"error": str(err).splitlines()[0]})
+
+
+def backend_factory(loaded: LoadedRoutes, workdir: Path, shared: Shared) -> BackendFactory:
     """Where revisions run, as the file's `backend:` says: local processes, or Deployments in a namespace."""
     backend = loaded.spec.backend
     if backend.kind == "kubernetes":
@@ -147,4 +170,6 @@ def backend_factory(loaded: LoadedRoutes, workdir: Path) -> BackendFactory:
         return lambda on_endpoints, drain: KubernetesBackend(
             on_endpoints, drain=drain, namespace=backend.namespace, api_client=api_client, retain=True
         )
-    return lambda on_endpoints, drain: LocalProcessBackend(on_endpoints, drain=drain, log_dir=workdir / "logs")
+    return lambda on_endpoints, drain: LocalProcessBackend(
+        on_endpoints, drain=drain, log_dir=workdir / "logs", register=shared.register,
+        exempt_pids=lambda: [pid] if (pid := shared.activator.pid) else [])

@@ -63,6 +63,7 @@ class ConfigSource:
                 config = self._validate(loaded)
                 self._store.commit(config.plan)
                 await self._apply(config)
+                self._store.save_applied(loaded.path, loaded.text)
                 self.current = config
         except ConfigError as err:
             self._applies.labels("rejected").inc()

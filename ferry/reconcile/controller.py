@@ -59,7 +59,10 @@ class ActivatorLink(Protocol):
 
     def remove_revision(self, revision: str) -> None: ...
 
-    def in_flight(self, revision: str, endpoint: tuple[str, int]) -> int: ...
+    def keep_only_known(self) -> None:
+        """Forget every revision this controller did not set (what a previous ferry left)."""
+
+    async def in_flight(self, revision: str, endpoint: tuple[str, int]) -> int: ...
 
     def stats(self) -> Mapping[str, ActivatorCounts]: ...
 
@@ -110,13 +113,13 @@ class Controller:
     # -- applying a routes file -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Before the first apply. A backend that outlives ferry (Kubernetes) is read first: the revision
-        history recorded there is taken in, so a new leader (or a pod that lost its emptyDir) names templates
-        as the last one did, and what already runs is adopted at its scale with its endpoints."""
+        """Before the first apply. What outlived the last ferry is taken back first: instances that still run are
+        adopted at their scale with their endpoints, and on Kubernetes the revision history kept on the
+        Deployments is read, so a new leader (or a pod that lost its emptyDir) names templates as the last one
+        did."""
         if self.durable is not None:
-            log.info("reading the revision history kept with the workloads")
-            added = await self.durable.share_history(self.store)
-            log.info("revision history read", extra={"revisions_added": added})
+            found = await self.durable.recover(self.store)
+            log.info("took back what outlived the last ferry", extra={"found": found})
 
     async def apply(self, config: Config) -> None:
         """Converge on a validated, committed configuration (reconcile/config.py makes one)."""
@@ -386,7 +389,7 @@ class Controller:
         finished. (The backend then waits for the gateways' own requests: it can see the instance's
         connections, which Envoy closes once a removed host's last request is answered.)"""
         await self._publish_and_sync()
-        while self.activator.in_flight(revision, endpoint):
+        while await self.activator.in_flight(revision, endpoint):
             await asyncio.sleep(0.02)
 
     # -- rollouts (the RolloutRunner's target) and `ferry traffic` -------------------------------------
@@ -467,7 +470,15 @@ class Controller:
         """The activator holds a request for a revision with no ready instance."""
         self.autoscaler.poke(revision)
 
-    # -- taking over from another leader ---------------------------------------------------------------
+    # -- taking over from another ferry ----------------------------------------------------------------
+
+    async def release_leftovers(self) -> None:
+        """After a restart, once every gateway runs this controller's state: what the last ferry left that
+        nothing here wants goes (the activator's other revisions; instances of revisions no apply claimed)."""
+        await self.census.wait_in_sync(self.sync_timeout_s)
+        async with self._lock:
+            self.activator.keep_only_known()
+        await self._collect_garbage()
 
     def drop_inherited_later(self) -> None:
         """After taking over a cache another leader filled (a follower's mirror, which gateways stay connected

@@ -51,6 +51,12 @@ CREATE TABLE IF NOT EXISTS traffic_overrides (  -- `ferry traffic`: an imperativ
     splits  TEXT NOT NULL,              -- JSON [[revision, percent], ...]
     at      REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS applied (  -- the last configuration applied: what a surviving data plane serves
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    path TEXT NOT NULL,
+    text TEXT NOT NULL,
+    at   REAL NOT NULL
+);
 PRAGMA user_version = 1;
 """
 log = logging.getLogger("ferry.routing")
@@ -393,6 +399,15 @@ class RevisionStore:
             (service,),
         )
         return {revision: (result, reason, at) for revision, result, reason, at in rows}
+
+    def save_applied(self, path: Path, text: str) -> None:
+        """The configuration now served, so that a ferry restarted after a crash first serves exactly that."""
+        self._db.execute("INSERT INTO applied VALUES (1, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET path = excluded.path,"
+                         " text = excluded.text, at = excluded.at", (str(path), text, time.time()))
+
+    def last_applied(self) -> tuple[Path, str] | None:
+        row = self._db.execute("SELECT path, text FROM applied WHERE id = 1").fetchone()
+        return (Path(row[0]), row[1]) if row else None
 
     def traffic_override(self, service: str) -> list[tuple[str, int]] | None:
         row = self._db.execute("SELECT splits FROM traffic_overrides WHERE service = ?", (service,)).fetchone()

@@ -107,10 +107,12 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         cache: SnapshotCache,
         gateways: GatewayRegistry,
         observer: StreamObserver | None = None,
+        ready: asyncio.Event | None = None,
     ):
         self._cache = cache
         self._gateways = gateways
         self._observer = observer
+        self._ready = ready  # until set, streams are read but not answered: the cache is not whole yet
 
     def _resolve_group(self, node: Node):
         """Gateways share a snapshot by group (node.cluster), unless they ask for their own listener (groups.py)."""
@@ -136,6 +138,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self._gateways.add(stream)
         reader = asyncio.create_task(self._read(stream, request_iterator, wake))
         try:
+            if self._ready is not None and not self._ready.is_set():
+                await self._ready.wait()
             while True:
                 timeout = _DEPENDENCY_POLL_S if stream.waiting_on_dependencies() else None
                 try:

@@ -142,7 +142,7 @@ class KubernetesBackend(Durable):
         self._annotations: dict[str, dict[str, str | None]] = {}  # revision -> annotations to write
         self._annotations_queued = asyncio.Event()
         self._annotator: asyncio.Task[None] | None = None
-        self._store: RevisionStore | None = None  # set by share_history(): revisions to record on creation
+        self._store: RevisionStore | None = None  # set by recover(): revisions to record on creation
         self._closed = False
 
     # ---- lifecycle ----------------------------------------------------------------------------------
@@ -280,7 +280,7 @@ class KubernetesBackend(Durable):
             self._deployments.pop(revision, None)
             self._workloads.pop(revision, None)
 
-    async def share_history(self, store: RevisionStore) -> int:
+    async def recover(self, store: RevisionStore) -> int:
         """Take in the revision history recorded on the Deployments (another replica's, or this one's before an
         emptyDir was lost), then record every later write of `store` there too. Returns revisions added."""
         await self.start()

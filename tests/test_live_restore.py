@@ -1,0 +1,194 @@
+"""Live restore: the data plane outlives ferry, and a restarted ferry takes it back (real Envoy, real processes).
+
+A SIGKILLed ferry leaves Envoy, the activator and the instances serving the last configuration; the next
+`ferry up` on the same state adopts the very same processes and re-sends Envoy nothing; `ferry down` and SIGTERM
+stop all of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+
+import aiohttp
+import pytest
+
+from . import ferry_process
+from .ferry_process import FerryProcess
+from .helpers import wait_until
+from .load import Load
+
+pytestmark = pytest.mark.timeout(240)
+
+HOST = "hello.localhost"
+ROLLOUT = "rollout: {strategy: canary, steps: [50, 100], interval: 1s, analysis: {minRequests: 5}}"
+
+
+def hello(message: str = "v1", scale: str = "{min: 1}", rollout: str = "") -> str:
+    return ferry_process.hello(message, scale=scale, extra=(rollout,))
+
+
+async def running(f: FerryProcess, routes: str) -> dict[str, int]:
+    f.write_routes(routes)
+    await f.start()
+    await f.wait_converged()
+    await wait_until(lambda: _instances_ready(f), 30, "instances ready")
+    return f.dataplane()
+
+
+async def _instances_ready(f: FerryProcess) -> bool:
+    status = await f.status()
+    return all(r["ready"] == r["total"] for r in status["revisions"].values() if r["state"] != "retiring")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+async def test_a_crash_and_a_restart_under_load_lose_no_request_and_replace_nothing(ferry):
+    f = ferry()
+    before = await running(f, hello())
+    assert sorted(before) == ["activator activator", "envoy ferry-local", "instance hello-00001/1"], before
+    updates = await f.envoy_updates()
+    async with Load(f.gateway, HOST, concurrency=8) as load:
+        await load.wait_for(200)
+        await f.kill()  # SIGKILL: no chance to clean up
+        await asyncio.sleep(5)  # the control plane is away for 5 s (the scenario, not a wait on a condition)
+        await load.wait_for(200)  # served all along
+        await f.start()
+        await f.wait_converged()
+        await load.wait_for(300)
+    assert load.failures == 0, (load.statuses, load.errors, load.bad)
+    assert f.dataplane() == before  # the same Envoy, activator and instance: adopted, none started again
+    assert await f.envoy_updates() == updates  # nothing re-sent to Envoy
+    status = await f.status()
+    assert status["revisions"]["hello-00001"]["instances_started"] in (None, 0)  # this ferry started none
+    # The adopted data plane still takes changes.
+    f.write_routes(hello("v2"))
+    await wait_until(lambda: _serves(f, "hello-00002"), 30, "v2")
+
+
+async def _serves(f: FerryProcess, revision: str) -> bool:
+    async with aiohttp.ClientSession() as session:
+        try:
+            async with session.get(f.gateway, headers={"Host": HOST}) as response:
+                return response.headers.get("x-revision") == revision
+        except aiohttp.ClientError:
+            return False
+
+
+async def test_a_request_at_zero_while_ferry_is_down_is_answered_once_it_is_back(ferry):
+    f = ferry()
+    await running(f, hello(scale="{initial: 0, min: 0}"))
+    assert (await f.status())["revisions"]["hello-00001"]["state"] == "at zero"
+    await f.kill()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        held = asyncio.ensure_future(session.get(f.gateway, headers={"Host": HOST}))
+        await asyncio.sleep(3)  # ferry stays away 3 s while the activator holds the request
+        assert not held.done()
+        await f.start()
+        async with await held as response:
+            assert response.status == 200 and response.headers["x-revision"] == "hello-00001"
+
+
+async def test_sigterm_after_an_adoption_stops_what_was_adopted(ferry):
+    f = ferry()
+    pids = list((await running(f, hello())).values())
+    await f.kill()
+    await f.start()
+    await f.wait_converged()
+    assert list(f.dataplane().values()) == pids
+    f.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(f.proc.wait(), 30) == 0
+    await wait_until(lambda: not any(_alive(p) for p in pids), 15, f"{pids} to exit")
+    assert f.dataplane() == {}
+
+
+async def test_another_routes_file_on_a_live_data_plane_is_refused_saying_what_runs(ferry, tmp_path):
+    f = ferry()
+    await running(f, hello())
+    await f.kill()
+    other = tmp_path / "other.yaml"
+    other.write_text(f.routes.read_text())
+    state = tmp_path / ".ferry" / "state.db"
+    refused = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "ferry", "up", str(other), "--state", str(state), "--api",
+                         "127.0.0.1:1"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1
+    assert f"holds a running data plane of {f.routes}" in refused.stderr, refused.stderr
+    assert "1 activator, 1 envoy, 1 instance" in refused.stderr and "ferry down --state" in refused.stderr
+    assert all(_alive(p) for p in f.dataplane().values())  # nothing was touched
+
+
+async def test_an_instance_killed_while_ferry_is_down_is_replaced(ferry):
+    f = ferry()
+    before = await running(f, hello())
+    await f.kill()
+    victim = before["instance hello-00001/1"]
+    subprocess.run(["kill", "-9", str(victim)], check=True)
+    await f.start()
+    await f.wait_converged()
+    await wait_until(lambda: _instances_ready(f), 30, "the replacement ready")
+    after = f.dataplane()
+    assert after["instance hello-00001/1"] != victim
+    assert {k: v for k, v in after.items() if k != "instance hello-00001/1"} == \
+        {k: v for k, v in before.items() if k != "instance hello-00001/1"}
+
+
+async def test_twenty_crashes_at_random_moments_lose_nothing(ferry, tmp_path):
+    """SIGKILL during applies, a canary rollout and scaling, under load, each followed by a restart: no failed
+    request, and after every round one revision per template written, latest-ready a revision that is ready,
+    a rollout that resumes where it was."""
+    rng = random.Random(20)
+    f = ferry()
+    message, scale = "v0", "{min: 1}"
+    await running(f, hello(message, scale, ROLLOUT))
+    templates = 1
+    async with Load(f.gateway, HOST, concurrency=8) as load:
+        for round_ in range(20):
+            action = rng.choice(["template", "scale", "none"])
+            if action == "template":
+                templates += 1
+                message = f"v{round_ + 1}"
+            elif action == "scale":
+                templates += 1  # the scale block is part of the template: a new revision too
+                scale = "{min: 2}" if scale == "{min: 1}" else "{min: 1}"
+            f.write_routes(hello(message, scale, ROLLOUT))
+            await asyncio.sleep(rng.uniform(0.0, 1.5))
+            await f.kill()
+            await f.start()
+            await f.wait_converged()
+            _check_state(f, templates)
+        await wait_until(lambda: _rollout_done(f), 60, "the last rollout to end")
+        await load.wait_for(100)
+    assert load.failures == 0, (load.statuses, load.errors, load.bad)
+    status = await f.status()
+    service = status["services"]["hello"]
+    assert service["latest_ready"] == service["latest_created"] == f"hello-{templates:05d}"
+
+
+def _check_state(f: FerryProcess, templates: int) -> None:
+    db = sqlite3.connect(f"file:{f.workdir / '.ferry' / 'state.db'}?mode=ro", uri=True)
+    try:
+        generations = [g for (g,) in db.execute("SELECT generation FROM revisions ORDER BY generation")]
+        assert generations == list(range(1, templates + 1)), generations  # none missing, none twice
+        (latest,) = db.execute("SELECT latest_ready FROM services WHERE name = 'hello'").fetchone()
+        assert latest in {f"hello-{g:05d}" for g in generations}
+        row = db.execute("SELECT state FROM rollouts WHERE service = 'hello'").fetchone()
+        if row is not None:
+            assert '"candidate"' in row[0]
+    finally:
+        db.close()
+
+
+async def _rollout_done(f: FerryProcess) -> bool:
+    rollout = (await f.status())["services"]["hello"]["rollout"]
+    return rollout is None or not rollout["active"]
