@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FAST_APP = ROOT / "bench" / "fast_app.py"
 sys.path.insert(0, str(ROOT))
 from ferry.dataplane import Register  # noqa: E402
+from ferry.envoy.admin import EnvoyAdmin  # noqa: E402
 
 
 def routes(gateway_port: int, services: int, managed: int, apps: tuple[int, int]) -> str:
@@ -110,11 +111,10 @@ class Ferry:
 
 
 async def envoy_updates(admin_port: int) -> dict[str, str]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", admin_port)
-    writer.write(b"GET /stats?filter=(cds|lds|srds|rds\\.[a-z0-9]+)\\.update_(success|rejected)$ HTTP/1.0\r\n\r\n")
-    body = (await reader.read()).decode().partition("\r\n\r\n")[2]
-    writer.close()
-    return dict(line.split(": ") for line in body.strip().splitlines())
+    """Configs Envoy accepted or refused, per xDS resource: unchanged across a restart means nothing was re-sent."""
+    body = await EnvoyAdmin("127.0.0.1", admin_port).fetch(
+        "/stats?filter=(cds|lds|srds|rds\\.[a-z0-9]+)\\.update_(success|rejected)$", 5.0)
+    return dict(line.split(": ") for line in body.decode().strip().splitlines())
 
 
 async def load(session: aiohttp.ClientSession, url: str, hosts: list[str], stop: asyncio.Event,
