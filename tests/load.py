@@ -49,8 +49,8 @@ class Load:
                     self.statuses[response.status] += 1
                     self.revisions[response.headers.get("x-revision", "?")] += 1
                     if not 200 <= response.status < 300 and len(self.bad) < 20:
-                        self.bad.append(f"{response.status} {response.headers.get('x-revision')} "
-                                        f"{response.headers.get('x-envoy-upstream-service-time')} {(await response.text())[:200]}")
+                        self.bad.append(f"{time.strftime('%H:%M:%S')} {response.status} {dict(response.headers)} "
+                                        f"{(await response.text())[:200]}")
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as err:
                 self.errors[type(err).__name__] += 1
                 if len(self.bad) < 20:

@@ -17,6 +17,8 @@ import sys
 import aiohttp
 import pytest
 
+from ferry.envoy.admin import EnvoyAdmin
+
 from . import ferry_process
 from .ferry_process import FerryProcess
 from .helpers import wait_until
@@ -169,7 +171,11 @@ async def test_twenty_crashes_at_random_moments_lose_nothing(ferry, tmp_path):
             _check_state(f, templates)
         await wait_until(lambda: _rollout_done(f), 60, "the last rollout to end")
         await load.wait_for(100)
-    assert load.failures == 0, (load.statuses, load.errors, load.bad)
+    if load.failures:  # say where Envoy's 503s came from
+        _, stats = await EnvoyAdmin("127.0.0.1", f.admin_port).get("/stats?filter=^(http|cluster.hello).*(503|none_healthy|no_route|"
+                                                                     "no_cluster|overflow|rq_direct|retry|timeout)")
+        counters = [line for line in stats.decode().splitlines() if not line.endswith(": 0")]
+        raise AssertionError((load.statuses, load.errors, load.bad, counters))
     status = await f.status()
     service = status["services"]["hello"]
     assert service["latest_ready"] == service["latest_created"] == f"hello-{templates:05d}"
@@ -192,3 +198,22 @@ def _check_state(f: FerryProcess, templates: int) -> None:
 async def _rollout_done(f: FerryProcess) -> bool:
     rollout = (await f.status())["services"]["hello"]["rollout"]
     return rollout is None or not rollout["active"]
+
+
+async def test_a_file_changed_while_ferry_was_down_is_an_ordinary_change_once_it_is_back(ferry):
+    """The last applied configuration is served first (nothing moves), then the file: the new revision starts,
+    the route moves once it is ready, and the old instance is drained and stopped, with no request failing."""
+    f = ferry()
+    before = await running(f, hello("v1"))
+    async with Load(f.gateway, HOST, concurrency=8) as load:
+        await load.wait_for(100)
+        await f.kill()
+        f.write_routes(hello("v2"))
+        await load.wait_for(100)
+        await f.start()
+        await wait_until(lambda: _serves(f, "hello-00002"), 30, "v2")
+        await wait_until(lambda: not _alive(before["instance hello-00001/1"]), 30, "the old instance to stop")
+        await load.wait_for(100)
+    assert load.failures == 0, (load.statuses, load.errors, load.bad)
+    after = f.dataplane()
+    assert after["envoy ferry-local"] == before["envoy ferry-local"] and "instance hello-00001/1" not in after

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
@@ -24,10 +26,10 @@ from .xds_client import (
 
 
 class Harness:
-    def __init__(self, cache: SnapshotCache):
+    def __init__(self, cache: SnapshotCache, ready: asyncio.Event | None = None):
         self.cache = cache
         self.gateways = GatewayRegistry()
-        self.servicer = AdsServicer(cache, self.gateways)
+        self.servicer = AdsServicer(cache, self.gateways, ready=ready)
         self.server = None
         self.channel = None
 
@@ -304,6 +306,7 @@ async def test_delta_explicit_wildcard_for_routes_and_endpoints():
         rds = await read(call)
         assert [r.name for r in rds.resources] == ["svc"]
         await call.write(delta(xds.ROUTE, nonce=rds.nonce))
+        await wait_until(lambda: h.gateways.all_in_sync(1), 5, "the route table ACKed")  # else "a" waits for it
 
         cache.update({xds.ENDPOINT: {"a": None, "c": cla("c", 1002)}})
         changed = await read(call)
@@ -325,3 +328,35 @@ async def test_delta_explicit_wildcard_for_routes_and_endpoints():
         stream = next(s for s in h.gateways.streams if s.node_id == "gw")
         assert not stream.types[xds.ENDPOINT].wildcard and stream.types[xds.CLUSTER].wildcard
         named.cancel()
+
+
+async def test_a_reconnecting_gateway_drops_a_cluster_only_once_its_routes_no_longer_name_it():
+    """Delta, a gateway that held another control plane's state (a ferry that restarted): its old route table names
+    cluster `old`, which this cache does not have. `old` is removed only after the new route table is ACKed, never
+    before: a route naming a missing cluster answers 503."""
+    cache = SnapshotCache()
+    cache.update({xds.CLUSTER: {"new": cluster("new")}, xds.ENDPOINT: {"new": cla("new", 1000)},
+                  xds.ROUTE: {"svc": route_table("svc", "new")}})
+    ready = asyncio.Event()  # as after a restart: the gateway's resubscriptions are all in before any answer
+    async with Harness(cache, ready) as h:
+        call = h.stub.DeltaAggregatedResources()
+        await call.write(delta(xds.CLUSTER, initial={"old": "v0"}, node_=node("gw")))
+        await call.write(delta(xds.ENDPOINT, subscribe=["old", "new"], initial={"old": "v0"}))
+        await call.write(delta(xds.ROUTE, subscribe=["svc"], initial={"svc": "v0"}))
+        await wait_until(lambda: h.gateways.streams and next(iter(h.gateways.streams)).types[xds.ROUTE].requested, 5,
+                         "the three subscriptions")
+        ready.set()
+        cds = await read(call)
+        assert [r.name for r in cds.resources] == ["new"] and not cds.removed_resources
+        await call.write(delta(xds.CLUSTER, nonce=cds.nonce))
+        eds = await read(call)
+        assert [r.name for r in eds.resources] == ["new"] and not eds.removed_resources
+        await call.write(delta(xds.ENDPOINT, nonce=eds.nonce))
+        rds = await read(call)
+        assert rds.type_url == xds.ROUTE and [r.name for r in rds.resources] == ["svc"]
+        stream = next(iter(h.gateways.streams))
+        assert not stream.in_sync()  # the removals are still owed
+        await call.write(delta(xds.ROUTE, nonce=rds.nonce))
+        removals = {(r.type_url, tuple(r.removed_resources)) for r in (await read(call), await read(call))}
+        assert removals == {(xds.CLUSTER, ("old",)), (xds.ENDPOINT, ("old",))}
+        call.cancel()

@@ -95,6 +95,8 @@ class ControlServer:
                 self._handle(json.loads(line), told)
         except (ConnectionError, ValueError, asyncio.IncompleteReadError) as err:
             log.warning("control connection failed", extra={"error": repr(err)})
+        except asyncio.CancelledError:
+            pass  # the activator is shutting down
         finally:
             if self._writer is writer:
                 self._writer = None

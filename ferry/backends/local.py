@@ -215,8 +215,10 @@ class LocalProcessBackend(Durable):
         return self._scales.get(revision)
 
     async def collect_garbage(self, keep: set[str]) -> list[str]:
-        """Stop (drained, as any stop) the adopted instances of revisions not in `keep` that no apply claimed."""
-        gone = [name for name, rev in self._revisions.items() if rev.workload is None and name not in keep]
+        """Stop (drained, as any stop) the adopted instances of revisions no apply claimed: once the applies after
+        a restart are done, every revision wanted has been scaled (claimed). Nothing else is kept here, so `keep`
+        (which stopped revisions to retain) does not apply."""
+        gone = [name for name, rev in self._revisions.items() if rev.workload is None]
         for name in gone:
             await self.stop(name)
         return gone
@@ -227,8 +229,10 @@ class LocalProcessBackend(Durable):
         self._begin_stop(rev, [i for i in rev.instances if i.digest != digest])
 
     async def _probe_adopted(self, port: int, path: str | None) -> bool:
+        """Ready unless it plainly is not (refuses connections, or answers not 200): it was serving, and a busy
+        machine may make its probes time out; the liveness probes take it out if it keeps not answering."""
         for _ in range(ADOPTION_PROBES):
-            if await self._probe(int(port), path):
+            if await self._probe(int(port), path, timeouts_pass=True):
                 return True
             await asyncio.sleep(self._probe_interval)
         return False
@@ -383,8 +387,9 @@ class LocalProcessBackend(Durable):
                         extra={"revision": rev.name, "index": inst.index, "pid": proc.pid, "failures": failures},
                     )
 
-    async def _probe(self, port: int, path: str | None) -> bool:
-        """HTTP GET path expecting 200, or a bare TCP connect when there is no path."""
+    async def _probe(self, port: int, path: str | None, *, timeouts_pass: bool = False) -> bool:
+        """HTTP GET path expecting 200, or a bare TCP connect when there is no path. A probe that times out
+        fails, unless `timeouts_pass`."""
         try:
             async with asyncio.timeout(PROBE_TIMEOUT_S):
                 reader, writer = await asyncio.open_connection(self._host, port)
@@ -399,7 +404,9 @@ class LocalProcessBackend(Durable):
                     return len(status) >= 2 and status[0].startswith(b"HTTP/") and status[1] == b"200"
                 finally:
                     writer.close()
-        except (OSError, TimeoutError, ValueError):
+        except TimeoutError:
+            return timeouts_pass
+        except (OSError, ValueError):
             return False
 
     def _set_ready(self, rev: _Revision, inst: _Instance, ready: bool) -> None:

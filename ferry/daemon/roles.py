@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ferry")
 
+# Gateways that outlived the last ferry reconnect within a second or two (ferry's bootstraps retry every <= 1 s).
+RECONNECT_GRACE_S = 2.0
+
 
 @dataclass
 class Shared:
@@ -95,7 +98,8 @@ async def lead(shared: Shared, loaded: LoadedRoutes, *, inherited: bool) -> Asyn
                 ),
                 options.state_path.parent, register=shared.register,
             )
-        census = GatewayCensus(shared.gateways, [envoy.admin] if envoy else [])
+        census = GatewayCensus(shared.gateways, [envoy.admin] if envoy else [],
+                               reconnect_grace_s=RECONNECT_GRACE_S if shared.survivors else 0.0)
         controller = Controller(
             shared.store, backend_factory(loaded, options.state_path.parent, shared), shared.cache, census,
             activator=shared.activator.client,

@@ -4,6 +4,7 @@ latest configuration."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable
 
@@ -14,14 +15,22 @@ from ..xds.server import GatewayRegistry
 
 
 class GatewayCensus:
-    def __init__(self, gateways: GatewayRegistry, local_admins: Iterable[EnvoyAdmin] = ()):
+    def __init__(self, gateways: GatewayRegistry, local_admins: Iterable[EnvoyAdmin] = (), *,
+                 reconnect_grace_s: float = 0.0):
         self.gateways = gateways
         self.local_admins = list(local_admins)  # ferry's own Envoy
         self._replicas: dict[str, tuple[float, list[dict]]] = {}  # replica -> (expires, its gateways)
+        # After a restart, gateways that outlived the last ferry are out there but not connected yet: "every
+        # gateway in sync" means nothing until they had time to come back (they retry at least once a second).
+        self._settled_at = time.monotonic() + reconnect_grace_s
 
     async def wait_in_sync(self, timeout: float) -> bool:
-        """Until every connected gateway runs the current config: False on timeout."""
-        return await self.gateways.wait_in_sync(timeout)
+        """Until every gateway runs the current config, ferry's own Envoy included (it must be connected):
+        False on timeout."""
+        deadline = time.monotonic() + timeout
+        if (early := self._settled_at - time.monotonic()) > 0:
+            await asyncio.sleep(min(early, timeout))
+        return await self.gateways.wait_in_sync(max(0.0, deadline - time.monotonic()), len(self.local_admins))
 
     def report(self, replica: str, gateways: list[dict], ttl_s: float) -> None:
         """What a follower replica serves: its gateways count for autoscaling and status until `ttl_s` passes

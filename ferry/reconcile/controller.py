@@ -105,6 +105,7 @@ class Controller:
         self.timings: dict[str, float] = {}  # how long the last apply took, for status and the bench
         self._lock = asyncio.Lock()
         self._background = Background(log)
+        self._closing = False
 
     @property
     def gateway(self) -> Gateway:
@@ -248,7 +249,9 @@ class Controller:
             adopted = self.durable.replicas(name) if self.durable is not None else None
             state = self.autoscaler.track(name, self.floor.settings(revision), adopted=adopted)
             runtime.instances = state.scale
-            runtime.proven = state.scale == 0  # Knative: a revision that starts at zero is ready at once
+            # Knative: a revision that starts at zero is ready at once. One the last ferry ran was served: until
+            # its adopted instances answer (or replacements do), the activator holds its requests.
+            runtime.proven = state.scale == 0 or adopted is not None
             self._take_endpoints(runtime, self.backend.endpoints(name) if adopted else ())
             await self.backend.scale(workload, runtime.instances)
         log.info("revision started", extra={"revision": name, "instances": runtime.instances})
@@ -387,8 +390,10 @@ class Controller:
     async def _drain(self, revision: str, endpoint: Endpoint) -> None:
         """Before SIGTERM: every gateway has dropped the endpoint and the activator's requests to it have
         finished. (The backend then waits for the gateways' own requests: it can see the instance's
-        connections, which Envoy closes once a removed host's last request is answered.)"""
-        await self._publish_and_sync()
+        connections, which Envoy closes once a removed host's last request is answered.) When ferry stops
+        everything, its Envoy is gone already: there is no gateway left to wait for."""
+        if not self._closing:
+            await self._publish_and_sync()
         while await self.activator.in_flight(revision, endpoint):
             await asyncio.sleep(0.02)
 
@@ -508,6 +513,7 @@ class Controller:
         return status.rollout_status(self, service)
 
     async def aclose(self) -> None:
+        self._closing = True
         await self.autoscaler.aclose()
         await self._background.aclose()
         await self.backend.aclose()

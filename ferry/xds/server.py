@@ -20,6 +20,9 @@ log = logging.getLogger("ferry.xds")
 
 # While a route table waits for its clusters, re-check this often (the wait has a deadline).
 _DEPENDENCY_POLL_S = 0.25
+# A gateway that reconnects re-subscribes to every type at once; its first answer waits this long for all of them,
+# so that what it holds is known before anything is removed from it (stream.py: make before break, for removals).
+RESUBSCRIBE_WINDOW_S = 0.1
 
 
 class XdsMetrics(StreamObserver):
@@ -140,6 +143,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         try:
             if self._ready is not None and not self._ready.is_set():
                 await self._ready.wait()
+            first = True
             while True:
                 timeout = _DEPENDENCY_POLL_S if stream.waiting_on_dependencies() else None
                 try:
@@ -150,6 +154,9 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 if reader.done():
                     reader.result()  # re-raise a reader failure
                     return
+                if first and stream.resuming:
+                    await asyncio.sleep(RESUBSCRIBE_WINDOW_S)
+                first = first and stream.node is None
                 for response in stream.responses():
                     yield response
                 self._gateways.changed()

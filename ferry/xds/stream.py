@@ -10,6 +10,8 @@ protocol rules (api-docs/xds_protocol.rst) can be tested without a socket:
 - One response per type in flight; clusters and endpoints reach the gateway before listeners and routes,
   and a route table goes out only once every cluster it names (its `refs`) is ACKed with its endpoints.
 - After a cluster changes, its endpoints are sent again (a changed cluster warms only on EDS).
+- In Delta, clusters and endpoints are removed only after the route tables the gateway holds are ACKed, so that
+  none still names them (a gateway that reconnects holds another control plane's routes).
 """
 
 from __future__ import annotations
@@ -168,6 +170,11 @@ class AdsStream:
         self.snapshot = self._resolve_group(self.node)
         self.snapshot.watchers.add(self)
 
+    @property
+    def resuming(self) -> bool:
+        """A Delta stream whose gateway already holds resources (it says which, with their versions)."""
+        return self.delta and any(s.known for s in self.types.values())
+
     def close(self) -> None:
         self.closed = True
         if self.snapshot is not None:
@@ -308,8 +315,13 @@ class AdsStream:
                 updates.append(resource)
         if type_url == ROUTE and not self._dependencies_ready(state, updates, now):
             return None
+        deferred: list[str] = []
+        if self.delta and removals and type_url in (CLUSTER, ENDPOINT) and self._routes_unsettled():
+            deferred, removals = removals, []
         dirty_since = state.dirty_since or now
         state.clear_dirty()
+        if deferred:
+            state.mark_dirty(deferred, dirty_since)
         if not updates and not removals and (state.answered or not state.wildcard):
             return None
         changed_clusters = [r.name for r in updates] if type_url == CLUSTER else []
@@ -362,6 +374,13 @@ class AdsStream:
                 eds.inflight.versions.pop(name, None)  # its ACK must not count for the new cluster
         if clusters and eds.requested:
             eds.mark_dirty(clusters, now)
+
+    def _routes_unsettled(self) -> bool:
+        """Make before break, for removals: a gateway may hold route tables that still name a cluster this
+        stream is about to remove (one that reconnects after ferry restarted holds the last ferry's): clusters
+        and endpoints go only once its listener, scopes and route tables are this stream's and ACKed."""
+        return any(s.requested and (s.is_dirty or s.inflight is not None)
+                   for t, s in self.types.items() if t in (LISTENER, SCOPED_ROUTE, ROUTE))
 
     def _dependencies_ready(self, state: TypeState, updates: list[Resource], now: float) -> bool:
         clusters, endpoints = self.types[CLUSTER].known, self.types[ENDPOINT].known
