@@ -34,7 +34,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from convergence import Processes, free_port, log  # noqa: E402  (bench helpers, not a package)
+from convergence import Processes, api_token, free_port, log  # noqa: E402  (bench helpers, not a package)
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO_APP = ROOT / "examples" / "hello" / "app.py"
@@ -181,12 +181,13 @@ async def bench_ferry(args) -> dict:
     try:
         results["app_ready_ms"] = app_start_to_ready(args.cold_starts)
         ferry_log = open(workdir / "ferry.log", "wb")
+        token_args, auth = api_token(workdir)
         procs.start("ferry", [
             sys.executable, "-m", "ferry", "up", str(workdir / "routes.yaml"), "-q",
             "--api", f"127.0.0.1:{api_port}", "--xds", f"127.0.0.1:{xds_port}",
-            "--admin", f"127.0.0.1:{admin_port}", "--activator", f"127.0.0.1:{activator_port}",
+            "--admin", f"127.0.0.1:{admin_port}", "--activator", f"127.0.0.1:{activator_port}", *token_args,
         ], stdout=ferry_log, stderr=ferry_log, cwd=workdir)
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(headers=auth) as session:
 
             async def converged() -> bool:
                 try:

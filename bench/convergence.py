@@ -27,6 +27,7 @@ import asyncio
 import os
 import platform
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -66,6 +67,14 @@ def free_port() -> int:
         if port not in _used_ports:
             _used_ports.add(port)
             return port
+
+
+def api_token(workdir: Path) -> tuple[list[str], dict[str, str]]:
+    """A token for ferry's API: the `ferry up` arguments that give it, and the headers that present it."""
+    path = workdir / "api-token"
+    path.write_text(secrets.token_urlsafe(32) + "\n")
+    path.chmod(0o600)
+    return ["--token-file", str(path)], {"Authorization": f"Bearer {path.read_text().strip()}"}
 
 
 class Processes:
@@ -410,6 +419,7 @@ class Bench:
             self.procs.start(f"app {name}", [sys.executable, str(HELLO_APP)], env=env, stdout=subprocess.DEVNULL)
 
         self.write_routes(second=False)
+        token_args, auth = api_token(self.workdir)
         argv = [
             sys.executable, "-m", "ferry", "up", str(self.routes),
             "--state", str(self.workdir / "state.db"),
@@ -419,6 +429,7 @@ class Bench:
             # (that would add CDS/EDS pushes to the numbers of steps 3 and 4).
             "--cluster-linger", "3600",
             *([] if self.delta else ["--sotw"]),
+            *token_args,
         ]
         log(f"N={n}: starting ferry (api {self.api}, gateway {self.gateway})")
         started = time.perf_counter()
@@ -427,7 +438,7 @@ class Bench:
         envoy_pid = None
 
         timeout = aiohttp.ClientTimeout(total=10)
-        async with aiohttp.ClientSession(timeout=timeout) as api, aiohttp.ClientSession(
+        async with aiohttp.ClientSession(timeout=timeout, headers=auth) as api, aiohttp.ClientSession(
             timeout=timeout, connector=aiohttp.TCPConnector(limit=1)
         ) as client:
             self.client = client

@@ -32,7 +32,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from convergence import Processes, free_port, log  # noqa: E402  (bench helpers, not a package)
+from convergence import Processes, api_token, free_port, log  # noqa: E402  (bench helpers, not a package)
 
 from tests.kube_fake import FakeKubeAPI  # noqa: E402  (the fake API server the tests use)
 
@@ -105,7 +105,8 @@ async def watch_to_traffic(fake: FakeKubeAPI, changes: int, *, replicas: bool = 
         if not replicas:
             start_ferry(procs, workdir, "ferry")
         else:
-            elect = ("--leader-elect", "--advertise", "127.0.0.1", "--no-envoy")
+            token_args, _ = api_token(workdir)  # one per install: the follower reports to the leader with it
+            elect = ("--leader-elect", "--advertise", "127.0.0.1", "--no-envoy", *token_args)
             start_ferry(procs, workdir, "leader", *elect)
             while (lease := fake.get("leases", "ferry")) is None or not lease["spec"].get("holderIdentity"):
                 await asyncio.sleep(0.05)
@@ -116,7 +117,8 @@ async def watch_to_traffic(fake: FakeKubeAPI, changes: int, *, replicas: bool = 
             config = workdir / "gateway.yaml"
             config.write_text(subprocess.run(
                 [sys.executable, "-m", "ferry", "bootstrap", "--node-id", "gateway-on-follower",
-                 "--xds", f"127.0.0.1:{follower_xds}", "--admin", f"127.0.0.1:{free_port()}"],
+                 "--xds", f"127.0.0.1:{follower_xds}", "--admin", f"127.0.0.1:{free_port()}",
+                 "--stats", f"127.0.0.1:{free_port()}"],
                 check=True, capture_output=True, text=True).stdout)
             from ferry.envoy.process import envoy_binary
 

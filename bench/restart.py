@@ -35,7 +35,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from convergence import free_port, log  # noqa: E402  (bench helpers, not a package)
+from convergence import api_token, free_port, log  # noqa: E402  (bench helpers, not a package)
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST_APP = ROOT / "bench" / "fast_app.py"
@@ -60,6 +60,7 @@ class Ferry:
         self.workdir, self.routes = workdir, routes_path
         self.ports = {name: free_port() for name in ("api", "xds", "admin", "activator")}
         self.proc: subprocess.Popen | None = None
+        self.token_args, self.auth = api_token(workdir)
 
     @property
     def api(self) -> str:
@@ -70,7 +71,8 @@ class Ferry:
         started = time.perf_counter()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ferry", "up", str(self.routes), "-q", "--cluster-linger", "2",
-             *(arg for name, port in self.ports.items() for arg in (f"--{name}", f"127.0.0.1:{port}"))],
+             *(arg for name, port in self.ports.items() for arg in (f"--{name}", f"127.0.0.1:{port}")),
+             *self.token_args],
             stdout=log_file, stderr=log_file, stdin=subprocess.DEVNULL, cwd=self.workdir, start_new_session=True)
         return started
 
@@ -146,7 +148,7 @@ async def main(args) -> int:
     restarts: list[float] = []
     ok = True
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), headers=ferry.auth) as session:
             cold = await ferry.wait_in_sync(session, ferry.start())
             log(f"cold start of {args.services} services ({args.managed} managed): in sync after {cold:.2f} s")
             stop = asyncio.Event()

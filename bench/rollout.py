@@ -29,7 +29,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from convergence import Processes, free_port, log  # noqa: E402  (bench helpers, not a package)
+from convergence import Processes, api_token, free_port, log  # noqa: E402  (bench helpers, not a package)
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO_APP = ROOT / "examples" / "hello" / "app.py"
@@ -63,17 +63,19 @@ async def main(args) -> None:
     results: list[float] = []
     try:
         log_file = open(workdir / "ferry.log", "wb")
+        token_args, auth = api_token(workdir)
         procs.start("ferry", [
             sys.executable, "-m", "ferry", "up", str(path), "-q", "--api", f"127.0.0.1:{api_port}",
             "--xds", f"127.0.0.1:{xds_port}", "--admin", f"127.0.0.1:{admin_port}",
-            "--activator", f"127.0.0.1:{activator_port}",
+            "--activator", f"127.0.0.1:{activator_port}", *token_args,
         ], stdout=log_file, stderr=log_file, cwd=workdir)
         extra_gateways = []
         for i in range(args.gateways - 1):
             listen, admin = free_port(), free_port()
             bootstrap = subprocess.run(
                 [sys.executable, "-m", "ferry", "bootstrap", "--node-id", f"bench-{i}", "--xds", f"127.0.0.1:{xds_port}",
-                 "--admin", f"127.0.0.1:{admin}", "--listen", f"127.0.0.1:{listen}"],
+                 "--admin", f"127.0.0.1:{admin}", "--stats", f"127.0.0.1:{free_port()}",
+                 "--listen", f"127.0.0.1:{listen}"],
                 capture_output=True, text=True, check=True,
             ).stdout
             (workdir / f"gw{i}.yaml").write_text(bootstrap)
@@ -81,7 +83,7 @@ async def main(args) -> None:
             procs.start(f"envoy-{i}", [str(envoy), "-c", str(workdir / f"gw{i}.yaml"), "--base-id", str(100 + i),
                                         "--disable-hot-restart"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             extra_gateways.append(listen)
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(headers=auth) as session:
 
             async def get(url: str):
                 try:

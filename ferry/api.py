@@ -3,29 +3,45 @@
 `ferry traffic` (the leader's), /replicas/<name>/gateways (followers report to the leader), and /debug/* when
 test hooks are on.
 
-A replica that does not lead (yet) answers the leader's routes with 503; a follower forwards them to the
-leader (replicas.py) before they get here.
+Every route but /healthz, /readyz and /metrics needs `Authorization: Bearer <the api token>` (compared in constant
+time); a request that changes something must say `Content-Type: application/json` (a web page cannot send that
+across origins without asking first); bound to loopback, only loopback Host names are answered (no DNS
+rebinding). Over mutual TLS (tls.py) the replica routes also need a client certificate. A replica that does not
+lead (yet) answers the leader's routes with 503; a follower forwards them to
+the leader (replicas.py) before they get here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .routing.errors import ConfigError
+from .tls import has_client_certificate
 
 log = logging.getLogger("ferry.api")
 
 # Answered by every replica itself; everything else is the leader's business.
 LOCAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/replica"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # no token: probes and Prometheus
+REPLICA_PREFIX = "/replicas/"  # followers' reports to the leader
+MAX_BODY_BYTES = 64 * 1024 * 1024  # a routes file of 10,000 services is about 1 MB
+MAX_REPORT_TTL_S = 60.0  # how long a follower's report of its gateways may count
+
+
+def loopback_hosts(port: int) -> frozenset[str]:
+    """The Host headers a loopback-bound API answers: anything else is a DNS-rebinding page in a browser."""
+    names = ("127.0.0.1", "localhost", "[::1]")
+    return frozenset(names) | {f"{name}:{port}" for name in names}
 
 
 class Leader(Protocol):
@@ -33,7 +49,7 @@ class Leader(Protocol):
 
     def status(self, service: str | None) -> dict: ...
 
-    async def apply(self, path: Path, text: str) -> None: ...
+    async def apply(self, label: str, text: str) -> None: ...
 
     def rollout_status(self, service: str) -> dict: ...
 
@@ -59,6 +75,9 @@ class ApiState:
     leader_identity: Callable[[], str | None] = lambda: None
     ready: asyncio.Event = field(default_factory=asyncio.Event)  # holds a whole state to serve
     leading: Leader | None = None  # set while this replica leads
+    token: str | None = None  # the bearer token every non-public route needs (None: no check, in-process tests)
+    hosts: frozenset[str] | None = None  # the Host headers answered (None: any, when bound beyond loopback)
+    replica_certs: bool = False  # over mutual TLS: /replicas/... needs a client certificate of the CA (tls.py)
     test_hooks: Mapping[str, TestHook] = field(default_factory=dict)
     more_metrics: Callable[[], Awaitable[bytes]] | None = None  # another process's (the activator's)
 
@@ -108,19 +127,25 @@ def build_api(state: ApiState, *, middlewares: tuple = ()) -> web.Application:
 
     @routes.post("/apply")
     async def apply(request: web.Request) -> web.Response:
-        """Body: {"path": "/abs/routes.yaml", "content": "..."}; relative paths in it resolve against path's folder."""
+        """Body: {"content": "<routes.yaml text>", "path": "<its name, for messages>"}. The text replaces the routes
+        file's; `path` is only a label (no file is read), and relative commands resolve against the folder of the
+        routes file ferry was started with."""
         try:
             body = await request.json()
-            path, content = Path(body["path"]), body["content"]
-        except (ValueError, KeyError, TypeError):
-            return web.json_response({"error": 'expected JSON {"path": ..., "content": ...}'}, status=400)
+            content, label = body["content"], body.get("path", "routes.yaml")
+            if not isinstance(content, str) or not isinstance(label, str):
+                raise TypeError
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
+            return web.json_response({"error": 'expected JSON {"content": "<routes.yaml text>", "path": "<its name>"}'},
+                                     status=400)
+        label = label[:200]
         try:
-            await leader().apply(path, content)
+            await leader().apply(label, content)
         except ConfigError as err:
             return web.json_response(
                 {"error": str(err), "problems": [p.__dict__ for p in err.problems]}, status=422
             )
-        return web.json_response({"applied": str(path)})
+        return web.json_response({"applied": label})
 
     def no_service(request: web.Request) -> web.Response:
         return web.json_response({"error": f"no service {request.match_info['service']!r}"}, status=404)
@@ -156,7 +181,7 @@ def build_api(state: ApiState, *, middlewares: tuple = ()) -> web.Application:
         try:
             body = await request.json()
             splits = None if body.get("reset") else [(str(r), int(p)) for r, p in body["splits"]]
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
             return web.json_response({"error": 'expected JSON {"splits": [[revision, percent], ...]} or {"reset": true}'},
                                      status=400)
         try:
@@ -169,9 +194,17 @@ def build_api(state: ApiState, *, middlewares: tuple = ()) -> web.Application:
 
     @routes.put("/replicas/{replica}/gateways")
     async def report(request: web.Request) -> web.Response:
-        """A follower's gateways, for the leader's autoscaler and status."""
-        body = await request.json()
-        leader().report_gateways(request.match_info["replica"], list(body["gateways"]), float(body["ttl_s"]))
+        """A follower's gateways, for the leader's autoscaler and status (for at most MAX_REPORT_TTL_S)."""
+        try:
+            body = await request.json()
+            gateways, ttl_s = body["gateways"], float(body["ttl_s"])
+            if (not isinstance(gateways, list) or not all(isinstance(g, dict) for g in gateways)
+                    or not 0 < ttl_s < math.inf):
+                raise TypeError
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
+            return web.json_response({"error": 'expected JSON {"gateways": [{...}, ...], "ttl_s": seconds}'},
+                                     status=400)
+        leader().report_gateways(request.match_info["replica"], gateways, min(ttl_s, MAX_REPORT_TTL_S))
         return web.json_response({"leader": state.leader_identity()})
 
     for name, hook in state.test_hooks.items():
@@ -183,12 +216,33 @@ def build_api(state: ApiState, *, middlewares: tuple = ()) -> web.Application:
         routes.post(f"/debug/{name}")(run_hook)
 
     @web.middleware
+    async def guard(request: web.Request, handler) -> web.StreamResponse:
+        if state.hosts is not None and request.host.lower() not in state.hosts:
+            return web.json_response({"error": f"ferry's API answers {', '.join(sorted(state.hosts))} only"},
+                                     status=403)
+        if state.token is not None and request.path not in PUBLIC_PATHS:
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), state.token.encode()):
+                return web.json_response(
+                    {"error": "this API needs Authorization: Bearer <token>; the token is the file api-token in "
+                              "ferry's state folder (.ferry/ beside the routes file), which the ferry command reads "
+                              "itself (or --token-file, or FERRY_TOKEN)"},
+                    status=401, headers={"WWW-Authenticate": 'Bearer realm="ferry"'})
+        if state.replica_certs and request.path.startswith(REPLICA_PREFIX) and not has_client_certificate(
+                request.transport):
+            return web.json_response({"error": "replica routes need a client certificate of ferry's CA"},
+                                     status=403)
+        if request.method in ("POST", "PUT", "PATCH", "DELETE") and request.content_type != "application/json":
+            return web.json_response({"error": "send Content-Type: application/json"}, status=415)
+        return await handler(request)
+
+    @web.middleware
     async def not_before_leading(request: web.Request, handler) -> web.StreamResponse:
         if state.leading is None and request.path not in LOCAL_PATHS:
             return web.json_response({"error": "this replica is starting to lead: try again in a moment"},
                                      status=503)
         return await handler(request)
 
-    app = web.Application(middlewares=[*middlewares, not_before_leading])
+    app = web.Application(middlewares=[guard, *middlewares, not_before_leading], client_max_size=MAX_BODY_BYTES)
     app.add_routes(routes)
     return app

@@ -5,17 +5,61 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import ssl
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from .routing.errors import ConfigError
+from .routing.fields import is_loopback
+from .statedir import token_file_for
 from .routing.schema import HostPort
 
 DEFAULT_API = "127.0.0.1:8090"
+TOKEN_FILE = Path(".ferry") / "api-token"
+
+
+@dataclass(frozen=True)
+class Api:
+    """Where a running ferry answers, and the token it wants."""
+
+    address: str  # host:port, or a URL (https://host:port when ferry runs with --xds-cert)
+    token: str | None = None
+    ca: Path | None = None  # the CA that signed ferry's certificate, for https
+
+    def __str__(self) -> str:
+        return self.address
+
+    def url(self, path: str) -> str:
+        return (self.address if "://" in self.address else f"http://{self.address}").rstrip("/") + path
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.url("").startswith("https://"):
+            return None
+        return ssl.create_default_context(cafile=str(self.ca) if self.ca else None)
+
+
+def find_token(token_file: Path | None, routes: Path | None = None, api: str | None = None) -> str | None:
+    """The API token: --token-file, else $FERRY_TOKEN, else the token file `ferry up` noted for that API address
+    (same user), else .ferry/api-token here, else beside the routes file."""
+    if token_file is not None:
+        return token_file.read_text().strip()
+    if os.environ.get("FERRY_TOKEN"):
+        return os.environ["FERRY_TOKEN"].strip()
+    noted = token_file_for(api.split("://")[-1]) if api is not None else None  # the one for that very address
+    candidates = [*([noted] if noted else []), Path.cwd() / TOKEN_FILE,
+                  *([routes.absolute().parent / TOKEN_FILE] if routes is not None else [])]
+    for candidate in candidates:
+        try:
+            return candidate.read_text().strip()
+        except OSError:
+            continue
+    return None
 
 
 def _hostport(value: str) -> HostPort:
@@ -23,6 +67,16 @@ def _hostport(value: str) -> HostPort:
         return HostPort.parse(value)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _admin(value: str) -> HostPort:
+    """Envoy's admin API: loopback only (it can quit Envoy and dump its whole config)."""
+    address = _hostport(value)
+    if not is_loopback(address.host):
+        raise argparse.ArgumentTypeError(
+            f"{value}: Envoy's admin API can quit Envoy and dump its config, so it stays on loopback (127.0.0.1); "
+            "a gateway elsewhere offers ferry its stats on the read-only --stats listener of `ferry bootstrap`")
+    return address
 
 
 def _positive_int(value: str) -> int:
@@ -48,13 +102,20 @@ def _positive_float(value: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ferry", description="Knative-style serving on real Envoy, no Kubernetes.")
     sub = parser.add_subparsers(dest="command", required=True)
+    client = argparse.ArgumentParser(add_help=False)  # what every command that talks to a running ferry takes
+    client.add_argument("--api", default=DEFAULT_API, help=f"where ferry answers (default {DEFAULT_API}; "
+                        "https://HOST:PORT when it runs with --xds-cert)")
+    client.add_argument("--token-file", type=Path, help="the API token (default: $FERRY_TOKEN, or .ferry/api-token "
+                        "here or beside the routes file)")
+    client.add_argument("--ca", type=Path, help="for https: the CA that signed ferry's certificate (ferry certs)")
 
     up = sub.add_parser("up", help="run the control plane, a local Envoy and the revisions of a routes file")
     up.add_argument("routes", type=Path)
     up.add_argument("--state", type=Path, help="SQLite state (default: .ferry/state.db beside the routes file)")
     up.add_argument("--xds", type=_hostport, default=HostPort("127.0.0.1", 18000), help="xDS gRPC address")
     up.add_argument("--api", type=_hostport, default=_hostport(DEFAULT_API), help="status/metrics/apply API address")
-    up.add_argument("--admin", type=_hostport, default=HostPort("127.0.0.1", 9901), help="local Envoy's admin address")
+    up.add_argument("--admin", type=_admin, default=HostPort("127.0.0.1", 9901),
+                    help="local Envoy's admin address (loopback only)")
     up.add_argument("--no-envoy", action="store_true", help="control plane only; gateways run elsewhere (ferry bootstrap)")
     up.add_argument("--sotw", action="store_true",
                     help="the local Envoy uses State-of-the-World xDS instead of Delta (Delta's push cost does not grow with the service count)")
@@ -79,6 +140,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="requests the activator holds per revision before answering 503")
     up.add_argument("--autoscale-tick", type=_positive_float, default=2.0, metavar="SECONDS",
                     help="seconds between autoscaling decisions (Knative: 2)")
+    up.add_argument("--token-file", type=Path, metavar="FILE",
+                    help="the API token (default: api-token in the state folder, made if absent)")
+    up.add_argument("--activator-key-file", type=Path, metavar="FILE",
+                    help="the key gateways add to requests for the activator (default: in the state folder)")
+    up.add_argument("--xds-cert", type=Path, help="mutual TLS on xDS: ferry's certificate (`ferry certs`)")
+    up.add_argument("--xds-key", type=Path, help="... its private key")
+    up.add_argument("--xds-ca", type=Path, help="... and the CA every gateway's certificate must come from")
     up.add_argument("--test-hooks", action="store_true", help=argparse.SUPPRESS)
     up.add_argument("-v", "--verbose", action="count", default=0)
     up.add_argument("-q", "--quiet", action="store_true")
@@ -91,38 +159,36 @@ def main(argv: list[str] | None = None) -> int:
     activator.add_argument("--listen", type=_hostport, required=True)
     activator.add_argument("--control", type=Path, required=True, help="the control socket ferry connects to")
     activator.add_argument("--queue-limit", type=_positive_int, default=10_000, metavar="N")
+    activator.add_argument("--key-file", type=Path, help="requests must carry the key in this file (gateways add it)")
     activator.add_argument("-v", "--verbose", action="count", default=0)
 
-    apply = sub.add_parser("apply", help="send a routes file to a running ferry")
+    apply = sub.add_parser("apply", parents=[client], help="send a routes file to a running ferry")
     apply.add_argument("routes", type=Path)
-    apply.add_argument("--api", default=DEFAULT_API)
 
     validate = sub.add_parser("validate", help="check a routes file without applying it (exit 1 on errors)")
     validate.add_argument("routes", type=Path)
     validate.add_argument("--state", type=Path, help="revision history to check names against (default: beside the file)")
 
-    status = sub.add_parser("status", help="services, revisions and gateways of a running ferry")
+    status = sub.add_parser("status", parents=[client], help="services, revisions and gateways of a running ferry")
     status.add_argument("service", nargs="?", help="only this service and its revisions")
-    status.add_argument("--api", default=DEFAULT_API)
     status.add_argument("--json", action="store_true")
 
-    rollout = sub.add_parser("rollout", help="a service's rollout: status, promote, abort, retry")
+    rollout = sub.add_parser("rollout", parents=[client], help="a service's rollout: status, promote, abort, retry")
     rollout.add_argument("action", choices=["status", "promote", "abort", "retry"])
     rollout.add_argument("service")
     rollout.add_argument("--watch", action="store_true", help="status: refresh every second until the rollout ends")
-    rollout.add_argument("--api", default=DEFAULT_API)
     rollout.add_argument("--json", action="store_true")
 
-    revisions = sub.add_parser("revisions", help="a service's revisions: created, ready, traffic, rollout result")
+    revisions = sub.add_parser("revisions", parents=[client],
+                               help="a service's revisions: created, ready, traffic, rollout result")
     revisions.add_argument("service")
-    revisions.add_argument("--api", default=DEFAULT_API)
     revisions.add_argument("--json", action="store_true")
 
-    traffic = sub.add_parser("traffic", help="set a service's split by hand (kept until the file agrees or --reset)")
+    traffic = sub.add_parser("traffic", parents=[client],
+                             help="set a service's split by hand (kept until the file agrees or --reset)")
     traffic.add_argument("service")
     traffic.add_argument("splits", nargs="*", metavar="REVISION=PERCENT")
     traffic.add_argument("--reset", action="store_true", help="back to the file's traffic block")
-    traffic.add_argument("--api", default=DEFAULT_API)
 
     manifests = sub.add_parser("manifests", help="print Kubernetes manifests that run ferry and its gateways")
     manifests.add_argument("--namespace", required=True, help="where ferry, its gateways and the revisions run")
@@ -130,27 +196,56 @@ def main(argv: list[str] | None = None) -> int:
     manifests.add_argument("--gateways", type=_positive_int, default=2, metavar="N", help="gateway replicas")
     manifests.add_argument("--replicas", type=_positive_int, default=2, metavar="N",
                            help="ferry replicas (one leads; all serve xDS)")
+    manifests.add_argument("--secrets", type=Path, metavar="FOLDER",
+                           help="where this install's token, activator key and certificates are kept (made if absent; "
+                                "default .ferry/kubernetes-NAMESPACE here)")
+    manifests.add_argument("--no-secrets", action="store_true",
+                           help="leave the Secrets out (you make them; deploy/ferry.yaml is this)")
+
+    certs = sub.add_parser("certs", help="make a CA and certificates for mutual TLS on xDS")
+    certs.add_argument("folder", type=Path)
+    certs.add_argument("--host", action="append", default=[], metavar="NAME",
+                       help="another name or IP ferry is reached at (repeatable; ferry, localhost and 127.0.0.1 "
+                            "are always in)")
+    certs.add_argument("--days", type=_positive_int, default=365)
 
     boot = sub.add_parser("bootstrap", help="print an Envoy bootstrap that connects a gateway to ferry")
     boot.add_argument("--node-id", default="gateway-1")
     boot.add_argument("--group", default="default", help="node.cluster: gateways of one group share a snapshot")
     boot.add_argument("--xds", type=_hostport, default=HostPort("127.0.0.1", 18000))
-    boot.add_argument("--admin", type=_hostport, default=HostPort("127.0.0.1", 9901))
+    boot.add_argument("--admin", type=_admin, default=HostPort("127.0.0.1", 9901),
+                      help="Envoy's admin API: loopback only (it can quit Envoy and dump its config)")
+    boot.add_argument("--stats", type=_hostport, metavar="HOST:PORT",
+                      help="the read-only listener ferry reads stats from (GET /stats and /ready only; default: "
+                           "loopback, the admin port + 1); ferry reads it at the address this gateway connects from")
+    boot.add_argument("--xds-cert", type=Path, help="mutual TLS with ferry's xDS: this gateway's certificate")
+    boot.add_argument("--xds-key", type=Path, help="... its private key")
+    boot.add_argument("--xds-ca", type=Path, help="... and the CA that signed ferry's (from `ferry certs`)")
     boot.add_argument("--listen", type=_hostport, help="this gateway's HTTP listener (default: the file's gateway.listen)")
     boot.add_argument("--sotw", action="store_true", help="State-of-the-World xDS instead of Delta")
     boot.add_argument("--format", choices=["yaml", "json"], default="yaml")
 
     args = parser.parse_args(argv)
+    if args.command in ("apply", "status", "rollout", "revisions", "traffic"):
+        try:
+            args.api = Api(args.api, find_token(args.token_file, getattr(args, "routes", None), args.api), args.ca)
+        except OSError as err:
+            parser.error(f"cannot read the token file: {err}")
     commands = {"up": _up, "down": _down, "activator": _activator, "apply": _apply, "validate": _validate, "status": _status, "bootstrap": _bootstrap,
                 "rollout": _rollout, "revisions": _revisions, "traffic": _traffic,
-                "manifests": _manifests}
+                "manifests": _manifests, "certs": _certs}
     return commands[args.command](args)
 
 
 def _up(args) -> int:
     from . import logs
     from .daemon import Daemon, DaemonOptions
+    from .tls import TlsFiles
 
+    tls_files = (args.xds_cert, args.xds_key, args.xds_ca)
+    if any(tls_files) and not all(tls_files):
+        print("ferry: mutual TLS on xDS needs all three of --xds-cert, --xds-key and --xds-ca", file=sys.stderr)
+        return 1
     logs.configure(-1 if args.quiet else args.verbose)
     options = DaemonOptions(
         routes=args.routes, state=args.state, xds=args.xds, api=args.api, admin=args.admin,
@@ -159,6 +254,8 @@ def _up(args) -> int:
         activator=args.activator, queue_limit=args.queue_limit, autoscale_tick_s=args.autoscale_tick,
         advertise_activator=args.advertise_activator, retained_revisions=args.retain_revisions,
         leader_elect=args.leader_elect, lease_duration_s=args.lease_duration, advertise=args.advertise,
+        token_file=args.token_file, activator_key_file=args.activator_key_file,
+        xds_tls=TlsFiles(*tls_files) if all(tls_files) else None,
     )
     try:
         asyncio.run(Daemon(options).run())
@@ -191,14 +288,30 @@ def _activator(args) -> int:
     from .activator.process import main
 
     logs.configure(args.verbose)
-    return main(args.listen.host, args.listen.port, args.control, args.queue_limit)
+    return main(args.listen.host, args.listen.port, args.control, args.queue_limit, args.key_file)
 
 
-def _request(api: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+def _certs(args) -> int:
+    from .certs import make
+
+    paths = make(args.folder, hosts=args.host, days=args.days)
+    print(f"wrote {', '.join(sorted(p.name for p in paths.values()))} to {args.folder}")
+    print(f"  ferry up ROUTES --xds-cert {paths['server.crt']} --xds-key {paths['server.key']} "
+          f"--xds-ca {paths['ca.crt']}")
+    print(f"  ferry bootstrap --xds-cert {paths['gateway.crt']} --xds-key {paths['gateway.key']} "
+          f"--xds-ca {paths['ca.crt']} ...")
+    return 0
+
+
+def _request(api: Api, path: str, body: dict | None = None) -> tuple[int, dict]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"http://{api}{path}", data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if api.token:
+        headers["Authorization"] = f"Bearer {api.token}"
+    request = urllib.request.Request(api.url(path), data=data, headers=headers,
+                                     method="POST" if data is not None else "GET")
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=30, context=api.ssl_context()) as response:
             return response.status, json.load(response)
     except urllib.error.HTTPError as err:
         return err.code, json.load(err)
@@ -212,7 +325,7 @@ def _apply(args) -> int:
         print(f"ferry: cannot read {args.routes}: {err.strerror}", file=sys.stderr)
         return 1
     try:
-        status, body = _request(args.api, "/apply", {"path": str(path), "content": content})
+        status, body = _request(args.api, "/apply", {"path": str(args.routes), "content": content})
     except OSError as err:
         print(f"ferry: no ferry answers at {args.api} ({err}); start one with `ferry up {args.routes}`", file=sys.stderr)
         return 1
@@ -330,7 +443,7 @@ def format_status(status: dict) -> str:
     return "\n".join(lines)
 
 
-def _call(api: str, path: str, body: dict | None = None) -> dict | None:
+def _call(api: Api, path: str, body: dict | None = None) -> dict | None:
     """One API call; prints the error and returns None when it fails."""
     try:
         code, answer = _request(api, path, body)
@@ -436,15 +549,25 @@ def _num(value: float | None) -> str:
 
 
 def _bootstrap(args) -> int:
-    from .envoy.bootstrap import BootstrapOptions, bootstrap
+    from .envoy.bootstrap import BootstrapOptions, XdsTls, bootstrap
 
-    config = bootstrap(
-        BootstrapOptions(
-            node_id=args.node_id, group=args.group, xds_host=args.xds.host, xds_port=args.xds.port,
-            admin_host=args.admin.host, admin_port=args.admin.port, delta=not args.sotw,
-            listen=str(args.listen) if args.listen else None,
+    tls_files = (args.xds_cert, args.xds_key, args.xds_ca)
+    if any(tls_files) and not all(tls_files):
+        print("ferry: mutual TLS needs all three of --xds-cert, --xds-key and --xds-ca", file=sys.stderr)
+        return 1
+    stats = args.stats or HostPort("127.0.0.1", args.admin.port + 1)
+    try:
+        config = bootstrap(
+            BootstrapOptions(
+                node_id=args.node_id, group=args.group, xds_host=args.xds.host, xds_port=args.xds.port,
+                admin_host=args.admin.host, admin_port=args.admin.port, delta=not args.sotw,
+                listen=str(args.listen) if args.listen else None, stats=(stats.host, stats.port),
+                xds_tls=XdsTls(*(str(p.absolute()) for p in tls_files)) if all(tls_files) else None,
+            )
         )
-    )
+    except ValueError as err:
+        print(f"ferry: {err}", file=sys.stderr)
+        return 1
     if args.format == "json":
         print(json.dumps(config, indent=2))
     else:
@@ -455,10 +578,29 @@ def _bootstrap(args) -> int:
 
 
 def _manifests(args) -> int:
-    from .manifests import manifests, render
+    from . import statedir
+    from .certs import ensure
+    from .manifests import InstallSecrets, manifests, render, server_names
 
+    install, header = None, (
+        "# Without Secrets (--no-secrets): make the Secrets ferry and ferry-gateway yourself (keys in deploy/README.md)"
+        "\n# or apply `ferry manifests --namespace NS` once, which writes them.\n")
+    if not args.no_secrets:
+        folder = args.secrets or Path(".ferry") / f"kubernetes-{args.namespace}"
+        try:
+            statedir.prepare(folder)
+            install = InstallSecrets(
+                token=statedir.secret(folder, statedir.API_TOKEN),
+                activator_key=statedir.secret(folder, statedir.ACTIVATOR_KEY),
+                certs=ensure(folder, hosts=server_names(args.namespace)))
+        except OSError as err:
+            print(f"ferry: cannot keep this install's secrets in {folder}: {err}", file=sys.stderr)
+            return 1
+        header = (f"# Holds this install's Secrets, kept in {folder} (the same ones each time; delete the folder to "
+                  f"make new ones).\n# Through kubectl port-forward: ferry status --api https://127.0.0.1:8090 "
+                  f"--ca {folder / 'ca.crt'} --token-file {folder / statedir.API_TOKEN}\n")
     print(render(manifests(args.namespace, image=args.image, gateway_replicas=args.gateways,
-                           replicas=args.replicas)), end="")
+                           replicas=args.replicas, install=install), header=header), end="")
     return 0
 
 

@@ -159,6 +159,17 @@ class Running:
         return polite
 
 
+# What a child process inherits of ferry's environment: nothing else (ferry's may hold credentials).
+INHERITED_ENV = ("PATH", "HOME", "LANG", "TZ", "TMPDIR", "USER", "LOGNAME")
+INHERITED_ENV_PREFIXES = ("LC_",)
+
+
+def child_env(*extra: str) -> dict[str, str]:
+    """The environment a child starts from: INHERITED_ENV, LC_*, and the names in `extra`, as ferry has them."""
+    return {k: v for k, v in os.environ.items()
+            if k in INHERITED_ENV or k in extra or k.startswith(INHERITED_ENV_PREFIXES)}
+
+
 async def spawn(argv: list[str], **kwargs: Any) -> Running:
     """Start a data-plane process in its own session (a Ctrl-C at ferry's terminal does not reach it, and it
     outlives ferry); its identity is read back once it runs."""
@@ -186,6 +197,7 @@ class Register:
     def __init__(self, folder: Path):
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = folder / "dataplane.db"
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA busy_timeout = 5000")
         self._db.execute("PRAGMA journal_mode = WAL")
@@ -327,7 +339,7 @@ class Supervised:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
-            self.running = await spawn(self.argv, stdout=fd, stderr=fd, env=self._env, cwd=self._cwd)
+            self.running = await spawn(self.argv, stdout=fd, stderr=fd, env=self._env or child_env(), cwd=self._cwd)
         finally:
             os.close(fd)
         if self._register is not None:

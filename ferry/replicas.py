@@ -20,10 +20,10 @@ from aiohttp import web
 
 from .api import LOCAL_PATHS
 from .tasks import every
+from .tls import SERVER_NAME, TlsFiles
 from .xds.cache import SnapshotCache
-from .xds.groups import ADMIN_METADATA_KEY
 from .xds.mirror import XdsMirror
-from .xds.server import GatewayRegistry
+from .xds.server import GatewayRegistry, Tls
 
 if TYPE_CHECKING:  # the kubernetes client is imported only when --leader-elect asks for it
     from .backends.kubernetes.lease import LeaseElector
@@ -37,21 +37,24 @@ REPORT_TTL_S = 3 * REPORT_EVERY_S  # a follower that stopped reporting: its gate
 
 
 def gateways_report(gateways: GatewayRegistry) -> list[dict]:
-    """The gateways connected to this replica, as the leader's status shows them, with their admin address."""
-    return [
-        {**stream.status(), "admin": stream.node.metadata.get(ADMIN_METADATA_KEY)}
-        for stream in list(gateways.streams) if stream.node is not None
-    ]
+    """The gateways connected to this replica, as the leader's status shows them, with where their stats are read."""
+    return [stream.status() for stream in list(gateways.streams) if stream.node is not None]
 
 
 class Follower:
     """The following role: what a replica does while another one leads."""
 
-    def __init__(self, elector: LeaseElector, cache: SnapshotCache, gateways: GatewayRegistry):
+    def __init__(self, elector: LeaseElector, cache: SnapshotCache, gateways: GatewayRegistry, *,
+                 token: str | None = None, tls: TlsFiles | None = None):
         self.identity = identity = elector.identity
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}  # replicas share the install's token
         self._elector = elector
         self._gateways = gateways
-        self.mirror = XdsMirror(cache, self.leader_xds, node_id=f"ferry-replica/{identity}")
+        self.mirror = XdsMirror(cache, self.leader_xds, node_id=f"ferry-replica/{identity}",
+                                tls=Tls(*tls.read()) if tls else None)
+        # Over mutual TLS, the leader's API is HTTPS and checks this replica's certificate (tls.py).
+        self._scheme, self._ssl = ("https", tls.client_context()) if tls else ("http", True)
+        self._tls_name = {"server_hostname": SERVER_NAME} if tls else {}
         self.following = True  # False once this replica leads: the API answers for itself again
         self._session: aiohttp.ClientSession | None = None
         self._followed: str | None = None
@@ -122,7 +125,8 @@ class Follower:
             return
         body = {"gateways": gateways_report(self._gateways), "ttl_s": REPORT_TTL_S}
         try:
-            async with self._session.put(f"http://{api}/replicas/{self.identity}/gateways", json=body) as response:
+            async with self._session.put(f"{self._scheme}://{api}/replicas/{self.identity}/gateways", json=body,
+                                         headers=self._auth, ssl=self._ssl, **self._tls_name) as response:
                 response.raise_for_status()
         except (aiohttp.ClientError, asyncio.TimeoutError) as err:
             if self.last_report is None or self.last_report.get("error") is None:  # once per failure streak
@@ -156,8 +160,9 @@ class Follower:
                           "try again in a few seconds (GET /replica shows what this replica sees)"}, status=503)
         try:
             async with self._session.request(
-                request.method, f"http://{api}{request.path_qs}", data=await request.read(),
-                headers={k: v for k, v in request.headers.items() if k.lower() == "content-type"},
+                request.method, f"{self._scheme}://{api}{request.path_qs}", data=await request.read(),
+                ssl=self._ssl, **self._tls_name,
+                headers={k: v for k, v in request.headers.items() if k.lower() in ("content-type", "authorization")},
                 timeout=aiohttp.ClientTimeout(total=300),
             ) as upstream:
                 body = await upstream.read()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from .activator_fixtures import client, instances, make_activator  # noqa: F401 - fixtures, by name
 from .ferry_process import FerryProcess
 from .kube_fixtures import api_client, fake, make_backend, recorder  # noqa: F401 - fixtures, by name
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import ssl
 import sys
 import textwrap
 from pathlib import Path
@@ -13,6 +14,7 @@ import aiohttp
 
 from ferry.dataplane import Register
 from ferry.envoy.admin import EnvoyAdmin
+from ferry.xds.resources import ACTIVATOR_KEY_HEADER
 
 from .helpers import free_port, wait_until
 
@@ -33,7 +35,8 @@ def hello(message: str = "hi", *, concurrency: int | None = None, timeout: str |
 
 
 class FerryProcess:
-    def __init__(self, workdir: Path, *, envoy: bool = True, delta: bool = True, extra: tuple[str, ...] = ()):
+    def __init__(self, workdir: Path, *, envoy: bool = True, delta: bool = True, extra: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None):
         self.workdir = workdir
         self.routes = workdir / "routes.yaml"
         self.gateway_port = free_port()
@@ -44,20 +47,51 @@ class FerryProcess:
         self.envoy = envoy
         self.delta = delta
         self.extra = extra
+        # ferry's own environment; where `ferry up` notes its token file for the CLI: this test's own
+        self.env = {**os.environ, "XDG_RUNTIME_DIR": str(workdir / ".runtime"), **(env or {})}
         self.proc: asyncio.subprocess.Process | None = None
         self.log = workdir / "ferry.log"
 
     @property
     def api(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"{'https' if self.ca else 'http'}://127.0.0.1:{self.api_port}"
+
+    @property
+    def ca(self) -> Path | None:
+        """With --xds-ca (mutual TLS), the API is HTTPS with a certificate of this CA."""
+        return Path(self.extra[self.extra.index("--xds-ca") + 1]) if "--xds-ca" in self.extra else None
+
+    def session(self, **kwargs) -> aiohttp.ClientSession:
+        """A client of this ferry's API: its token, and its CA when it serves HTTPS."""
+        ssl_context = ssl.create_default_context(cafile=str(self.ca)) if self.ca else True
+        return aiohttp.ClientSession(headers=self.headers, connector=aiohttp.TCPConnector(ssl=ssl_context), **kwargs)
+
+    @property
+    def token_file(self) -> Path:
+        if "--token-file" in self.extra:  # replicas share one (a Secret, in Kubernetes)
+            return Path(self.extra[self.extra.index("--token-file") + 1])
+        return self.routes.parent / ".ferry" / "api-token"  # the state folder beside the routes file
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What ferry's API wants of a client: its token (ferry made it at start)."""
+        return {"Authorization": f"Bearer {self.token_file.read_text().strip()}"}
+
+    @property
+    def activator_key(self) -> dict[str, str]:
+        """What a gateway adds to requests for ferry's activator (ferry made the key at start)."""
+        key = (self.routes.parent / ".ferry" / "activator-key").read_text().strip()
+        return {ACTIVATOR_KEY_HEADER: key}
 
     @property
     def gateway(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port}"
 
-    def write_routes(self, services_yaml: str) -> None:
-        """Write routes.yaml atomically (as editors do), with this harness's gateway port."""
-        text = f"gateway:\n  listen: 127.0.0.1:{self.gateway_port}\n  domain: localhost\nservices:\n"
+    def write_routes(self, services_yaml: str, *, gateway: str = "") -> None:
+        """Write routes.yaml atomically (as editors do), with this harness's gateway port and `gateway` lines
+        (e.g. "tagHeader: true") in the gateway block."""
+        extra = "".join(f"  {line.strip()}\n" for line in gateway.splitlines() if line.strip())
+        text = f"gateway:\n  listen: 127.0.0.1:{self.gateway_port}\n  domain: localhost\n{extra}services:\n"
         text += textwrap.indent(textwrap.dedent(services_yaml).strip("\n"), "  ") + "\n"
         tmp = self.routes.with_suffix(".tmp")
         tmp.write_text(text)
@@ -76,7 +110,7 @@ class FerryProcess:
             argv.append("--sotw")
         with open(self.log, "ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                *argv, stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL, cwd=self.workdir
+                *argv, stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL, cwd=self.workdir, env=self.env
             )
         await wait_until(self._api_up, 30, f"ferry API on {self.api}; log:\n{self.log_text}")
 
@@ -97,13 +131,16 @@ class FerryProcess:
             return False
 
     async def status(self) -> dict:
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"{self.api}/status", timeout=aiohttp.ClientTimeout(total=5)) as response:
+        return await self.get_json("/status")
+
+    async def get_json(self, path: str) -> dict:
+        async with self.session() as session:
+            async with session.get(f"{self.api}{path}", timeout=aiohttp.ClientTimeout(total=5)) as response:
                 return await response.json()
 
     async def post(self, path: str, body: dict | None = None) -> tuple[int, dict]:
-        async with aiohttp.ClientSession() as session:
-            async with session.post(f"{self.api}{path}", json=body) as response:
+        async with self.session() as session:
+            async with session.post(f"{self.api}{path}", json=body if body is not None else {}) as response:
                 return response.status, await response.json()
 
     async def converged(self, gateways: int = 1) -> bool:

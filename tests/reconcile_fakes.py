@@ -124,7 +124,7 @@ class World:
         """A routes file with these services (YAML under `services:`)."""
         text = GATEWAY + "services:\n" + textwrap.indent(textwrap.dedent(services).strip("\n"), "  ") + "\n"
         self.path.write_text(text)
-        await self.source.apply(self.path, text)
+        await self.source.apply(text)
 
     async def settle(self) -> None:
         """Let what the controller started in the background (re-routes, retirements) run to its end."""

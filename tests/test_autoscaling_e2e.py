@@ -205,7 +205,7 @@ async def test_a_late_request_for_a_retiring_revision_is_still_answered_by_its_d
             return r["state"] == "retiring" and any(i["stopping"] for i in r["instances"])
 
         await wait_until(draining, 30, f"hello-00001 to drain; log:\n{f.log_text}")
-        late = {"Host": "hello.localhost", "ferry-revision": REVISION}
+        late = {"Host": "hello.localhost", "ferry-revision": REVISION, **f.activator_key}
         async with session.get(f"http://127.0.0.1:{f.activator_port}/", headers=late) as response:
             assert (response.status, await response.text()) == (200, f"{REVISION}: hi\n")
         assert (await in_flight)[:2] == (200, f"{REVISION}: hi\n")

@@ -62,8 +62,11 @@ def test_bootstrap_is_accepted_by_envoy(tmp_path, delta):
     config = yaml.safe_load(result.stdout)
     assert config["node"] == {
         "id": "edge-7", "cluster": "edge",
-        "metadata": {"ferry.admin": "127.0.0.1:9901", "ferry.listen": "127.0.0.1:8181"},
+        "metadata": {"ferry.stats": "9902", "ferry.listen": "127.0.0.1:8181"},  # read at the gateway's own address
     }
+    assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    (stats,) = config["static_resources"]["listeners"]
+    assert stats["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 9902}
     assert config["dynamic_resources"]["ads_config"]["api_type"] == ("DELTA_GRPC" if delta else "GRPC")
     path = tmp_path / "bootstrap.yaml"
     path.write_text(result.stdout)
@@ -80,26 +83,26 @@ async def test_apply_status_and_a_rejected_apply(ferry, tmp_path):
 
     other = tmp_path / "other.yaml"
     other.write_text(f.routes.read_text().replace("hello:", "hola:", 1))
-    applied = await asyncio.to_thread(ferry_cli, "apply", str(other), "--api", api)
+    applied = await asyncio.to_thread(ferry_cli, "apply", str(other), "--api", api, "--token-file", str(f.token_file))
     assert applied.returncode == 0, applied.stderr
     await wait_until(lambda: _has_service(f, "hola"), 30, "the applied file's service")
 
     broken = tmp_path / "broken.yaml"
     broken.write_text(f.routes.read_text().replace("hello:", "hola:", 1).replace("scale: {initial: 1}", "scale: {initial: -1}"))
-    rejected = await asyncio.to_thread(ferry_cli, "apply", str(broken), "--api", api)
+    rejected = await asyncio.to_thread(ferry_cli, "apply", str(broken), "--api", api, "--token-file", str(f.token_file))
     assert rejected.returncode == 1
     assert "broken.yaml" in rejected.stderr and "services.hola.template.scale.initial" in rejected.stderr
     status = await f.status()
     assert list(status["services"]) == ["hola"] and "broken.yaml" in status["config"]["last_error"]
 
-    table = await asyncio.to_thread(ferry_cli, "status", "--api", api)
+    table = await asyncio.to_thread(ferry_cli, "status", "--api", api, "--token-file", str(f.token_file))
     assert table.returncode == 0
     assert "hola" in table.stdout and "ferry-local" in table.stdout and "http://hola.localhost" in table.stdout
-    as_json = await asyncio.to_thread(ferry_cli, "status", "--api", api, "--json")
+    as_json = await asyncio.to_thread(ferry_cli, "status", "--api", api, "--token-file", str(f.token_file), "--json")
     assert json.loads(as_json.stdout)["services"]["hola"]["latest_ready"] == "hola-00001"
-    one = await asyncio.to_thread(ferry_cli, "status", "hola", "--api", api, "--json")
+    one = await asyncio.to_thread(ferry_cli, "status", "hola", "--api", api, "--token-file", str(f.token_file), "--json")
     assert list(json.loads(one.stdout)["revisions"]) == ["hola-00001"]
-    missing = await asyncio.to_thread(ferry_cli, "status", "nope", "--api", api)
+    missing = await asyncio.to_thread(ferry_cli, "status", "nope", "--api", api, "--token-file", str(f.token_file))
     assert missing.returncode == 1 and "no service 'nope'" in missing.stderr
 
 

@@ -10,13 +10,16 @@ process answers its readiness path.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
 import sys
 
 import aiohttp
 import pytest
 
-from ferry.envoy.bootstrap import BootstrapOptions
+from ferry.certs import make as make_certs
+from ferry.envoy.bootstrap import BootstrapOptions, XdsTls
 from ferry.envoy.process import EnvoyProcess
 
 from .ferry_process import HELLO_APP
@@ -171,7 +174,9 @@ async def test_replicas_serve_one_state_and_a_follower_takes_over_without_droppi
         kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
         # 6 s: the fake API shares this test's loop with the load below; on a loaded machine its answers to a lease
         # renewal can lag by seconds, and a shorter lease would make the new leader step down.
-        elect = ("--leader-elect", "--lease-duration", "6", "--advertise", "127.0.0.1")
+        token = tmp_path / "api-token"  # one per install, shared by the replicas
+        token.write_text("replicas-share-this-token\n")
+        elect = ("--leader-elect", "--lease-duration", "6", "--advertise", "127.0.0.1", "--token-file", str(token))
         leader_dir, follower_dir = tmp_path / "a", tmp_path / "b"
         leader_dir.mkdir(), follower_dir.mkdir()
         leader = ferry(workdir=leader_dir, extra=elect)
@@ -237,10 +242,65 @@ async def test_replicas_serve_one_state_and_a_follower_takes_over_without_droppi
         await fake.close()
 
 
+async def test_replicas_over_mutual_tls(ferry, tmp_path):
+    """As `ferry manifests` runs them: xDS and the API between replicas over mutual TLS with one install's
+    certificates. The follower mirrors the leader and reports its gateway over HTTPS with its certificate; a
+    gateway with the gateway certificate is served; the user's `ferry status` reaches the leader through the
+    follower with the token and the CA; the token alone does not make a replica."""
+    fake = FakeKubeAPI()
+    await fake.start()
+    gateway = None
+    try:
+        kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
+        certs = make_certs(tmp_path / "certs")
+        token = tmp_path / "api-token"
+        token.write_text("replicas-share-this-token\n")
+        elect = ("--leader-elect", "--lease-duration", "6", "--advertise", "127.0.0.1", "--token-file", str(token),
+                 "--xds-cert", str(certs["server.crt"]), "--xds-key", str(certs["server.key"]),
+                 "--xds-ca", str(certs["ca.crt"]))
+        leader_dir, follower_dir = tmp_path / "a", tmp_path / "b"
+        leader_dir.mkdir(), follower_dir.mkdir()
+        leader = ferry(workdir=leader_dir, extra=elect)
+        follower = ferry(workdir=follower_dir, envoy=False, extra=elect)
+        for f in (leader, follower):
+            write_atomically(f.routes, hello_routes(leader.gateway_port, kubeconfig, "v1"))
+        async with Kubelet(fake):
+            await leader.start()
+            await leader.wait_converged()  # its own Envoy connects with ferry's certificate
+            await follower.start()
+            await wait_until(lambda: _replica(follower, "mirror", "synced"), 30, f"mirror; log:\n{follower.log_text}")
+
+            port = free_port()
+            gateway = EnvoyProcess(BootstrapOptions(
+                node_id="gateway-on-follower", xds_port=follower.xds_port, admin_port=free_port(),
+                listen=f"127.0.0.1:{port}", xds_tls=XdsTls(str(certs["gateway.crt"]), str(certs["gateway.key"]),
+                                                           str(certs["ca.crt"]))), follower_dir)
+            await gateway.start()
+            await wait_until(lambda: _serves_at(f"http://127.0.0.1:{port}", "hello-00001"), 30, "the gateway")
+            await wait_until(lambda: _gateway_via(leader, "gateway-on-follower"), 10, "the follower's report")
+
+            cli = subprocess.run(
+                [sys.executable, "-m", "ferry", "status", "--json", "--api", follower.api, "--ca", str(certs["ca.crt"]),
+                 "--token-file", str(token)], capture_output=True, text=True, timeout=30)
+            assert cli.returncode == 0, cli.stderr
+            assert json.loads(cli.stdout)["services"]["hello"]["latest_ready"] == "hello-00001"
+
+            async with leader.session() as session:  # the token, but no client certificate
+                async with session.put(f"{leader.api}/replicas/intruder/gateways",
+                                       json={"gateways": [], "ttl_s": 5}) as response:
+                    assert response.status == 403
+            async with aiohttp.ClientSession() as session:
+                with pytest.raises(aiohttp.ClientError):  # plain HTTP is not spoken
+                    async with session.get(f"http://127.0.0.1:{leader.api_port}/healthz") as response:
+                        await response.read()
+    finally:
+        if gateway is not None:
+            await gateway.stop()
+        await fake.close()
+
+
 async def _replica(f, *keys: str, expect=None):
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{f.api}/replica") as response:
-            value = await response.json()
+    value = await f.get_json("/replica")
     for key in keys:
         value = value[key]
     return value == expect if expect is not None else value

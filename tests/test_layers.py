@@ -11,15 +11,16 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent / "ferry"
 MAX_LINES = 650
 
-# What each package may import of ferry, besides itself. The layers, bottom up: routing, xds and dataplane (the
-# register of what outlives ferry); envoy (it writes the node metadata xds reads); the backends, the autoscaler,
-# rollouts and the activator; the reconciler; the daemon.
+# What each package may import of ferry, besides itself. The layers, bottom up: routing, xds, dataplane (the
+# register of what outlives ferry) and statedir (the private state folder); envoy (it writes the node metadata xds
+# reads); the backends, the autoscaler, rollouts and the activator; the reconciler; the daemon.
 ALLOWED = {
     "routing": set(),
     "xds": set(),
     "dataplane": set(),
-    "envoy": {"xds", "dataplane"},
-    "backends": {"routing", "dataplane"},
+    "statedir": set(),
+    "envoy": {"xds", "dataplane", "statedir"},
+    "backends": {"routing", "dataplane", "statedir"},
     "autoscaler": {"routing", "envoy", "tasks"},
     "rollout": {"routing", "envoy", "tasks"},
     "activator": {"xds", "dataplane"},

@@ -38,9 +38,7 @@ def canary(steps: str = "[20, 50, 100]", interval: str = "2s", **analysis) -> st
 
 
 async def rollout(f: FerryProcess) -> dict:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{f.api}/rollouts/hello") as response:
-            return await response.json()
+    return await f.get_json("/rollouts/hello")
 
 
 async def phase_is(f: FerryProcess, *phases: str) -> bool:
@@ -85,9 +83,7 @@ async def test_a_healthy_canary_goes_through_every_step_with_zero_errors(ferry):
 
 
 async def revisions_of(f: FerryProcess) -> list[dict]:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{f.api}/revisions/hello") as response:
-            return await response.json()
+    return await f.get_json("/revisions/hello")
 
 
 async def test_a_revision_answering_20_percent_500s_is_rolled_back_at_the_first_step(ferry):
@@ -115,7 +111,7 @@ async def test_a_revision_answering_20_percent_500s_is_rolled_back_at_the_first_
     print(f"\nrollback reached the gateway {state['rollback_ms']} ms after the failing check")
 
     # What a user sees on the command line.
-    api = ("--api", f"127.0.0.1:{f.api_port}")
+    api = ("--api", f"127.0.0.1:{f.api_port}", "--token-file", str(f.token_file))
     shown = await _cli("rollout", "status", "hello", *api)
     assert f"canary rollout {V1} -> {V2}, rolled-back" in shown and "success rate" in shown, shown
     listed = await _cli("revisions", "hello", *api)
@@ -243,7 +239,17 @@ async def test_a_restart_mid_rollout_resumes_at_the_same_step(ferry):
     assert set(counts) == {V1, V2} and 60 <= counts[V2] <= 140, counts
 
 
-async def test_the_tag_header_reaches_the_tagged_revision_on_the_main_host(ferry):
+async def _tagged(f, headers: dict[str, str]) -> tuple[str, dict]:
+    """The revision that answers the main host with `headers`, and the headers its instance received."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{f.gateway}/headers", headers={"Host": HOST, **headers}) as response:
+            return response.headers["x-revision"], await response.json()
+
+
+async def test_tag_header_routing_is_off_unless_the_gateway_turns_it_on(ferry):
+    """Knative's tag-header-based-routing is off by default: a `ferry-tag` on the main host must not reach an
+    unpromoted revision (and must not reach the instance either); `gateway.tagHeader: true` turns it on, for
+    `ferry-tag` and Knative's `Knative-Serving-Tag`."""
     f = ferry()
     traffic = f"traffic: [{{revision: {V1}, percent: 100}}, {{latestRevision: true, percent: 0, tag: next}}]"
     f.write_routes(hello("v1"))
@@ -251,10 +257,19 @@ async def test_the_tag_header_reaches_the_tagged_revision_on_the_main_host(ferry
     await f.wait_converged()
     f.write_routes(hello("v2", traffic=traffic))
     await wait_until(lambda: _serves(f, f"next-{HOST}", V2), 30, "the tag host")
-    async with aiohttp.ClientSession() as session:
+    for header in ("ferry-tag", "Knative-Serving-Tag"):
+        revision, seen = await _tagged(f, {header: "next"})
+        assert revision == V1 and header.lower() not in seen, (header, seen)
+
+    f.write_routes(hello("v2", traffic=traffic), gateway="tagHeader: true")
+
+    async def tag_routing_on() -> bool:
+        return (await _tagged(f, {"ferry-tag": "next"}))[0] == V2
+
+    await wait_until(tag_routing_on, 30, "tag header routing on")
+    for header in ("ferry-tag", "Knative-Serving-Tag"):
         for tag, revision in (("next", V2), ("unknown", V1)):
-            async with session.get(f.gateway, headers={"Host": HOST, "ferry-tag": tag}) as response:
-                assert response.headers["x-revision"] == revision, tag
+            assert (await _tagged(f, {header: tag}))[0] == revision, (header, tag)
 
 
 async def test_ferry_traffic_overrides_the_split_until_reset(ferry):
@@ -333,7 +348,7 @@ async def test_abort_goes_back_to_stable_and_retry_starts_the_same_rollout_again
     await start_v1(f, block)
     f.write_routes(hello("v2", block))
     await wait_until(lambda: phase_is(f, "progressing"), 30, "the rollout to start")
-    api = ("--api", f"127.0.0.1:{f.api_port}")
+    api = ("--api", f"127.0.0.1:{f.api_port}", "--token-file", str(f.token_file))
     shown = await _cli("rollout", "abort", "hello", *api)
     assert "aborted" in shown, shown
     await wait_until(lambda: _serves(f, HOST, V1), 10, "the stable revision alone")

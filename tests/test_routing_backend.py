@@ -154,7 +154,7 @@ def test_kubernetes_template_fields(tmp_path: Path) -> None:
                 requests: {cpu: 500m, memory: 256Mi}
                 limits: {cpu: 1, memory: 1.5Gi}
           static:
-            template: {endpoints: [127.0.0.1:9001]}
+            template: {endpoints: [10.0.0.9:9001]}
         """,
     )
     t = spec.services["hello"].template
@@ -272,13 +272,13 @@ def test_kubernetes_template_rules(tmp_path: Path) -> None:
           none:
             template: {env: {A: b}}
           both:
-            template: {image: a, endpoints: [127.0.0.1:9001]}
+            template: {image: a, endpoints: [10.0.0.9:9001]}
           cmd:
             template: {command: [a]}
           cmdendpoints:
-            template: {command: [a], endpoints: [127.0.0.1:9001]}
+            template: {command: [a], endpoints: [10.0.0.9:9001]}
           extras:
-            template: {endpoints: [127.0.0.1:9001], args: [x], port: 80, resources: {limits: {cpu: 1}}}
+            template: {endpoints: [10.0.0.9:9001], args: [x], port: 80, resources: {limits: {cpu: 1}}}
         """,
     )
     assert found == [

@@ -113,6 +113,8 @@ class ControlServer:
             if revision not in told:
                 told.add(revision)
                 activator.poke_again(revision)
+        elif op == "key":
+            activator.set_key(message["key"])
         elif op == "remove":
             activator.remove_revision(message["revision"])
         elif op == "keep":
@@ -144,8 +146,10 @@ class ActivatorClient:
     """The controller's ActivatorLink to an activator in its own process. Keeps what it was told, so that every
     (re)connection starts by resending it; `run()` keeps connecting until cancelled."""
 
-    def __init__(self, path: Path, host: str, port: int, *, on_demand: Callable[[str], None] = lambda r: None):
+    def __init__(self, path: Path, host: str, port: int, *, on_demand: Callable[[str], None] = lambda r: None,
+                 key: str | None = None):
         self.path = path
+        self._key = key  # told on every connection: an adopted activator may hold an older one
         self.host, self.port = host, port
         self.on_demand = on_demand
         self._revisions: dict[str, dict[str, Any]] = {}  # revision -> its `set` message
@@ -209,6 +213,8 @@ class ActivatorClient:
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
+        if self._key is not None:
+            writer.write(_line({"op": "key", "key": self._key}))
         for message in list(self._revisions.values()):
             writer.write(_line(message))
         self._connected.set()

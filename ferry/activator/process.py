@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import signal
 import sys
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from ..dataplane import ACTIVATOR, Register, Running, Supervised
+from ..dataplane import ACTIVATOR, Register, Running, Supervised, child_env
 from .control import ActivatorClient, ControlServer
 from .server import SHUTDOWN_GRACE_S, Activator
 
@@ -27,11 +26,12 @@ log = logging.getLogger("ferry.activator")
 READY_TIMEOUT_S = 15.0
 
 
-async def serve(host: str, port: int, control: Path, queue_limit: int, stop: asyncio.Event) -> None:
+async def serve(host: str, port: int, control: Path, queue_limit: int, stop: asyncio.Event,
+                key: str | None = None) -> None:
     """The activator process: serve on host:port and on the control socket until `stop`."""
     registry = CollectorRegistry()
     server: ControlServer | None = None
-    activator = Activator(host=host, port=port, queue_limit=queue_limit, registry=registry,
+    activator = Activator(host=host, port=port, queue_limit=queue_limit, registry=registry, key=key,
                           on_demand=lambda revision: server.wake(revision) if server else None)
     server = ControlServer(activator, control, metrics=lambda: generate_latest(registry))
     try:
@@ -48,13 +48,14 @@ async def serve(host: str, port: int, control: Path, queue_limit: int, stop: asy
         await activator.aclose()
 
 
-def main(host: str, port: int, control: Path, queue_limit: int) -> int:
+def main(host: str, port: int, control: Path, queue_limit: int, key_file: Path | None) -> int:
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(host, port, control, queue_limit, stop)
+        key = key_file.read_text().strip() if key_file is not None else None
+        await serve(host, port, control, queue_limit, stop, key)
 
     try:
         asyncio.run(run())
@@ -69,15 +70,18 @@ class ActivatorProcess:
     restarted when it exits. `client` is what the controller talks to (reconnecting by itself)."""
 
     def __init__(self, host: str, port: int, workdir: Path, *, queue_limit: int, register: Register | None,
+                 key_file: Path | None = None, key: str | None = None,
                  on_demand: Callable[[str], None] = lambda revision: None):
         self.socket = workdir / "activator.sock"
         argv = [sys.executable, "-m", "ferry", "activator", "--listen", f"{host}:{port}",
                 "--control", str(self.socket), "--queue-limit", str(queue_limit)]
-        self.client = ActivatorClient(self.socket, host, port, on_demand=on_demand)
+        if key_file is not None:
+            argv += ["--key-file", str(key_file)]  # the file, not the key: argv is visible to every user
+        self.client = ActivatorClient(self.socket, host, port, on_demand=on_demand, key=key)
         self._process = Supervised(
             ACTIVATOR, "activator", argv, digest=hashlib.sha256("\0".join(argv).encode()).hexdigest(),
             log_path=workdir / "activator.log", ready=self._connected, register=register,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            env={**child_env("PYTHONPATH", "VIRTUAL_ENV"), "PYTHONUNBUFFERED": "1"})
         self._connection: asyncio.Task | None = None
 
     @property

@@ -23,11 +23,13 @@ HOP_BY_HOP = ("Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticat
               "TE", "Trailer", "Transfer-Encoding", "Upgrade")
 """Headers about one connection, not the message (RFC 9110 7.6.1): never forwarded either way."""
 
-_NOT_FORWARDED_UP = HOP_BY_HOP + ("Expect",)
-"""Expect: 100-continue is answered here (the body is streamed anyway), so the instance must not answer it too."""
+_NOT_FORWARDED_UP = HOP_BY_HOP + ("Expect", "ferry-activator-key")
+"""Expect: 100-continue is answered here (the body is streamed anyway), so the instance must not answer it too;
+the activator's key is between the gateways and the activator."""
 
 _WEBSOCKET_HANDSHAKE = HOP_BY_HOP + ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions",
-                                     "Sec-WebSocket-Protocol", "Sec-WebSocket-Accept", "Expect")
+                                     "Sec-WebSocket-Protocol", "Sec-WebSocket-Accept", "Expect",
+                                     "ferry-activator-key")
 """Each hop makes its own websocket handshake, so these belong to one hop only."""
 
 _CLIENT_DEFAULTS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
@@ -38,6 +40,9 @@ CONNECT_TIMEOUT_S = 2.0
 
 MAX_HEADER_BYTES = 65536
 """Envoy accepts headers up to 60 KiB; aiohttp's default 8 KiB would reject what Envoy let through."""
+
+MAX_WEBSOCKET_MESSAGE_BYTES = 16 * 1024 * 1024
+"""A websocket message larger than this closes the websocket (1009), either way."""
 
 
 class InstanceUnreachable(Exception):
@@ -181,7 +186,7 @@ class Forwarder:
         try:
             return await self._session.ws_connect(
                 url, headers=without(request.headers, _WEBSOCKET_HANDSHAKE), protocols=protocols,
-                compress=0, max_msg_size=0, autoping=True)
+                compress=0, max_msg_size=MAX_WEBSOCKET_MESSAGE_BYTES, autoping=True)
         except aiohttp.WSServerHandshakeError as error:
             raise InstanceFailed(f"websocket handshake refused by the instance: {error.status} {error.message}") \
                 from error
@@ -192,7 +197,7 @@ class Forwarder:
                               upstream: aiohttp.ClientWebSocketResponse) -> web.WebSocketResponse:
         """Accept the client's websocket and pipe messages both ways until either side closes."""
         downstream = web.WebSocketResponse(protocols=(upstream.protocol,) if upstream.protocol else (),
-                                           max_msg_size=0, autoping=True)
+                                           max_msg_size=MAX_WEBSOCKET_MESSAGE_BYTES, autoping=True)
         self._websockets.add(downstream)
         try:
             await downstream.prepare(request)

@@ -8,8 +8,10 @@ straight to that instance. Nothing is lost: a request either reaches an instance
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -17,7 +19,7 @@ from typing import TypeVar
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from ferry.xds.resources import REVISION_HEADER
+from ferry.xds.resources import ACTIVATOR_KEY_HEADER, REVISION_HEADER
 
 from .gate import NO_AVOID, Address, QueueFull, RevisionGate, RevisionRemoved
 from .metrics import ActivatorMetrics
@@ -30,6 +32,14 @@ from .proxy import (
 )
 
 log = logging.getLogger("ferry.activator")
+
+IDLE_TIMEOUT_S = 15.0
+"""A connection that sends no whole request for this long is closed: idle keep-alives (Envoy closes its own after
+4 s, before this) and slowloris clients that trickle a request's head (aiohttp's own default is an hour)."""
+
+KEY_OVERLAP_S = 60.0
+"""After the key changes (ferry restarted with a new one), the old one is still taken this long: gateways switch with
+ferry's next route push."""
 
 SHUTDOWN_GRACE_S = 10.0
 """On close, requests already at an instance get this long to finish before they are cut."""
@@ -64,12 +74,16 @@ class Activator:
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 8012, queue_limit: int = 10_000,
                  on_demand: Callable[[str], None] = lambda revision: None,
-                 registry: CollectorRegistry | None = None):
+                 registry: CollectorRegistry | None = None, key: str | None = None,
+                 idle_timeout_s: float = IDLE_TIMEOUT_S):
         if queue_limit < 0:
             raise ValueError(f"queue_limit cannot be negative, got {queue_limit}")
         self.host = host
         self.port = port
         self._queue_limit = queue_limit
+        self._key = key.encode() if key else None  # every request must carry it (gateways add it)
+        self._old_key: tuple[bytes, float] | None = None  # a replaced key, and until when it is still taken
+        self._idle_timeout_s = idle_timeout_s
         self._on_demand = on_demand
         self._gates: dict[str, RevisionGate] = {}
         self._rng = random.Random()
@@ -86,7 +100,8 @@ class Activator:
         self._loop = asyncio.get_running_loop()
         self._forwarder = Forwarder()
         server = web.Server(self._handle, handler_cancellation=True, access_log=None,
-                            max_line_size=MAX_HEADER_BYTES, max_field_size=MAX_HEADER_BYTES)
+                            max_line_size=MAX_HEADER_BYTES, max_field_size=MAX_HEADER_BYTES,
+                            keepalive_timeout=self._idle_timeout_s)
         self._runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_GRACE_S)
         try:
             await self._runner.setup()
@@ -171,12 +186,29 @@ class Activator:
         gate = self._gates.get(revision)
         return gate.in_flight((str(endpoint[0]), int(endpoint[1]))) if gate is not None else 0
 
+    def set_key(self, key: str) -> None:
+        """The key requests must carry from now on; the one it replaces is taken for KEY_OVERLAP_S more."""
+        new = key.encode()
+        if self._key is not None and not hmac.compare_digest(new, self._key):
+            self._old_key = (self._key, time.monotonic() + KEY_OVERLAP_S)
+            log.info("activator key replaced", extra={"old_key_taken_for_s": KEY_OVERLAP_S})
+        self._key = new
+
+    def _has_key(self, request: web.BaseRequest) -> bool:
+        given = request.headers.get(ACTIVATOR_KEY_HEADER, "").encode()
+        if hmac.compare_digest(given, self._key):
+            return True
+        old = self._old_key
+        return old is not None and time.monotonic() < old[1] and hmac.compare_digest(given, old[0])
+
     def _queued_total(self) -> int:
         return sum(gate.queued for gate in self._gates.values())
 
     # -- requests --------------------------------------------------------------------------------------
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if self._key is not None and not self._has_key(request):
+            return self._count("", _reply(403, "ferry activator: requests reach revisions through ferry's gateways"))
         revision = request.headers.get(REVISION_HEADER)
         if not revision:
             return self._count("", _reply(400, f"ferry activator: request has no {REVISION_HEADER} header; "

@@ -69,6 +69,7 @@ class InstanceInfo:
     restarts: int
     log_path: Path
     alive: bool = True  # its process (or pod) still runs: a draining instance may still answer
+    error: str | None = None  # why it could not be started (the last attempt), if it could not
 
 
 class Backend(Protocol):

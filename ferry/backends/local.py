@@ -21,7 +21,8 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from ..dataplane import INSTANCE, Register, Running, is_running, signal_group, spawn, tail
+from ..dataplane import INSTANCE, Register, Running, child_env, is_running, signal_group, spawn, tail
+from ..statedir import open_private
 from .base import Durable, DrainHook, Endpoint, EndpointsChanged, InstanceCounts, InstanceInfo, Workload
 from .connections import connected_clients
 
@@ -47,6 +48,7 @@ class _Instance:
         self.restarts = 0
         self.supervisor: asyncio.Task[None] | None = None
         self.stopper: asyncio.Task[None] | None = None
+        self.error: str | None = None  # why it could not be started, for status
         self.digest: str | None = None  # what it runs (workload_digest)
         self.readiness: str | None = None  # its readiness path
 
@@ -134,7 +136,7 @@ class LocalProcessBackend(Durable):
         rev.workload = workload  # new instances use the latest template given
         active = [i for i in rev.instances if not i.stopping]
         if len(active) < instances:
-            self._log_dir.mkdir(parents=True, exist_ok=True)
+            self._log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             for _ in range(instances - len(active)):
                 self._start_instance(rev)
         elif len(active) > instances:
@@ -262,6 +264,7 @@ class LocalProcessBackend(Durable):
                 stopping=i.stopping,
                 restarts=i.restarts,
                 log_path=i.log_path,
+                error=i.error,
             )
             for i in rev.instances
         )
@@ -286,7 +289,9 @@ class LocalProcessBackend(Durable):
                 try:
                     proc = await self._spawn(rev.workload, inst)
                     self._started[rev.name] = self._started.get(rev.name, 0) + 1
-                except OSError as e:
+                    inst.error = None
+                except (OSError, ValueError) as e:  # ValueError: what the OS cannot take (a NUL byte)
+                    inst.error = f"failed to start: {e}"
                     log.warning(
                         "instance failed to start",
                         extra={"revision": rev.name, "index": inst.index, "error": str(e),
@@ -324,11 +329,11 @@ class LocalProcessBackend(Durable):
             inst.restarts += 1
 
     async def _spawn(self, wl: Workload, inst: _Instance) -> Running:
-        env = {**os.environ, **wl.env}
+        env = {**child_env(), **wl.env}  # ferry's own environment may hold credentials: only the basics
         argv = [_resolve(wl, env.get("PATH")), *wl.command[1:]]
         port = _free_port(self._host)
         env.update(PORT=str(port), K_SERVICE=wl.service, K_CONFIGURATION=wl.service, K_REVISION=wl.revision)
-        with open(inst.log_path, "ab") as logf:
+        with os.fdopen(open_private(inst.log_path), "ab") as logf:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
             logf.write(f"--- ferry: {stamp} starting {wl.revision} instance {inst.index} on port {port}\n".encode())
             logf.flush()

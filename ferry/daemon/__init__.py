@@ -26,16 +26,18 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from .. import dataplane
+from .. import dataplane, statedir
 from ..activator.process import ActivatorProcess
-from ..api import ApiState, build_api
+from ..api import ApiState, build_api, loopback_hosts
 from ..replicas import API_ANNOTATION, XDS_ANNOTATION, Follower
 from ..routing.loader import LoadedRoutes, load_routes
 from ..routing.revisions import RevisionStore, default_store_path
+from ..routing.fields import is_loopback
 from ..routing.schema import HostPort
 from ..testhooks import HOOKS
+from ..tls import TlsFiles
 from ..xds.cache import SnapshotCache
-from ..xds.server import AdsServicer, GatewayRegistry, XdsMetrics, start_xds_server
+from ..xds.server import AdsServicer, GatewayRegistry, Tls, XdsMetrics, start_xds_server
 from .roles import Shared, _run_in_background, lead
 
 log = logging.getLogger("ferry")
@@ -62,6 +64,9 @@ class DaemonOptions:
     lease_duration_s: float = 15.0
     queue_limit: int = 10_000
     autoscale_tick_s: float = 2.0
+    token_file: Path | None = None  # the API token; default: api-token in the state folder, made if absent
+    xds_tls: TlsFiles | None = None  # mutual TLS on xDS and the API between replicas (ferry certs)
+    activator_key_file: Path | None = None  # what gateways add to requests for the activator; default: state folder
 
     @property
     def state_path(self) -> Path:
@@ -124,7 +129,11 @@ class Daemon:
 
     async def _serve(self, loaded: LoadedRoutes, stop: asyncio.Event) -> None:
         options = self.options
-        folder = options.state_path.parent
+        folder = statedir.prepare(options.state_path.parent)
+        token = statedir.secret(folder, statedir.API_TOKEN, options.token_file)
+        statedir.remember_api(str(options.api), options.token_file or folder / statedir.API_TOKEN)
+        tls = Tls(*options.xds_tls.read()) if options.xds_tls else None
+        activator_key = statedir.secret(folder, statedir.ACTIVATOR_KEY, options.activator_key_file)
         async with AsyncExitStack() as stack:
             stack.callback(log.info, "ferry stopped")
             stack.enter_context(dataplane.lock(folder))
@@ -145,20 +154,24 @@ class Daemon:
                     "role": "leader", "identity": elector.identity if elector else None},
                 leader_identity=lambda: elector.identity if elector else None,
                 test_hooks=HOOKS if options.test_hooks else {},
+                token=token,
+                hosts=loopback_hosts(options.api.port) if is_loopback(options.api.host) else None,
+                replica_certs=options.xds_tls is not None,
             )
             gateways = GatewayRegistry()
             activator = ActivatorProcess(
                 options.activator.host, options.activator.port, folder, queue_limit=options.queue_limit,
-                register=register)  # its wake-ups go to the controller once this replica leads (roles.lead)
+                register=register,  # its wake-ups go to the controller once this replica leads (roles.lead)
+                key_file=options.activator_key_file or folder / statedir.ACTIVATOR_KEY, key=activator_key)
             state.more_metrics = activator.client.metrics
             shared = Shared(options, self.registry, store, SnapshotCache(), gateways, activator, state.ready,
-                            register, survivors)
+                            register, survivors, activator_key)
 
             # Gateways are answered only once this replica holds a whole state: a gateway that outlived the last
             # ferry must not be told to drop what it serves.
             xds_server = await start_xds_server(
                 AdsServicer(shared.cache, gateways, XdsMetrics(self.registry, gateways), ready=state.ready),
-                str(options.xds))
+                str(options.xds), tls)
             stack.push_async_callback(xds_server.stop, 0.5)
             await activator.start()
             stack.push_async_callback(activator.stop)
@@ -166,11 +179,12 @@ class Daemon:
             if elector is not None:
                 stack.push_async_callback(elector.release)  # after everything stopped writing: a follower takes over
                 election = asyncio.create_task(elector.run(), name="leader election")
-                follower = Follower(elector, shared.cache, gateways)
+                follower = Follower(elector, shared.cache, gateways, token=token, tls=options.xds_tls)
             api = web.AppRunner(build_api(state, middlewares=(follower.forward,) if follower else ()), access_log=None)
             await api.setup()
             stack.push_async_callback(api.cleanup)
-            site = web.TCPSite(api, options.api.host, options.api.port)
+            site = web.TCPSite(api, options.api.host, options.api.port,
+                               ssl_context=options.xds_tls.server_context() if options.xds_tls else None)
             message = f"cannot serve ferry's API on {options.api} (use --api to move it)"
 
             inherited = False

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from .. import dataplane
 from ..activator.process import ActivatorProcess
 from ..backends.local import LocalProcessBackend
-from ..envoy.bootstrap import BootstrapOptions
+from ..envoy.bootstrap import BootstrapOptions, XdsTls
 from ..envoy.process import EnvoyProcess
 from ..reconcile.census import GatewayCensus
 from ..reconcile.config import ConfigSource
@@ -25,6 +25,7 @@ from ..routing.errors import ConfigError
 from ..routing.loader import LoadedRoutes, load_routes
 from ..routing.revisions import RevisionStore
 from ..routing.schema import HostPort
+from ..tls import TlsFiles
 from ..xds.cache import SnapshotCache
 from ..xds.server import GatewayRegistry
 from .watch import watch_file
@@ -51,6 +52,7 @@ class Shared:
     ready: asyncio.Event  # a whole state to serve (applied, or mirrored)
     register: dataplane.Register
     survivors: list[dataplane.Entry]  # what the last ferry left running, to adopt
+    activator_key: str  # gateways add it to every request; the activator serves none without it
 
 
 class Leading:
@@ -64,8 +66,8 @@ class Leading:
     def status(self, service: str | None) -> dict:
         return {"config": {**self.source.status(), **self.controller.timings}, **self.controller.status(service)}
 
-    async def apply(self, path: Path, text: str) -> None:
-        await self.source.apply(path, text)
+    async def apply(self, label: str, text: str) -> None:
+        await self.source.apply(text, label=label)
 
     def rollout_status(self, service: str) -> dict:
         return self.controller.rollout_status(service)
@@ -95,6 +97,8 @@ async def lead(shared: Shared, loaded: LoadedRoutes, *, inherited: bool) -> Asyn
                 BootstrapOptions(
                     node_id=options.node_id, xds_host=options.xds.host, xds_port=options.xds.port,
                     admin_host=options.admin.host, admin_port=options.admin.port, delta=options.delta,
+                    # ferry's own certificate is a client one too
+                    xds_tls=_xds_tls(options.xds_tls) if options.xds_tls else None,
                 ),
                 options.state_path.parent, register=shared.register,
             )
@@ -103,6 +107,7 @@ async def lead(shared: Shared, loaded: LoadedRoutes, *, inherited: bool) -> Asyn
         controller = Controller(
             shared.store, backend_factory(loaded, options.state_path.parent, shared), shared.cache, census,
             activator=shared.activator.client,
+            activator_key=shared.activator_key,
             activator_address=options.advertise_activator or (
                 HostPort(options.advertise, options.activator.port) if options.advertise else None),
             cluster_linger_s=options.cluster_linger_s,
@@ -113,7 +118,8 @@ async def lead(shared: Shared, loaded: LoadedRoutes, *, inherited: bool) -> Asyn
         # Requests reach this replica's activator only while it leads (EDS names the leader's).
         shared.activator.client.on_demand = controller.wake
         stack.callback(setattr, shared.activator.client, "on_demand", lambda revision: None)
-        source = ConfigSource(options.routes, shared.store, controller.apply, shared.registry)
+        source = ConfigSource(options.routes, shared.store, controller.apply, shared.registry,
+                              own=_own_listeners(options, controller.activator_address))
         await controller.start()
         if shared.survivors:
             await _serve_what_survived(source, shared.store, loaded)
@@ -177,3 +183,19 @@ def backend_factory(loaded: LoadedRoutes, workdir: Path, shared: Shared) -> Back
     return lambda on_endpoints, drain: LocalProcessBackend(
         on_endpoints, drain=drain, log_dir=workdir / "logs", register=shared.register,
         exempt_pids=lambda: [pid] if (pid := shared.activator.pid) else [])
+
+
+def _xds_tls(files: TlsFiles) -> XdsTls:
+    return XdsTls(str(files.cert.absolute()), str(files.key.absolute()), str(files.ca.absolute()))
+
+
+def _own_listeners(options: DaemonOptions, activator: HostPort) -> dict[HostPort, str]:
+    """ferry's listeners, which no revision's endpoint may be (the gateway would publish them)."""
+    own = {options.api: "its API, --api", options.xds: "its xDS server, --xds",
+           options.activator: "the activator, --activator", activator: "the activator"}
+    if options.run_envoy:
+        own[options.admin] = "Envoy's admin API, --admin"
+    if options.advertise:  # a listener on every address is reached at the advertised one too
+        own.update({HostPort(options.advertise, address.port): what for address, what in list(own.items())
+                    if address.host in ("0.0.0.0", "::", "")})
+    return own

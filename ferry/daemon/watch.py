@@ -12,8 +12,8 @@ from ..routing.errors import ConfigError
 log = logging.getLogger("ferry")
 
 
-async def watch_file(path: Path, apply: Callable[[Path], Awaitable[object]], watching: asyncio.Event) -> None:
-    """Call `apply(path)` on every save. Watching the folder survives editors that save by rename.
+async def watch_file(path: Path, apply: Callable[[], Awaitable[object]], watching: asyncio.Event) -> None:
+    """Call `apply()` on every save of `path`. Watching the folder survives editors that save by rename.
 
     The file's own folder and, when it is a symlink, its target's folder are watched: a Kubernetes
     ConfigMap volume updates by swapping the `..data` symlink in the mounted folder (the file itself is a
@@ -39,7 +39,7 @@ async def watch_file(path: Path, apply: Callable[[Path], Awaitable[object]], wat
             changes = {(Change.modified, str(target))}
         if any(touches(kind, p) for kind, p in changes):
             try:
-                await apply(target)
+                await apply()
             except ConfigError:
                 pass  # logged and recorded in status; the last good configuration keeps serving
             except OSError as err:

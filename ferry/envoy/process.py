@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
 from ..dataplane import ENVOY, Register, Running, Supervised, tail
+from ..statedir import open_private, write_private
 from .admin import EnvoyAdmin
 from .bootstrap import BootstrapOptions, bootstrap
 
@@ -69,8 +71,9 @@ class EnvoyProcess:
         return self._process.restarts
 
     async def start(self, ready_timeout: float = 30.0) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(self.config)  # the same text an adopted Envoy was started with
+        self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_private(self.config_path, self.config.encode())  # the same text an adopted Envoy was started with
+        os.close(open_private(self.log_path))  # Envoy appends to it, and would create it readable by all
         self._ready_timeout = ready_timeout
         await self._process.start()
 

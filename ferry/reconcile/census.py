@@ -10,7 +10,6 @@ from collections.abc import Iterable
 
 from ..envoy.admin import EnvoyAdmin
 from ..routing.fields import HostPort
-from ..xds.groups import ADMIN_METADATA_KEY
 from ..xds.server import GatewayRegistry
 
 
@@ -47,17 +46,16 @@ class GatewayCensus:
         return self.gateways.status() + [{**gateway, "via": replica} for replica, gateway in self._via_replicas()]
 
     def admins(self) -> list[EnvoyAdmin]:
-        """Every gateway that told us its admin address (directly, or through a follower replica), and our own
-        Envoy."""
+        """Where each gateway's stats are read: ferry's own Envoy's admin API, and the read-only stats listener of
+        every gateway that has one, at the address its xDS stream comes from (directly, or a follower's)."""
         admins = {(a.host, a.port): a for a in self.local_admins}
-        addresses = [stream.node.metadata.get(ADMIN_METADATA_KEY) if stream.node is not None else None
-                     for stream in list(self.gateways.streams)]
-        addresses += [gateway.get("admin") for _, gateway in self._via_replicas()]
+        addresses = [stream.stats_address() for stream in list(self.gateways.streams)]
+        for _, gateway in self._via_replicas():  # a follower says where it read them (it is trusted: the token)
+            try:
+                addresses.append(tuple(HostPort.parse(gateway.get("stats"))))
+            except ValueError:
+                continue
         for address in addresses:
-            if address:
-                try:
-                    parsed = HostPort.parse(address)
-                except ValueError:
-                    continue
-                admins.setdefault((parsed.host, parsed.port), EnvoyAdmin(parsed.host, parsed.port, timeout=1.0))
+            if address is not None:
+                admins.setdefault(address, EnvoyAdmin(*address, timeout=1.0))
         return list(admins.values())

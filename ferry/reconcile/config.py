@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -15,6 +15,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter
 
 from ..routing.errors import ConfigError, Problem
+from ..routing.fields import HostPort
 from ..routing.loader import LoadedRoutes, load_routes, validate
 from ..routing.revisions import Revision, RevisionPlan, RevisionStore
 
@@ -36,8 +37,9 @@ class Config:
 
 class ConfigSource:
     def __init__(self, path: Path, store: RevisionStore, apply: Callable[[Config], Awaitable[None]],
-                 registry: CollectorRegistry):
+                 registry: CollectorRegistry, *, own: Mapping[HostPort, str] | None = None):
         self.path = path
+        self._own = own or {}  # ferry's own listeners: never a revision's endpoint
         self._store = store
         self._apply = apply
         self._lock = asyncio.Lock()
@@ -47,15 +49,17 @@ class ConfigSource:
         self.load_ms: float | None = None
         self._applies = Counter("ferry_config_applies", "routes.yaml applications", ["result"], registry=registry)
 
-    async def apply(self, path: Path | None = None, text: str | None = None, *,
+    async def apply(self, text: str | None = None, *, label: str | None = None,
                     loaded: LoadedRoutes | None = None) -> bool:
-        """Read `path` (default: the file ferry watches), or take its `text` or an already `loaded` file, and
-        apply it. False: it is what already serves. ConfigError: rejected, nothing changed."""
+        """Read the routes file ferry was started with, or take `text` sent in its place (named `label` in
+        messages: only a name, never a file read, and relative commands still resolve against the routes file's
+        folder), or an already `loaded` file, and apply it. False: it is what already serves. ConfigError:
+        rejected, nothing changed."""
         try:
             if loaded is None:
                 started = time.perf_counter()
                 previous = self.current.loaded if self.current else None
-                loaded = load_routes(path or self.path, text, previous=previous)
+                loaded = load_routes(self.path, text, previous=previous, label=label)
                 if loaded is previous:
                     return False  # a save that changed nothing
                 self.load_ms = round((time.perf_counter() - started) * 1000, 2)
@@ -79,11 +83,11 @@ class ConfigSource:
     def _validate(self, loaded: LoadedRoutes) -> Config:
         current = self.current
         if current is not None and loaded.spec.backend != current.loaded.spec.backend:
-            raise ConfigError(str(loaded.path), [Problem(
+            raise ConfigError(loaded.label or str(loaded.path), [Problem(
                 "backend", "where revisions run is chosen when ferry starts: restart `ferry up` to change the "
                 "backend (revision names and history are kept)")])
         previous = (current.loaded, current.plan) if current is not None else None
-        return Config(loaded, validate(loaded, self._store, previous))
+        return Config(loaded, validate(loaded, self._store, previous, own=self._own))
 
     def status(self) -> dict:
         return {

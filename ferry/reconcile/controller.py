@@ -77,6 +77,7 @@ class Controller:
         *,
         activator: ActivatorLink,
         activator_address: HostPort | None = None,
+        activator_key: str | None = None,
         cluster_linger_s: float = 10.0,
         sync_timeout_s: float = 10.0,
         autoscale_tick_s: float = 2.0,
@@ -96,7 +97,7 @@ class Controller:
         self.sync_timeout_s = sync_timeout_s
         self.config: Config | None = None
         self.publisher = Publisher(cache)
-        self.tables = RouteTables(self.publisher)
+        self.tables = RouteTables(self.publisher, activator_key=activator_key)
         self.latest_ready = LatestReady(store)
         self.floor = Floor(self._floor_changed)
         self.rollouts = RolloutBook(store, self.latest_ready, self.floor, self._instances)
@@ -129,6 +130,7 @@ class Controller:
             previous, self.config = self.config, config
             spec = config.loaded.spec
             gateway_changed = previous is None or previous.loaded.spec.gateway != spec.gateway
+            self.tables.strip_headers = () if spec.gateway.tagHeader else xds.TAG_HEADERS
             if previous is None or previous.loaded.spec.gateway.listen != spec.gateway.listen:
                 self.publisher.put(xds.LISTENER, xds.listener(spec.gateway.listen.host, spec.gateway.listen.port))
             for name in [n for n in self.services if n not in spec.services]:

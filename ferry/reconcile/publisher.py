@@ -57,15 +57,18 @@ class RouteTables:
     """Per service, one route table and a host scope per host (SRDS), so that a change to one service is one
     small RDS push at any number of services. A host may move from one service to another in one edit."""
 
-    def __init__(self, publisher: Publisher):
+    def __init__(self, publisher: Publisher, *, activator_key: str | None = None):
         self._publisher = publisher
+        self.add_headers = {xds.ACTIVATOR_KEY_HEADER: activator_key} if activator_key else {}
+        self.strip_headers: tuple[str, ...] = xds.TAG_HEADERS  # unless the gateway routes on them (tagHeader)
         self._tables: set[str] = set()
         self._scopes: dict[str, set[str]] = {}  # service -> hosts scoped to its route table
         self._scope_owner: dict[str, str] = {}  # host -> the service its scope points at
 
     def put(self, service: str, routes: tuple[xds.HostRoute, ...]) -> None:
         """The service's route table, and a host scope for each of its hosts."""
-        self._publisher.put(xds.ROUTE, xds.route_table(service, routes))
+        self._publisher.put(xds.ROUTE, xds.route_table(service, routes, add=self.add_headers,
+                                                        remove=self.strip_headers))
         self._tables.add(service)
         hosts = {host for r in routes for host in r.domains}
         self._release(service, self._scopes.get(service, set()) - hosts)

@@ -84,7 +84,7 @@ def host_routes(
             domains=tuple(service_hosts(service.name, service.spec, gateway)),
             targets=main,
             timeout_s=max(timeout(t.revision) for t in main),
-            tagged=tuple((tag, target(revision, 100)) for tag, revision in resolved.tags),
+            tagged=tuple((tag, target(revision, 100)) for tag, revision in resolved.tags) if gateway.tagHeader else (),
             sticky_cookie=sticky_cookie(service),
         ))
     for tag, revision in resolved.tags:

@@ -113,7 +113,7 @@ def _revision(c: Controller, runtime: RevisionRuntime) -> dict:
         "autoscaling": _autoscaling(c, runtime) if managed else None,
         "instances": [
             {"pid": i.pid, "endpoint": str(i.endpoint) if i.endpoint else None, "ready": i.ready,
-             "stopping": i.stopping, "restarts": i.restarts, "log": str(i.log_path)}
+             "stopping": i.stopping, "restarts": i.restarts, "log": str(i.log_path), "error": i.error}
             for i in (c.backend.instances(runtime.name) if managed else ())
         ],
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from .errors import Problem, format_path
+from .fields import HostPort, is_loopback
 from .schema import (
     PREVIEW_TAG,
     Gateway,
@@ -194,3 +195,35 @@ def _claimant(loc: tuple[str | int, ...]) -> str:
     if loc[2] == "rollout":
         return f"service {service} (the preview host of its blue-green rollout)"
     return f"service {service} (the host of its tag)"
+
+
+_ANY_HOST = ("0.0.0.0", "::", "")
+
+
+def _is_listener(endpoint: HostPort, listener: HostPort) -> bool:
+    """Whether connecting to `endpoint` reaches `listener` (a wildcard listener is reached on loopback too)."""
+    if endpoint.port != listener.port:
+        return False
+    if endpoint.host == listener.host or (is_loopback(endpoint.host) and is_loopback(listener.host)):
+        return True
+    return listener.host in _ANY_HOST and (is_loopback(endpoint.host) or endpoint.host in _ANY_HOST)
+
+
+def check_own_listeners(gateway: Gateway | None, services: Mapping[str, ServiceSpec],
+                        own: Mapping[HostPort, str]) -> list[Problem]:
+    """Endpoints that are one of ferry's own listeners (`own`: address -> what listens there, e.g. its API or
+    Envoy's admin) or the gateway itself: published as a revision, anyone who reaches the gateway would reach
+    them (ferry's API through the public gateway), or requests would loop."""
+    listeners = dict(own)
+    if gateway is not None:
+        listeners.setdefault(gateway.listen, "the gateway itself (gateway.listen): requests would loop")
+    problems = []
+    for name, spec in services.items():
+        for i, endpoint in enumerate(spec.template.endpoints or ()):
+            what = next((what for listener, what in listeners.items() if _is_listener(endpoint, listener)), None)
+            if what is not None:
+                problems.append(Problem(
+                    format_path(("services", name, "template", "endpoints", i)),
+                    f"endpoint {endpoint} is ferry's own listener ({what}): the gateway would serve it to anyone "
+                    "who reaches it; give the address of the service's instance"))
+    return problems

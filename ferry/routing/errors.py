@@ -18,11 +18,29 @@ _PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _SEGMENT = re.compile(r'\.([A-Za-z0-9_-]+)|\[(\d+)\]|\[("(?:[^"\\]|\\.)*")\]')
 
 
+# A value quoted in a message is shortened past this: an error must never carry a whole file or secret back.
+QUOTE_LIMIT = 200
+_LONG_QUOTE = re.compile(r"'([^'\n]{%d,})'|\"([^\"\n]{%d,})\"" % (QUOTE_LIMIT + 1, QUOTE_LIMIT + 1))
+
+
+def shorten_quotes(text: str) -> str:
+    """Every quoted run in `text` longer than QUOTE_LIMIT characters, cut to its start and its length."""
+    def cut(m: re.Match) -> str:
+        quoted = m.group(1) if m.group(1) is not None else m.group(2)
+        mark = "'" if m.group(1) is not None else '"'
+        return f"{mark}{quoted[:QUOTE_LIMIT]}...{mark} ({len(quoted)} characters)"
+    return _LONG_QUOTE.sub(cut, text)
+
+
 @dataclass(frozen=True)
 class Problem:
     path: str  # YAML path like "services.hello.traffic[1].percent" ("" for the whole document)
     message: str  # reason and fix
     line: int | None = None  # 1-based line in the file, when known
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", shorten_quotes(self.path))
+        object.__setattr__(self, "message", shorten_quotes(self.message))
 
     def render(self, file: str) -> str:
         """'<file>:<line>: <path>: <message>', leaving out the parts that are unknown or empty."""

@@ -162,6 +162,36 @@ def _endpoints(endpoints: tuple[HostPort, ...]) -> tuple[HostPort, ...]:
     return endpoints
 
 
+def _no_nul(text: str) -> str:
+    """The OS cannot pass a NUL byte in an argument or an environment value: the process would never start."""
+    if "\0" in text:
+        raise ValueError(f"{describe(text)} holds a NUL byte (\\0), which no program can receive: remove it")
+    return text
+
+
+def _endpoint(address: HostPort) -> HostPort:
+    """Link-local addresses (cloud metadata services live at 169.254.169.254) are never a revision's instance:
+    publishing one through the gateway would hand them to anyone who can reach it."""
+    try:
+        ip = ipaddress.ip_address(address.host)
+    except ValueError:
+        return address
+    if ip.is_link_local:
+        raise ValueError(f"endpoint {address} is a link-local address (169.254.0.0/16, fe80::/10: cloud metadata "
+                         "services live there): the gateway would publish it to its clients; give the instance's "
+                         "own address")
+    return address
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _env_name(name: str) -> str:
     if name in RESERVED_ENV:
         raise ValueError(f"{name} is set by ferry for every instance: remove it from env")
@@ -306,6 +336,7 @@ PanicThreshold = Annotated[float, Strict(), Field(ge=110, le=1000, allow_inf_nan
 ScaleRate = Annotated[float, Strict(), Field(gt=1, allow_inf_nan=False)]
 BurstCapacity = Annotated[float, Strict(), Field(allow_inf_nan=False), AfterValidator(_burst_capacity)]
 Str = Annotated[str, Strict()]
+OsStr = Annotated[str, Strict(), AfterValidator(_no_nul)]  # handed to the OS: an argument, an environment value
 Bool = Annotated[bool, Strict()]
 Address = Annotated[HostPort, PlainValidator(HostPort.parse), PlainSerializer(str, return_type=str)]
 Duration = Annotated[float, _duration("timeout", "300s", above_minimum=True, maximum=MAX_TIMEOUT_S)]
@@ -345,12 +376,13 @@ Tag = Annotated[Str, _label("tag")]
 Host = Annotated[Str, _host("host")]
 Domain = Annotated[Str, _host("domain")]
 EnvName = Annotated[Str, AfterValidator(_env_name)]
-Command = Annotated[tuple[Str, ...], AfterValidator(_command)]
-Endpoints = Annotated[tuple[Address, ...], AfterValidator(_endpoints)]
+Command = Annotated[tuple[OsStr, ...], AfterValidator(_command)]
+Endpoint = Annotated[Address, AfterValidator(_endpoint)]
+Endpoints = Annotated[tuple[Endpoint, ...], AfterValidator(_endpoints)]
 HttpPath = Annotated[Str, AfterValidator(_http_path)]
 # backend: and the Kubernetes-only template fields
 Image = Annotated[Str, AfterValidator(_image)]
-Args = tuple[Str, ...]
+Args = tuple[OsStr, ...]
 Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
 Quantity = Annotated[str, PlainValidator(_quantity)]
 Namespace = Annotated[Str, AfterValidator(_namespace)]

@@ -6,6 +6,7 @@ because it runs on every save of the file; line numbers are looked up only when 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,11 @@ from yaml.nodes import Node
 
 from . import yamlsource
 from .blocks import ServiceBlocks, split_services
-from .checks import check_hosts, check_routes, check_service
+from .checks import check_hosts, check_own_listeners, check_routes, check_service
 from .errors import ConfigError, Loc, Problem, format_path, parse_path
 from .messages import describe, error_loc, problems_from
 from .revisions import Revision, RevisionPlan, RevisionStore
+from .fields import HostPort
 from .schema import Gateway, RoutesFile, ServiceSpec
 
 
@@ -27,24 +29,29 @@ class LoadedRoutes:
     path: Path  # absolute path of the routes file
     base_dir: Path  # its folder: relative command paths and the working dir of instances resolve here
     spec: RoutesFile
+    label: str = field(default="", compare=False)  # what messages call the file (`ferry apply` sends its own name)
     text: str = field(default="", repr=False, compare=False)  # the content validated, to locate later problems
     raw_services: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # as parsed, for reuse
     blocks: ServiceBlocks | None = field(default=None, repr=False, compare=False)  # per-service text, for reuse
     block_names: dict[str, str] = field(default_factory=dict, repr=False, compare=False)  # block text -> service
 
 
-def load_routes(path: Path | str, text: str | None = None, previous: LoadedRoutes | None = None) -> LoadedRoutes:
+def load_routes(path: Path | str, text: str | None = None, previous: LoadedRoutes | None = None, *,
+                label: str | None = None) -> LoadedRoutes:
     """Read (or take `text` in place of) the routes file and validate it; raises ConfigError.
+
+    `label` names the text in messages instead of `path` (content sent over the API names itself; its relative
+    commands still resolve against `path`'s folder).
 
     `previous` is returned as is when the content has not changed: editors and file watchers
     often report a save that changed nothing. Otherwise services whose YAML is unchanged keep their
     validated objects, so a one-service edit validates one service (and callers can compare by identity).
     """
     path = Path(path).absolute()
-    file = str(path)
+    file = label or str(path)
     if text is None:
         text = _read(path)
-    if previous is not None and previous.path == path and previous.text == text:
+    if previous is not None and previous.path == path and previous.text == text and previous.label == (label or ""):
         return previous
     with yamlsource.gc_paused():
         split = split_services(text)
@@ -52,14 +59,16 @@ def load_routes(path: Path | str, text: str | None = None, previous: LoadedRoute
             reused = _load_changed_blocks(split, previous)
             if reused is not None:
                 spec, raw_services, names = reused
-                return LoadedRoutes(path, path.parent, spec, text, raw_services, split, dict(zip(split.blocks, names, strict=True)))
+                return LoadedRoutes(path, path.parent, spec, label or "", text, raw_services, split,
+                                    dict(zip(split.blocks, names, strict=True)))
         try:
             spec, raw_services = _validate(text, file, previous)
         except RecursionError:
             raise ConfigError(file, [Problem("", "the document is nested too deeply: flatten it")]) from None
     if split is None or len(split.blocks) != len(raw_services):
-        return LoadedRoutes(path, path.parent, spec, text, raw_services)
-    return LoadedRoutes(path, path.parent, spec, text, raw_services, split, dict(zip(split.blocks, raw_services, strict=True)))
+        return LoadedRoutes(path, path.parent, spec, label or "", text, raw_services)
+    return LoadedRoutes(path, path.parent, spec, label or "", text, raw_services, split,
+                        dict(zip(split.blocks, raw_services, strict=True)))
 
 
 def _load_changed_blocks(
@@ -98,11 +107,13 @@ def _load_changed_blocks(
 
 
 def validate(
-    loaded: LoadedRoutes, store: RevisionStore, previous: tuple[LoadedRoutes, RevisionPlan] | None = None
+    loaded: LoadedRoutes, store: RevisionStore, previous: tuple[LoadedRoutes, RevisionPlan] | None = None, *,
+    own: Mapping[HostPort, str] | None = None,
 ) -> RevisionPlan:
     """The checks that need the revision history, on top of load_routes's: template.name must not reuse a
-    revision with another template, and `revision:` must exist. Returns the plan to commit (reads only);
-    raises ConfigError with lines, like load_routes.
+    revision with another template, and `revision:` must exist; and those that need the running ferry: no
+    endpoint is one of its `own` listeners (address -> what listens there). Returns the plan to commit (reads
+    only); raises ConfigError with lines, like load_routes.
 
     `previous` is the last (routes, plan) committed: services whose spec object is unchanged keep their
     revision without a look at the store."""
@@ -117,8 +128,10 @@ def validate(
         }
     plan, problems = store.draft(loaded.spec, known)
     problems += store.check_references(loaded.spec, plan, skip=known)
+    if own is not None:
+        problems += check_own_listeners(loaded.spec.gateway, loaded.spec.services, own)
     if problems:
-        raise ConfigError(str(loaded.path), _locate(problems, yamlsource.compose(loaded.text)))
+        raise ConfigError(loaded.label or str(loaded.path), _locate(problems, yamlsource.compose(loaded.text)))
     return plan
 
 

@@ -46,6 +46,7 @@ from .fields import (
     LatencyLimit,
     Namespace,
     NonNegativeInt,
+    OsStr,
     PanicThreshold,
     PanicWindowPercent,
     Percent,
@@ -61,10 +62,10 @@ from .fields import (
     ScaleTarget,
     ServiceName,
     StableWindow,
-    Str,
     SuccessRate,
     Tag,
     Utilization,
+    is_loopback,
     quantity_value,
 )
 from .messages import describe
@@ -232,7 +233,7 @@ class Template(_Model):
     name: RevisionName | None = None
     command: Command | None = None  # argv, no shell; relative paths resolve against the routes file's folder
     endpoints: Endpoints | None = None  # already-running instances instead of a command
-    env: dict[EnvName, Str] = {}
+    env: dict[EnvName, OsStr] = {}
     readiness: Readiness | None = None
     concurrency: NonNegativeInt = 0  # max in-flight requests per instance; 0 = unlimited
     timeout: Duration = 300.0  # seconds
@@ -274,7 +275,10 @@ class Template(_Model):
                 "no image or endpoints: add image: <reference> (backend kubernetes runs containers, "
                 "e.g. image: ghcr.io/me/hello:1.0) or endpoints: [host:port, ...]"
             )
-        problems: list[tuple[tuple[str, ...], str, Any]] = []
+        problems: list[tuple[tuple[str, ...], str, Any]] = [
+            (("endpoints", i), f"endpoint {e} is a loopback address: in a cluster it names the gateway's own pod, not "
+             "an instance; give the instance's address", str(e))
+            for i, e in enumerate(self.endpoints or ()) if is_loopback(e.host)]
         if self.command is not None:
             problems.append(
                 (
@@ -423,6 +427,10 @@ class ServiceSpec(_Model):
 class Gateway(_Model):
     listen: Address = HostPort("127.0.0.1", 8080)
     domain: Domain = "localhost"
+    # Knative's tag-header-based-routing: a `ferry-tag` or `Knative-Serving-Tag` header on a service's main host picks
+    # that tag's revision. Off by default, as in Knative: it lets any client reach a tagged (or previewed,
+    # un-promoted) revision, and feed its rollout analysis.
+    tagHeader: Bool = False
 
 
 _KUBERNETES_FIELD = "{} is only for kind: kubernetes: remove it or set kind: kubernetes"

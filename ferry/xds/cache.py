@@ -25,6 +25,13 @@ class InconsistentChanges(ValueError):
     """An update would leave a resource naming one that is not there: nothing of it was applied."""
 
 
+class TooManyGroups(RuntimeError):
+    """A gateway asked for a group beyond the cache's limit (each group holds a copy of every resource)."""
+
+
+MAX_GROUPS = 64
+
+
 def _fingerprint(resource: Resource) -> int:
     digest = hashlib.blake2b(f"{resource.name}\0{resource.version}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big")
@@ -151,8 +158,9 @@ class SnapshotCache:
 
     DEFAULT = "default"
 
-    def __init__(self) -> None:
+    def __init__(self, max_groups: int = MAX_GROUPS) -> None:
         self._groups: dict[str, GroupSnapshot] = {self.DEFAULT: GroupSnapshot(self.DEFAULT)}
+        self.max_groups = max_groups
 
     def groups(self) -> Iterable[GroupSnapshot]:
         return self._groups.values()
@@ -160,10 +168,19 @@ class SnapshotCache:
     def group(self, key: str) -> GroupSnapshot:
         snapshot = self._groups.get(key)
         if snapshot is None:
+            if len(self._groups) >= self.max_groups:
+                raise TooManyGroups(f"{len(self._groups)} gateway groups exist, the most allowed: group {key!r} "
+                                    "refused (groups are node.cluster values, and listen addresses)")
             default = self._groups[self.DEFAULT]
             snapshot = self._groups[key] = GroupSnapshot(key, default)
             snapshot.apply(groups.specialise(key, {t: s.entries for t, s in default.stores.items()}))
         return snapshot
+
+    def forget(self, key: str) -> None:
+        """Drop group `key` if no gateway watches it (never the default group, the one every change goes to)."""
+        snapshot = self._groups.get(key)
+        if key != self.DEFAULT and snapshot is not None and not snapshot.watchers:
+            del self._groups[key]
 
     def group_of(self, group: str, metadata: Mapping[str, str]) -> GroupSnapshot:
         """The snapshot a gateway of node.cluster `group` with node `metadata` is served from."""

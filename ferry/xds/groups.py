@@ -21,7 +21,9 @@ from .resources import LISTENER_NAME
 from .types import LISTENER, Changes, Resource
 
 LISTEN_METADATA_KEY = "ferry.listen"  # node metadata: this gateway's own listen address
-ADMIN_METADATA_KEY = "ferry.admin"  # node metadata: where ferry reads this gateway's stats
+# node metadata: the port of this gateway's read-only stats listener, read at the address its xDS stream comes
+# from (a gateway never names a host for ferry to call)
+STATS_METADATA_KEY = "ferry.stats"
 
 
 def snapshot_key(group: str, metadata: Mapping[str, str]) -> str:

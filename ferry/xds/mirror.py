@@ -32,6 +32,7 @@ from google.rpc import status_pb2
 
 from .cache import SnapshotCache
 from .resources import route_clusters
+from .server import Tls
 from .types import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SCOPED_ROUTE, SHORT_TYPE, Changes, Resource
 
 log = logging.getLogger("ferry.xds.mirror")
@@ -150,8 +151,10 @@ class XdsMirror:
         metadata: Mapping[str, str] = {},
         backoff_min_s: float = 0.1,
         backoff_max_s: float = 5.0,
+        tls: Tls | None = None,
     ):
         self.cache = cache
+        self._tls = tls  # mutual TLS with the leader (its certificate, as replicas share one)
         self._upstream = upstream
         self.node_id = node_id
         self.metadata = {**metadata, REPLICA_METADATA_KEY: "true"}
@@ -239,7 +242,12 @@ class XdsMirror:
         return connection.connected_at is not None, moved
 
     async def _stream(self, connection: _Connection) -> None:
-        async with grpc.aio.insecure_channel(connection.address, options=_CHANNEL_OPTIONS) as channel:
+        if self._tls is None:
+            channel = grpc.aio.insecure_channel(connection.address, options=_CHANNEL_OPTIONS)
+        else:  # the leader is reached by IP; its certificate is for its name
+            channel = grpc.aio.secure_channel(connection.address, self._tls.channel_credentials(), options=[
+                *_CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", self._tls.SERVER_NAME)])
+        async with channel:
             call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).DeltaAggregatedResources()
             try:
                 for request in self._subscriptions():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, protocol_pb2
@@ -36,6 +36,16 @@ SCOPES_NAME = "ferry_hosts"
 REVISION_HEADER = "ferry-revision"
 SERVICE_HEADER = "ferry-service"
 TAG_HEADER = "ferry-tag"  # on a service's main host, selects that tag's revision (Knative's tag header routing)
+KNATIVE_TAG_HEADER = "knative-serving-tag"  # Knative's name for the same (its tag-header-based-routing)
+TAG_HEADERS = (TAG_HEADER, KNATIVE_TAG_HEADER)
+ACTIVATOR_KEY_HEADER = "ferry-activator-key"  # gateways add it; the activator serves no request without it
+
+# The gateway's listener, as Envoy's edge best practices ask: a client gets this long to send its request headers,
+# a stream with no activity ends after 5 minutes (Envoy's default, kept explicit; a route's own timeout, the
+# revision's, overrides it), an idle connection after an hour.
+EDGE_HEADERS_TIMEOUT_S = 10.0
+EDGE_STREAM_IDLE_TIMEOUT_S = 300.0
+EDGE_CONNECTION_IDLE_TIMEOUT_S = 3600.0
 
 # Retry only where no request byte reached an app: safe for any method, and what turns an instance that
 # is stopping or just crashed into zero client errors.
@@ -106,32 +116,38 @@ _RETRY_POLICY = route_components_pb2.RetryPolicy(
 )
 
 
+def _action(route: HostRoute, **fields) -> route_components_pb2.RouteAction:
+    """Where a request goes, bounded by the revision's timeout (also as idle time, over the listener's default)."""
+    timeout = _duration(route.timeout_s)
+    return route_components_pb2.RouteAction(timeout=timeout, idle_timeout=timeout, retry_policy=_RETRY_POLICY,
+                                            **fields)
+
+
 def virtual_host(route: HostRoute) -> route_components_pb2.VirtualHost:
     """A VirtualHost: weighted clusters by percent, each split naming its revision in a header;
     first, a route per tag for requests that name it in the ferry-tag header (an unknown tag falls through)."""
     service_header = _header(SERVICE_HEADER, route.service)
     routes = [
         route_components_pb2.Route(
-            name=f"{route.name}/{TAG_HEADER}/{tag}",
+            name=f"{route.name}/{header}/{tag}",
             match=route_components_pb2.RouteMatch(
                 prefix="/",
                 headers=[
                     route_components_pb2.HeaderMatcher(
-                        name=TAG_HEADER, string_match=string_matcher_pb2.StringMatcher(exact=tag)
+                        name=header, string_match=string_matcher_pb2.StringMatcher(exact=tag)
                     )
                 ],
             ),
-            route=route_components_pb2.RouteAction(
-                cluster=target.cluster, timeout=_duration(route.timeout_s), retry_policy=_RETRY_POLICY
-            ),
+            route=_action(route, cluster=target.cluster),
             request_headers_to_add=[service_header, _header(REVISION_HEADER, target.revision)],
         )
         for tag, target in route.tagged
+        for header in TAG_HEADERS
     ]
     sticky = route.sticky_cookie if len(route.targets) > 1 else None
     if sticky:
         routes += [_sticky_route(route, sticky, target, service_header) for target in route.targets]
-    action = route_components_pb2.RouteAction(timeout=_duration(route.timeout_s), retry_policy=_RETRY_POLICY)
+    action = _action(route)
     if len(route.targets) == 1:
         (target,) = route.targets
         action.cluster = target.cluster
@@ -176,9 +192,7 @@ def _sticky_route(route: HostRoute, cookie: str, target: WeightedTarget, service
                 )
             ],
         ),
-        route=route_components_pb2.RouteAction(
-            cluster=target.cluster, timeout=_duration(route.timeout_s), retry_policy=_RETRY_POLICY
-        ),
+        route=_action(route, cluster=target.cluster),
         request_headers_to_add=[service_header, _header(REVISION_HEADER, target.revision)],
     )
 
@@ -190,13 +204,17 @@ def _set_cookie(cookie: str, revision: str) -> base_pb2.HeaderValueOption:
     )
 
 
-def route_table(name: str, routes: Sequence[HostRoute]) -> Resource:
-    """One service's route table (its main host and tag hosts); it refers to every cluster its hosts send to."""
+def route_table(name: str, routes: Sequence[HostRoute], *, add: Mapping[str, str] | None = None,
+                remove: Sequence[str] = ()) -> Resource:
+    """One service's route table (its main host and tag hosts); it refers to every cluster its hosts send to.
+    `add`: headers set on every request it routes (whatever the client sent); `remove`: headers dropped from them."""
     message = route_pb2.RouteConfiguration(
         name=name,
         request_headers_to_add=[
             _header("forwarded", "for=%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%;proto=http"),
+            *(_header(header, value) for header, value in (add or {}).items()),
         ],
+        request_headers_to_remove=list(remove),
         virtual_hosts=[virtual_host(r) for r in routes],
     )
     return Resource.of(name, message.SerializeToString(), route_clusters(message))
@@ -266,6 +284,17 @@ def listener(host: str, port: int) -> Resource:
         use_remote_address=wrappers_pb2.BoolValue(value=True),
         strip_any_host_port=True,
         upgrade_configs=[hcm_pb2.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket")],
+        # Envoy's edge best practices (configuration/best_practices/edge): bounded header reads, no header names
+        # that proxies disagree on, one canonical path.
+        request_headers_timeout=_duration(EDGE_HEADERS_TIMEOUT_S),
+        stream_idle_timeout=_duration(EDGE_STREAM_IDLE_TIMEOUT_S),
+        common_http_protocol_options=protocol_pb2.HttpProtocolOptions(
+            idle_timeout=_duration(EDGE_CONNECTION_IDLE_TIMEOUT_S),
+            headers_with_underscores_action=protocol_pb2.HttpProtocolOptions.REJECT_REQUEST,
+        ),
+        normalize_path=wrappers_pb2.BoolValue(value=True),
+        merge_slashes=True,
+        path_with_escaped_slashes_action=hcm_pb2.HttpConnectionManager.UNESCAPE_AND_REDIRECT,
     )
     message = listener_pb2.Listener(
         name=LISTENER_NAME,

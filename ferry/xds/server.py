@@ -8,11 +8,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .cache import SnapshotCache
+from .cache import SnapshotCache, TooManyGroups
 from .stream import AdsStream, Nack, Node, StreamObserver
 from .types import SHORT_TYPE
 
@@ -20,6 +21,7 @@ log = logging.getLogger("ferry.xds")
 
 # While a route table waits for its clusters, re-check this often (the wait has a deadline).
 _DEPENDENCY_POLL_S = 0.25
+MAX_STREAMS = 1024  # gateways (and followers) connected at once
 # A gateway that reconnects re-subscribes to every type at once; its first answer waits this long for all of them,
 # so that what it holds is known before anything is removed from it (stream.py: make before break, for removals).
 RESUBSCRIBE_WINDOW_S = 0.1
@@ -86,7 +88,9 @@ class GatewayRegistry:
         return sorted([*live.values(), *gone.values()], key=lambda g: g["node"])
 
     def all_in_sync(self, min_gateways: int = 0) -> bool:
-        attached = [s for s in self.streams if s.node is not None]
+        """Every gateway runs the current config. A client that never acknowledged anything is no gateway serving
+        traffic (it would make every retirement wait out its timeout): it does not count."""
+        attached = [s for s in self.streams if s.node is not None and s.serving]
         return len(attached) >= min_gateways and all(s.in_sync() for s in attached)
 
     async def wait_in_sync(self, timeout: float, min_gateways: int = 0) -> bool:
@@ -111,10 +115,13 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         gateways: GatewayRegistry,
         observer: StreamObserver | None = None,
         ready: asyncio.Event | None = None,
+        max_streams: int = MAX_STREAMS,
     ):
         self._cache = cache
         self._gateways = gateways
         self._observer = observer
+        self._max_streams = max_streams
+        self._refused_at = 0.0
         self._ready = ready  # until set, streams are read but not answered: the cache is not whole yet
 
     def _resolve_group(self, node: Node):
@@ -131,11 +138,15 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             yield response
 
     async def _serve(self, delta: bool, request_iterator, context):
+        if len(self._gateways.streams) >= self._max_streams:
+            self._refuse(context.peer(), f"{len(self._gateways.streams)} streams are open, the most allowed")
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many xDS streams")
         stream = AdsStream(
             delta=delta,
             resolve_group=self._resolve_group,
             observer=self._observer,
         )
+        stream.peer = peer_host(context.peer())
         wake = asyncio.Event()
         stream.wake = wake.set
         self._gateways.add(stream)
@@ -152,7 +163,10 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     pass
                 wake.clear()
                 if reader.done():
-                    reader.result()  # re-raise a reader failure
+                    try:
+                        reader.result()  # re-raise a reader failure
+                    except TooManyGroups as err:
+                        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
                     return
                 if first and stream.resuming:
                     await asyncio.sleep(RESUBSCRIBE_WINDOW_S)
@@ -165,13 +179,26 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             await asyncio.gather(reader, return_exceptions=True)
             stream.close()
             self._gateways.remove(stream)
+            if stream.snapshot is not None:
+                self._cache.forget(stream.snapshot.name)  # if no gateway uses it: it is a copy, made again on demand
             log.info("gateway disconnected", extra={"node": stream.node_id})
+
+    def _refuse(self, peer: str, why: str) -> None:
+        """Log a refusal, at most once every 10 s (a flood must not flood the log too)."""
+        now = time.monotonic()
+        if now - self._refused_at >= 10:
+            self._refused_at = now
+            log.warning("xDS stream refused", extra={"peer": peer, "why": why})
 
     async def _read(self, stream: AdsStream, request_iterator, wake: asyncio.Event) -> None:
         try:
             async for request in request_iterator:
                 first = stream.node is None
-                stream.handle(request)
+                try:
+                    stream.handle(request)
+                except TooManyGroups as err:
+                    self._refuse(stream.peer or "?", str(err))
+                    raise
                 if first and stream.node is not None:
                     log.info("gateway connected", extra={"node": stream.node.id, "group": stream.node.group,
                                                          "protocol": "delta" if stream.delta else "sotw"})
@@ -180,7 +207,32 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             wake.set()
 
 
-async def start_xds_server(servicer: AdsServicer, address: str) -> grpc.aio.Server:
+def peer_host(peer: str | None) -> str | None:
+    """gRPC's peer ("ipv4:10.0.0.7:51234", "ipv6:[::1]:51234") -> its IP address; None for anything else."""
+    kind, _, rest = (peer or "").partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return None
+    host = rest.rpartition(":")[0]
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host or None
+
+
+@dataclass(frozen=True)
+class Tls:
+    """PEM: this side's certificate and key, and the CA the other side's certificate must come from."""
+
+    cert: bytes
+    key: bytes
+    ca: bytes
+
+    SERVER_NAME = "ferry"  # what a client checks the server's certificate for (ferry.tls.SERVER_NAME)
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key,
+                                            certificate_chain=self.cert)
+
+
+async def start_xds_server(servicer: AdsServicer, address: str, tls: Tls | None = None) -> grpc.aio.Server:
+    """Serve ADS on `address`; with `tls`, only to clients with a certificate from its CA (mutual TLS)."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_send_message_length", -1),
@@ -194,7 +246,11 @@ async def start_xds_server(servicer: AdsServicer, address: str) -> grpc.aio.Serv
         ]
     )
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(servicer, server)
-    bound = server.add_insecure_port(address)
+    if tls is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, grpc.ssl_server_credentials(
+            [(tls.key, tls.cert)], root_certificates=tls.ca, require_client_auth=True))
     if bound == 0:
         raise OSError(f"cannot listen for xDS on {address}: the address is in use or invalid (use --xds to move it)")
     await server.start()

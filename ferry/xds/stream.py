@@ -25,6 +25,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 
 from .cache import Changed, GroupSnapshot
+from .groups import STATS_METADATA_KEY
 from .types import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SCOPED_ROUTE, SHORT_TYPE, Resource
 
 log = logging.getLogger("ferry.xds")
@@ -124,6 +125,7 @@ class AdsStream:
         self.types: dict[str, TypeState] = {t: TypeState() for t in PUSH_ORDER}
         self.connected_at = time.time()
         self.closed = False
+        self.peer: str | None = None  # the IP address the stream comes from (set by the server)
         self._resolve_group = resolve_group
         self._observer = observer or StreamObserver()
         self._clock = clock
@@ -169,6 +171,18 @@ class AdsStream:
         self.node = Node(id=node.id or "unknown", group=node.cluster or "default", metadata=metadata)
         self.snapshot = self._resolve_group(self.node)
         self.snapshot.watchers.add(self)
+
+    def stats_address(self) -> tuple[str, int] | None:
+        """Where this gateway's stats are read: its stats port (node metadata) at its own address."""
+        port = self.node.metadata.get(STATS_METADATA_KEY, "") if self.node is not None else ""
+        if self.peer is None or not port.isdigit() or not 1 <= int(port) <= 65535:
+            return None
+        return self.peer, int(port)
+
+    @property
+    def serving(self) -> bool:
+        """It has acknowledged a config, or came back holding one: a gateway, not a client that only listens."""
+        return any(s.acked_version or s.known for s in self.types.values())
 
     @property
     def resuming(self) -> bool:
@@ -429,6 +443,7 @@ class AdsStream:
             "connected": not self.closed,
             "connected_at": self.connected_at,
             "in_sync": self.in_sync(),
+            "stats": _host_port(*address) if (address := self.stats_address()) else None,  # where ferry reads them
             "acked": {SHORT_TYPE[t]: s.acked_version for t, s in self.types.items() if s.requested},
             "last_nack": (
                 {"type": SHORT_TYPE[n.type_url], "version": n.version, "message": n.message, "at": n.at}
@@ -440,3 +455,7 @@ class AdsStream:
     def _latest_nack(self) -> Nack | None:
         nacks = [s.last_nack for s in self.types.values() if s.last_nack]
         return max(nacks, key=lambda n: n.at) if nacks else None
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
