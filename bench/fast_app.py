@@ -1,7 +1,8 @@
 """A minimal keep-alive HTTP/1.1 app for benchmarks: answers everything with 200 'ok' as fast as asyncio can.
 
 The example app (threads, stdlib http.server) would cap throughput before ferry's parts do; this one lets the
-benchmark measure Envoy and the activator instead. Listens on 127.0.0.1:$PORT; /healthz is 200 at once.
+benchmark measure Envoy and the activator instead. Listens on 127.0.0.1:$PORT (after $START_DELAY_S seconds);
+/healthz is 200 at once.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    await asyncio.sleep(float(os.environ.get("START_DELAY_S", "0")))  # a slow start, to hold requests at zero
     server = await loop.create_server(
         lambda: Responder(RESPONSE % revision), "127.0.0.1", int(os.environ.get("PORT", "8080")), backlog=1024
     )

@@ -32,7 +32,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from convergence import Processes, api_token, free_port, log  # noqa: E402  (bench helpers, not a package)
+from common import Processes, api_token, free_port, log  # noqa: E402  (bench helpers, not a package)
 
 from tests.kube_fake import FakeKubeAPI  # noqa: E402  (the fake API server the tests use)
 

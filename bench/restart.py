@@ -35,7 +35,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from convergence import api_token, free_port, log  # noqa: E402  (bench helpers, not a package)
+from common import api_token, free_port, log  # noqa: E402  (bench helpers, not a package)
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST_APP = ROOT / "bench" / "fast_app.py"

@@ -29,7 +29,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from convergence import Processes, api_token, free_port, log  # noqa: E402  (bench helpers, not a package)
+from common import Processes, api_token, free_port, log  # noqa: E402  (bench helpers, not a package)
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO_APP = ROOT / "examples" / "hello" / "app.py"

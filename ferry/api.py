@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -36,6 +35,7 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # no token: probe
 REPLICA_PREFIX = "/replicas/"  # followers' reports to the leader
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a routes file of 10,000 services is about 1 MB
 MAX_REPORT_TTL_S = 60.0  # how long a follower's report of its gateways may count
+STATUS_SLICE_S = 0.005  # /status: the longest stretch of work between two hand-backs of the event loop
 
 
 def loopback_hosts(port: int) -> frozenset[str]:
@@ -48,6 +48,8 @@ class Leader(Protocol):
     """What the API asks of the replica that leads. KeyError: no such service; ValueError: refused, says why."""
 
     def status(self, service: str | None) -> dict: ...
+
+    def status_chunks(self, service: str | None) -> Iterator[bytes]: ...
 
     async def apply(self, label: str, text: str) -> None: ...
 
@@ -117,13 +119,28 @@ def build_api(state: ApiState, *, middlewares: tuple = ()) -> web.Application:
     # -- the leader ------------------------------------------------------------------------------------
 
     @routes.get("/status")
-    async def get_status(request: web.Request) -> web.Response:
-        """?service=NAME: one service and its revisions, cheap even with thousands of services."""
+    async def get_status(request: web.Request) -> web.StreamResponse:
+        """?service=NAME: one service and its revisions, cheap even with thousands of services. The whole status
+        is sent in pieces of at most STATUS_SLICE_S of work each, the event loop free between them."""
         try:
-            body = leader().status(request.query.get("service"))
+            chunks = leader().status_chunks(request.query.get("service"))
         except KeyError:
             return web.json_response({"error": f"no service {request.query['service']!r}"}, status=404)
-        return web.json_response(body, dumps=lambda o: json.dumps(o, separators=(",", ":")))
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
+        piece: list[bytes] = []
+        started = loop.time()
+        for chunk in chunks:
+            piece.append(chunk)
+            if loop.time() - started >= STATUS_SLICE_S:
+                await response.write(b"".join(piece))
+                piece.clear()
+                await asyncio.sleep(0)
+                started = loop.time()
+        await response.write_eof(b"".join(piece))
+        return response
 
     @routes.post("/apply")
     async def apply(request: web.Request) -> web.Response:

@@ -223,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     boot.add_argument("--xds-ca", type=Path, help="... and the CA that signed ferry's (from `ferry certs`)")
     boot.add_argument("--listen", type=_hostport, help="this gateway's HTTP listener (default: the file's gateway.listen)")
     boot.add_argument("--sotw", action="store_true", help="State-of-the-World xDS instead of Delta")
+    boot.add_argument("--all-stats", action="store_true",
+                      help="keep every stat Envoy makes (~100 per cluster), not only those ferry and dashboards read")
     boot.add_argument("--format", choices=["yaml", "json"], default="yaml")
 
     args = parser.parse_args(argv)
@@ -562,6 +564,7 @@ def _bootstrap(args) -> int:
                 node_id=args.node_id, group=args.group, xds_host=args.xds.host, xds_port=args.xds.port,
                 admin_host=args.admin.host, admin_port=args.admin.port, delta=not args.sotw,
                 listen=str(args.listen) if args.listen else None, stats=(stats.host, stats.port),
+                all_stats=args.all_stats,
                 xds_tls=XdsTls(*(str(p.absolute()) for p in tls_files)) if all(tls_files) else None,
             )
         )

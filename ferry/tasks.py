@@ -5,8 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
+
+
+LOOP_LAG_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+async def watch_loop_lag(observe: Callable[[float], None], interval: float = 0.025) -> None:
+    """Every `interval`, how late a timer fired because the loop was busy: about the longest stretch it was
+    blocked around then (a /status build, a snapshot diff). The lateness counts only as far as this thread
+    used the CPU meanwhile, so time the OS gave other processes (on a busy machine) is not taken for a block.
+    `observe` gets seconds."""
+    loop = asyncio.get_running_loop()
+    while True:
+        cpu = time.thread_time()
+        due = loop.time() + interval
+        await asyncio.sleep(interval)
+        observe(min(max(0.0, loop.time() - due), time.thread_time() - cpu))
 
 
 async def every(interval: float, step: Callable[[], Awaitable[None]], log: logging.Logger, what: str) -> None:

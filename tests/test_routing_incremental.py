@@ -72,6 +72,28 @@ def test_a_new_service_that_claims_a_kept_services_host_is_refused(tmp_path: Pat
     assert "x.example.com" in str(caught.value) and "services.b.hosts" in str(caught.value)
 
 
+def test_a_host_moves_between_services_across_incremental_edits(tmp_path: Path) -> None:
+    """Each service's host claims are kept between loads: a host given up by one edit is free in the next, and
+    one still held is refused, whichever services changed."""
+    from ferry.routing.errors import ConfigError
+
+    path = tmp_path / "routes.yaml"
+
+    def text(a: str, b: str, c: str = "") -> str:
+        services = [("a", a), ("b", b)] + ([("c", c)] if c else [])
+        return "services:\n" + "".join(f"  {n}:\n    hosts: [{h}]\n    template: {{command: [app]}}\n"
+                                        for n, h in services)
+
+    first = load_routes(path, text("x.example.com", "y.example.com"))
+    moved = load_routes(path, text("z.example.com", "x.example.com"), previous=first)
+    assert moved.spec.services["b"].hosts == ("x.example.com",)
+    with pytest.raises(ConfigError) as caught:
+        load_routes(path, text("z.example.com", "x.example.com", "x.example.com"), previous=moved)
+    assert "host x.example.com is claimed by both service b (in its hosts)" in str(caught.value)
+    again = load_routes(path, text("z.example.com", "x.example.com", "w.example.com"), previous=moved)
+    assert again.spec.services["a"] is moved.spec.services["a"]
+
+
 RICH = """\
 # a file with the shapes people write
 gateway:

@@ -13,7 +13,13 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from ferry.api import MAX_BODY_BYTES, MAX_REPORT_TTL_S, ApiState, build_api, loopback_hosts
+from ferry.api import (
+    MAX_BODY_BYTES,
+    MAX_REPORT_TTL_S,
+    ApiState,
+    build_api,
+    loopback_hosts,
+)
 from ferry.routing.errors import ConfigError, Problem
 
 TOKEN = "s3cret-token-0123456789"
@@ -32,6 +38,9 @@ class RecordingLeader:
         if service not in (None, "hello"):
             raise KeyError(service)
         return {"services": {"hello": {}}}
+
+    def status_chunks(self, service):
+        return iter([json.dumps(self.status(service)).encode()])
 
     async def apply(self, label, text):
         self.calls.append(("apply", label, text))

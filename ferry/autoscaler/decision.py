@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal, NamedTuple
 
-from ..routing.fields import TARGET_MIN  # the smallest per-instance target (Knative's TargetMin)
+from ..routing.fields import (
+    TARGET_MIN,  # the smallest per-instance target (Knative's TargetMin)
+)
 
 TICK_INTERVAL = 2.0
 """Seconds between decisions in Knative; the scale-down-delay window has one slot per tick."""
@@ -84,12 +87,12 @@ class Settings:
         if problems:
             raise ValueError("; ".join(problems))
 
-    @property
+    @cached_property  # read at every tick of every revision; a frozen Settings never changes it
     def total(self) -> float:
         """What one instance may carry; the excess burst capacity is measured against it."""
         return _DEFAULT_TARGET[self.metric] if self.target is None else self.target
 
-    @property
+    @cached_property
     def target_value(self) -> float:
         """What one instance should carry: total * utilization, leaving headroom for bursts."""
         return max(TARGET_MIN, self.total * self.utilization)
@@ -197,7 +200,9 @@ def decide(
     return Decision(
         desired=desired,
         excess_burst_capacity=_excess_burst_capacity(ready, panic, settings),
-        state=DeciderState(panic_since, max_panic_pods, delay_window),
+        state=state if (panic_since is state.panic_since and max_panic_pods == state.max_panic_pods
+                        and delay_window is state.delay_window) else DeciderState(panic_since, max_panic_pods,
+                                                                                  delay_window),
         why=why,
     )
 

@@ -130,14 +130,16 @@ class Autoscaler:
     def decide(self, now: float, revisions: Iterable[str] | None = None) -> dict[str, Step]:
         """One tick over the given revisions (all by default): pure except for updating self.states."""
         steps = {}
-        for revision in list(self.states) if revisions is None else revisions:
-            state = self.states.get(revision)
+        states, decisions, target = self.states, self.decisions, self.target
+        decided_at = self.clock()
+        for revision in list(states) if revisions is None else revisions:
+            state = states.get(revision)
             if state is None:
                 continue
-            step = tick(state, now, ready=self.target.ready_instances(revision), reachable=self.target.reachable(revision))
-            self.states[revision] = step.state
+            step = tick(state, now, ready=target.ready_instances(revision), reachable=target.reachable(revision))
+            states[revision] = step.state
             if step.decision is not None:
-                self.decisions[revision] = (self.clock(), step)
+                decisions[revision] = (decided_at, step)
             steps[revision] = step
         return steps
 

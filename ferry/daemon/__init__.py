@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 
 from .. import dataplane, statedir
+from ..tasks import LOOP_LAG_BUCKETS, watch_loop_lag
 from ..activator.process import ActivatorProcess
 from ..api import ApiState, build_api, loopback_hosts
 from ..replicas import API_ANNOTATION, XDS_ANNOTATION, Follower
@@ -145,6 +146,9 @@ class Daemon:
             store = RevisionStore(options.state_path)
             stack.callback(store.close)
             stack.enter_context(_collector_tuned())
+            lag = Histogram("ferry_event_loop_lag_seconds", "How late ferry's event loop ran a 25 ms timer: the "
+                            "stretches it was blocked", buckets=LOOP_LAG_BUCKETS, registry=self.registry)
+            _run_in_background(stack, watch_loop_lag(lag.observe))
             lost = asyncio.Event()
             elector = self._elector(loaded, lost) if options.leader_elect else None
             follower: Follower | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +66,10 @@ class Leading:
     def status(self, service: str | None) -> dict:
         return {"config": {**self.source.status(), **self.controller.timings}, **self.controller.status(service)}
 
+    def status_chunks(self, service: str | None) -> Iterator[bytes]:
+        """The same as JSON, in pieces (KeyError at once for an unknown service)."""
+        return self.controller.status_chunks(service, {"config": {**self.source.status(), **self.controller.timings}})
+
     async def apply(self, label: str, text: str) -> None:
         await self.source.apply(text, label=label)
 
@@ -97,6 +101,7 @@ async def lead(shared: Shared, loaded: LoadedRoutes, *, inherited: bool) -> Asyn
                 BootstrapOptions(
                     node_id=options.node_id, xds_host=options.xds.host, xds_port=options.xds.port,
                     admin_host=options.admin.host, admin_port=options.admin.port, delta=options.delta,
+                    all_stats=loaded.spec.gateway.stats == "all",
                     # ferry's own certificate is a client one too
                     xds_tls=_xds_tls(options.xds_tls) if options.xds_tls else None,
                 ),

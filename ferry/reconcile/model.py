@@ -15,6 +15,7 @@ from ..routing.traffic import ResolvedTraffic, Split
 from ..xds import resources as xds
 
 ENDED_BADLY = ("rolled-back", "aborted")
+SCALE_EVENTS_KEPT = 20
 
 
 @dataclass
@@ -26,8 +27,13 @@ class RevisionRuntime:
     retiring: bool = False
     retire_task: asyncio.Task | None = None
     activator_in_path: bool = False  # managed only: EDS points at the activator, not the instances
-    scale_events: deque = field(default_factory=lambda: deque(maxlen=20))  # the latest scale changes, for status
+    scale_events: deque | None = None  # the latest scale changes, for status (made at the first: 600 B each)
     proven: bool = False  # became ready once (or starts at zero): the activator may wake it for a route
+
+    def note_scale(self, event: dict) -> None:
+        if self.scale_events is None:
+            self.scale_events = deque(maxlen=SCALE_EVENTS_KEPT)
+        self.scale_events.append(event)
 
     @property
     def managed(self) -> bool:

@@ -1,11 +1,21 @@
 """What `ferry status`, `ferry revisions` and `ferry rollout status` show: views of the controller's state,
-computed on demand (one service and its revisions cost the same at any number of services)."""
+computed on demand (one service and its revisions cost the same at any number of services).
+
+The whole status at 10,000 services is 30,000 views and 7 MB of JSON. `status_chunks` yields it piece by piece
+as bytes, so the API can hand the event loop back between pieces; a view whose inputs are the very same objects
+as last time is not built again (`Views`): services and the revisions whose endpoints the file gives change
+only when an apply replaces them, while views of revisions ferry runs (instances, autoscaling) are always fresh.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Iterator
 from dataclasses import asdict
 from typing import TYPE_CHECKING
+
+import orjson
 
 from ..backends.base import InstanceCounts
 from ..routing.schema import service_hosts, tag_host
@@ -16,16 +26,95 @@ if TYPE_CHECKING:
     from .controller import Controller
 
 
+class Views:
+    """The last JSON of each view ("name":{...}), with the objects it was made from: the same objects again
+    (a tuple compare is an identity check first), the same bytes."""
+
+    def __init__(self) -> None:
+        self.services: dict[str, tuple[tuple, bytes]] = {}
+        self.revisions: dict[str, tuple[tuple, bytes]] = {}
+
+
+GROUP = 100  # views per chunk
+
+
 def status(c: Controller, service: str | None = None) -> dict:
     """Everything, or one service and its revisions. KeyError: no such service."""
-    chosen = sorted(c.services) if service is None else [c.services[service].name]
+    return orjson.loads(b"".join(status_chunks(c, service)))
+
+
+def status_chunks(c: Controller, service: str | None = None, head: dict | None = None) -> Iterator[bytes]:
+    """The status as JSON in chunks of up to GROUP views (`head`'s keys first). KeyError, at once: no such
+    service. What changes between chunks shows in the later ones; a service or revision gone by then is left out."""
+    if service is not None:
+        c.services[service]  # noqa: B018 - KeyError now, not at the first chunk
+    return _chunks(c, service, head or {})
+
+
+def _chunks(c: Controller, service: str | None, head: dict) -> Iterator[bytes]:
+    """Each sort is a step of its own (an empty chunk after it), so the caller can hand the loop back there too."""
+    yield orjson.dumps(head)[:-1] + (b',"services":{' if head else b'"services":{')
+    services = sorted(c.services) if service is None else [service]
+    yield b""
+    yield from _members(services, c.services, lambda runtime: _service_json(c, runtime))
     revisions = sorted(
         name for name, runtime in c.revisions.items() if service is None or runtime.revision.service == service)
-    return {
-        "services": {name: _service(c, c.services[name]) for name in chosen},
-        "revisions": {name: _revision(c, c.revisions[name]) for name in revisions},
-        "gateways": c.census.status(),
-    }
+    yield b'},"revisions":{'
+    yield from _members(revisions, c.revisions, lambda runtime: _revision_json(c, runtime))
+    yield b'},"gateways":' + orjson.dumps(c.census.status()) + b"}"
+    if service is None:  # forget the views of what is gone
+        for cache, live in ((c.views.services, c.services), (c.views.revisions, c.revisions)):
+            for name in [n for n in cache if n not in live]:
+                del cache[name]
+
+
+def _members(names: list[str], live: dict, member) -> Iterator[bytes]:
+    """`"name":{view}` for each name still in `live`, comma-separated, GROUP at a time."""
+    first = True
+    for at in range(0, len(names), GROUP):
+        members = [member(runtime) for runtime in map(live.get, names[at:at + GROUP]) if runtime is not None]
+        if members:
+            yield (b"" if first else b",") + b",".join(members)
+            first = False
+
+
+async def render(c: Controller, services: list[ServiceRuntime], slice_s: float = 0.01) -> None:
+    """Build the views of what an apply changed, in slices of `slice_s`, so that the next /status finds them."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for service in services:
+        _service_json(c, service)
+        for name in list(service.revisions):
+            runtime = c.revisions.get(name)
+            if runtime is not None:
+                _revision_json(c, runtime)
+        if loop.time() - started >= slice_s:
+            await asyncio.sleep(0)
+            started = loop.time()
+
+
+def _cached(cache: dict[str, tuple[tuple, bytes]], name: str, inputs: tuple, build) -> bytes:
+    entry = cache.get(name)
+    if entry is not None and entry[0] == inputs:
+        return entry[1]
+    body = orjson.dumps(name) + b":" + orjson.dumps(build())
+    cache[name] = (inputs, body)
+    return body
+
+
+def _service_json(c: Controller, service: ServiceRuntime) -> bytes:
+    if service.rollout is not None:  # a rollout's state moves on its own
+        return orjson.dumps(service.name) + b":" + orjson.dumps(_service(c, service))
+    inputs = (service.spec, service.current, service.traffic, service.waiting, service.override,
+              c.latest_ready.get(service.name), c.gateway)
+    return _cached(c.views.services, service.name, inputs, lambda: _service(c, service))
+
+
+def _revision_json(c: Controller, runtime: RevisionRuntime) -> bytes:
+    if runtime.workload is not None:  # managed: instances and autoscaling change between any two calls
+        return orjson.dumps(runtime.revision.name) + b":" + orjson.dumps(_revision(c, runtime))
+    inputs = (runtime.revision, runtime.endpoints, runtime.retiring)
+    return _cached(c.views.revisions, runtime.revision.name, inputs, lambda: _revision(c, runtime))
 
 
 def _service(c: Controller, service: ServiceRuntime) -> dict:
@@ -157,5 +246,5 @@ def _autoscaling(c: Controller, runtime: RevisionRuntime) -> dict:
         "excess_burst_capacity": decided[1].decision.excess_burst_capacity if decided else None,
         "last_decision": {"reason": decided[1].reason, "seconds_ago": round(autoscaler.clock() - decided[0], 1)}
         if decided else None,
-        "scale_events": list(runtime.scale_events),
+        "scale_events": list(runtime.scale_events or ()),
     }

@@ -21,13 +21,14 @@ from .schema import (
 )
 
 
-def check_routes(gateway: Gateway | None, services: Mapping[str, ServiceSpec]) -> list[Problem]:
+def check_routes(gateway: Gateway | None, services: Mapping[str, ServiceSpec],
+                 claims: HostClaims | None = None) -> list[Problem]:
     """Every cross-field problem; `gateway` None (itself invalid) skips the host checks that need its domain."""
     problems: list[Problem] = []
     for name, spec in services.items():
         problems += check_service(name, spec)
     if gateway is not None:
-        problems += check_hosts(gateway, services)
+        problems += check_hosts(gateway, services, claims)
     return problems
 
 
@@ -155,8 +156,30 @@ def check_traffic(service: str, traffic: tuple[TrafficTarget, ...]) -> list[Prob
     return problems
 
 
-def check_hosts(gateway: Gateway, services: Mapping[str, ServiceSpec]) -> list[Problem]:
-    """A host routes to one service: service hosts, extra hosts and tag hosts share one namespace."""
+Loc = tuple[str | int, ...]
+HostClaims = dict[str, tuple[ServiceSpec, Gateway, tuple[tuple[str, Loc], ...]]]
+"""service -> (its spec, the gateway, the hosts it claims with their YAML paths): kept between loads, so a
+one-service edit at 10,000 services re-derives one service's hosts, not all of them."""
+
+
+def host_claims(name: str, spec: ServiceSpec, gateway: Gateway) -> tuple[tuple[str, Loc], ...]:
+    """Every host the service routes, with where the file claims it."""
+    hosts = service_hosts(name, spec, gateway)
+    claims: list[tuple[str, Loc]] = [(hosts[0], ("services", name))]
+    claims += [(host, ("services", name, "hosts", i)) for i, host in enumerate(hosts[1:])]
+    seen_tags: set[str] = set()
+    for i, target in enumerate(spec.traffic or ()):
+        if target.tag is not None and target.tag not in seen_tags:  # a repeated tag is reported elsewhere
+            seen_tags.add(target.tag)
+            claims.append((tag_host(target.tag, name, gateway), ("services", name, "traffic", i, "tag")))
+    if spec.rollout is not None and spec.rollout.strategy == "blue-green" and PREVIEW_TAG not in seen_tags:
+        claims.append((tag_host(PREVIEW_TAG, name, gateway), ("services", name, "rollout")))  # a `preview` tag is reported
+    return tuple(claims)
+
+
+def check_hosts(gateway: Gateway, services: Mapping[str, ServiceSpec], cache: HostClaims | None = None) -> list[Problem]:
+    """A host routes to one service: service hosts, extra hosts and tag hosts share one namespace. `cache` keeps
+    each service's claims for as long as its spec and the gateway are the same objects."""
     owners: dict[str, tuple[str | int, ...]] = {}  # host -> location of the first claim
     problems: list[Problem] = []
 
@@ -172,17 +195,18 @@ def check_hosts(gateway: Gateway, services: Mapping[str, ServiceSpec]) -> list[P
             )
 
     for name, spec in services.items():
-        hosts = service_hosts(name, spec, gateway)
-        claim(hosts[0], ("services", name))
-        for i, host in enumerate(hosts[1:]):
-            claim(host, ("services", name, "hosts", i))
-        seen_tags: set[str] = set()
-        for i, target in enumerate(spec.traffic or ()):
-            if target.tag is not None and target.tag not in seen_tags:  # a repeated tag is reported elsewhere
-                seen_tags.add(target.tag)
-                claim(tag_host(target.tag, name, gateway), ("services", name, "traffic", i, "tag"))
-        if spec.rollout is not None and spec.rollout.strategy == "blue-green" and PREVIEW_TAG not in seen_tags:
-            claim(tag_host(PREVIEW_TAG, name, gateway), ("services", name, "rollout"))  # a `preview` tag is reported
+        entry = cache.get(name) if cache is not None else None
+        if entry is not None and entry[0] is spec and entry[1] is gateway:
+            claims = entry[2]
+        else:
+            claims = host_claims(name, spec, gateway)
+            if cache is not None:
+                cache[name] = (spec, gateway, claims)
+        for host, loc in claims:
+            claim(host, loc)
+    if cache is not None and len(cache) > 2 * len(services):  # services removed since: forget them
+        for name in [n for n in cache if n not in services]:
+            del cache[name]
     return problems
 
 

@@ -16,7 +16,7 @@ from yaml.nodes import Node
 
 from . import yamlsource
 from .blocks import ServiceBlocks, split_services
-from .checks import check_hosts, check_own_listeners, check_routes, check_service
+from .checks import HostClaims, check_hosts, check_own_listeners, check_routes, check_service
 from .errors import ConfigError, Loc, Problem, format_path, parse_path
 from .messages import describe, error_loc, problems_from
 from .revisions import Revision, RevisionPlan, RevisionStore
@@ -34,6 +34,7 @@ class LoadedRoutes:
     raw_services: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # as parsed, for reuse
     blocks: ServiceBlocks | None = field(default=None, repr=False, compare=False)  # per-service text, for reuse
     block_names: dict[str, str] = field(default_factory=dict, repr=False, compare=False)  # block text -> service
+    host_claims: HostClaims = field(default_factory=dict, repr=False, compare=False)  # for the next load's checks
 
 
 def load_routes(path: Path | str, text: str | None = None, previous: LoadedRoutes | None = None, *,
@@ -60,15 +61,16 @@ def load_routes(path: Path | str, text: str | None = None, previous: LoadedRoute
             if reused is not None:
                 spec, raw_services, names = reused
                 return LoadedRoutes(path, path.parent, spec, label or "", text, raw_services, split,
-                                    dict(zip(split.blocks, names, strict=True)))
+                                    dict(zip(split.blocks, names, strict=True)), previous.host_claims)
+        claims: HostClaims = {}
         try:
-            spec, raw_services = _validate(text, file, previous)
+            spec, raw_services = _validate(text, file, previous, claims)
         except RecursionError:
             raise ConfigError(file, [Problem("", "the document is nested too deeply: flatten it")]) from None
     if split is None or len(split.blocks) != len(raw_services):
-        return LoadedRoutes(path, path.parent, spec, label or "", text, raw_services)
+        return LoadedRoutes(path, path.parent, spec, label or "", text, raw_services, host_claims=claims)
     return LoadedRoutes(path, path.parent, spec, label or "", text, raw_services, split,
-                        dict(zip(split.blocks, raw_services, strict=True)))
+                        dict(zip(split.blocks, raw_services, strict=True)), claims)
 
 
 def _load_changed_blocks(
@@ -100,7 +102,8 @@ def _load_changed_blocks(
         return None
     services = {n: validated.services[n] if n in parsed else previous.spec.services[n] for n in names}
     # Unchanged services passed their own checks before; hosts are shared, so those are checked across all.
-    if any(check_service(n, services[n]) for n in parsed) or check_hosts(validated.gateway, services):
+    if any(check_service(n, services[n]) for n in parsed) or check_hosts(validated.gateway, services,
+                                                                          previous.host_claims):
         return None
     raw = {n: parsed[n] if n in parsed else previous.raw_services[n] for n in names}
     return RoutesFile.model_construct(gateway=validated.gateway, backend=validated.backend, services=services), raw, names
@@ -153,7 +156,8 @@ def _read(path: Path) -> str:
         ) from None
 
 
-def _validate(text: str, file: str, previous: LoadedRoutes | None) -> tuple[RoutesFile, dict[str, Any]]:
+def _validate(text: str, file: str, previous: LoadedRoutes | None,
+              claims: HostClaims | None = None) -> tuple[RoutesFile, dict[str, Any]]:
     try:
         data, root = yamlsource.parse(text)
     except yamlsource.YamlError as exc:
@@ -169,7 +173,7 @@ def _validate(text: str, file: str, previous: LoadedRoutes | None) -> tuple[Rout
     except ValidationError as exc:
         problems = problems_from(exc, RoutesFile) + _check_valid_parts(data, exc)
     else:
-        problems = check_routes(spec.gateway, spec.services)
+        problems = check_routes(spec.gateway, spec.services, claims)
     if problems:
         raise ConfigError(file, _locate(problems, root))
     return spec, raw_services

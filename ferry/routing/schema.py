@@ -431,6 +431,9 @@ class Gateway(_Model):
     # that tag's revision. Off by default, as in Knative: it lets any client reach a tagged (or previewed,
     # un-promoted) revision, and feed its rollout analysis.
     tagHeader: Bool = False
+    # Which stats ferry's Envoy keeps: `ferry` (what autoscaling, rollouts and status read; a small Envoy at 10,000
+    # services) or `all` (Envoy's defaults, ~100 per cluster). Read when ferry starts its Envoy.
+    stats: Literal["ferry", "all"] = "ferry"
 
 
 _KUBERNETES_FIELD = "{} is only for kind: kubernetes: remove it or set kind: kubernetes"
