@@ -85,11 +85,11 @@ def bench_tick(revisions: int, repeat: int = 20) -> dict:
         scaler.decide(start + 61 + k * 2)
         ticks.append((time.thread_time() - began) * 1000)
 
-    body = json.dumps({"stats": [
-        {"name": f"cluster.svc{i}/{n}.{stat}", "value": i}
+    body = "".join(  # what Envoy's /stats/prometheus answers
+        f'envoy_cluster_{stat}{{envoy_cluster_name="svc{i}/{n}"}} {i}\n'
         for i, n in enumerate(names)
         for stat in ("upstream_rq_active", "upstream_rq_pending_active", "upstream_rq_total")
-    ]}).encode()
+    ).encode()
     per_second = []
     totals = None
     for k in range(repeat):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -15,15 +14,25 @@ LOOP_LAG_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 async def watch_loop_lag(observe: Callable[[float], None], interval: float = 0.025) -> None:
     """Every `interval`, how late a timer fired because the loop was busy: about the longest stretch it was
-    blocked around then (a /status build, a snapshot diff). The lateness counts only as far as this thread
-    used the CPU meanwhile, so time the OS gave other processes (on a busy machine) is not taken for a block.
+    blocked around then (a /status build, a snapshot diff, a blocking call). Time this thread spent runnable but
+    waiting for a core (other processes on a busy machine; Linux's schedstat) is not taken for a block.
     `observe` gets seconds."""
     loop = asyncio.get_running_loop()
     while True:
-        cpu = time.thread_time()
+        waited = _runqueue_wait()
         due = loop.time() + interval
         await asyncio.sleep(interval)
-        observe(min(max(0.0, loop.time() - due), time.thread_time() - cpu))
+        late = loop.time() - due
+        observe(max(0.0, late - (_runqueue_wait() - waited)))
+
+
+def _runqueue_wait() -> float:
+    """Seconds this thread has waited for a core since it started (0 where Linux's schedstat is missing)."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as stats:
+            return int(stats.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 async def every(interval: float, step: Callable[[], Awaitable[None]], log: logging.Logger, what: str) -> None:

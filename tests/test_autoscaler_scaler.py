@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
@@ -139,14 +138,16 @@ def test_rps_metric_records_the_rate():
 
 
 def test_envoy_stats_are_parsed_per_revision():
-    body = json.dumps({"stats": [
-        {"name": "cluster.hello/hello-00001.upstream_rq_active", "value": 3},
-        {"name": "cluster.hello/hello-00001.upstream_rq_pending_active", "value": 2},
-        {"name": "cluster.hello/hello-00001.upstream_rq_total", "value": 120},
-        {"name": "cluster.other/other-00002.upstream_rq_total", "value": 7},
-        {"name": "cluster.ferry_xds.upstream_rq_active", "value": 1},
-        {"name": "cluster.hello/hello-00001.upstream_rq_time", "histograms": {}},
-    ]}).encode()
+    body = b"""\
+# TYPE envoy_cluster_upstream_rq_active gauge
+envoy_cluster_upstream_rq_active{envoy_cluster_name="hello/hello-00001"} 3
+envoy_cluster_upstream_rq_pending_active{envoy_cluster_name="hello/hello-00001"} 2
+# TYPE envoy_cluster_upstream_rq_total counter
+envoy_cluster_upstream_rq_total{envoy_cluster_name="hello/hello-00001"} 120
+envoy_cluster_upstream_rq_total{envoy_cluster_name="other/other-00002"} 7
+envoy_cluster_upstream_rq_active{envoy_cluster_name="ferry_xds"} 1
+envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="hello/hello-00001",le="0.5"} 4
+"""
     assert parse_cluster_stats(body) == {
         "hello-00001": ClusterCounters(3, 2, 120),
         "other-00002": ClusterCounters(0, 0, 7),

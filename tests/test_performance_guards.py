@@ -213,3 +213,28 @@ def test_views_are_rebuilt_only_when_their_inputs_change():
     changed = status_views._cached(cache, "a", (spec, "waiting"), build)
     assert first is again and len(built) == 2
     assert json.loads(b"{" + changed + b"}") == {"a": {"n": 2}}
+
+
+# -- reading Envoy's stats in its Prometheus rendering ----------------------------------------------------------
+
+
+def test_rollout_samples_are_read_from_envoys_prometheus_rendering():
+    from ferry.rollout.stats import parse_samples, stats_path
+
+    body = b"""\
+# TYPE envoy_cluster_upstream_rq_xx counter
+envoy_cluster_upstream_rq_xx{envoy_response_code_class="2",envoy_cluster_name="hello/hello-00002"} 95
+envoy_cluster_upstream_rq_xx{envoy_response_code_class="5",envoy_cluster_name="hello/hello-00002"} 5
+envoy_cluster_upstream_rq_xx{envoy_response_code_class="2",envoy_cluster_name="other/other-00001"} 7
+# TYPE envoy_cluster_upstream_rq_time histogram
+envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="hello/hello-00002",le="1"} 60
+envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="hello/hello-00002",le="0.5"} 10
+envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="hello/hello-00002",le="+Inf"} 100
+envoy_cluster_upstream_rq_time_sum{envoy_cluster_name="hello/hello-00002"} 80.5
+envoy_cluster_upstream_rq_time_count{envoy_cluster_name="hello/hello-00002"} 100
+"""
+    samples = parse_samples(body, ["hello/hello-00002", "hello/hello-00001"])
+    assert samples["hello/hello-00002"].requests == 100 and samples["hello/hello-00002"].errors == 5
+    assert samples["hello/hello-00002"].latency_buckets == ((0.5, 10), (1.0, 60), (float("inf"), 100))
+    assert samples["hello/hello-00001"].requests == 0 and samples["hello/hello-00001"].latency_buckets == ()
+    assert stats_path(["hello/hello-00002"]).startswith("/stats/prometheus?usedonly&filter=")

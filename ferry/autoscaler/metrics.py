@@ -13,18 +13,19 @@ Parsing and arithmetic are pure; `scrape` is the only I/O.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, NamedTuple, Protocol
-from urllib.parse import quote
 
+from ..envoy import prometheus
 from ..envoy.admin import EnvoyAdmin
 from .scaler import Load
 
 log = logging.getLogger("ferry.autoscaler")
 
 STATS = ("upstream_rq_active", "upstream_rq_pending_active", "upstream_rq_total")
+_SERIES = {f"envoy_cluster_{stat}": stat for stat in STATS}
+_NAMES = frozenset(_SERIES)
 # Revision clusters are named "<service>/<revision>"; ferry's own (ferry_xds) has no slash.
 STATS_FILTER = r"^cluster\.[^./]+/[^.]+\.(upstream_rq_active|upstream_rq_pending_active|upstream_rq_total)$"
 SCRAPE_TIMEOUT_S = 0.8
@@ -42,17 +43,12 @@ class ActivatorCounts(Protocol):
 
 
 def parse_cluster_stats(body: bytes) -> dict[str, ClusterCounters]:
-    """Envoy's /stats?format=json answer -> {revision: counters}."""
+    """Envoy's /stats/prometheus answer -> {revision: counters}."""
     found: dict[str, dict[str, int]] = {}
-    for stat in json.loads(body).get("stats", ()):
-        name = stat.get("name", "")
-        value = stat.get("value")
-        if value is None or not name.startswith("cluster."):
-            continue
-        cluster, _, counter = name[len("cluster."):].rpartition(".")
-        _, slash, revision = cluster.partition("/")
-        if slash and counter in STATS:
-            found.setdefault(revision, {})[counter] = value
+    for name, labels, value in prometheus.samples(body, _NAMES):
+        _, slash, revision = labels.get(prometheus.CLUSTER, "").partition("/")
+        if slash:
+            found.setdefault(revision, {})[_SERIES[name]] = int(value)
     return {
         revision: ClusterCounters(c.get("upstream_rq_active", 0), c.get("upstream_rq_pending_active", 0),
                                   c.get("upstream_rq_total", 0))
@@ -113,7 +109,7 @@ async def scrape(admins: Iterable[EnvoyAdmin]) -> dict[str, dict[str, ClusterCou
     (its load is unknown this second, which the windows tolerate)."""
     admins = list(admins)
     # usedonly: a cluster that never had a request has no stats to send (idle revisions cost nothing).
-    path = f"/stats?format=json&usedonly&filter={quote(STATS_FILTER, safe='')}"
+    path = prometheus.path(STATS_FILTER)
     answers = await asyncio.gather(*(a.fetch(path, SCRAPE_TIMEOUT_S) for a in admins), return_exceptions=True)
     out: dict[str, dict[str, ClusterCounters]] = {}
     for admin, answer in zip(admins, answers, strict=True):

@@ -1,65 +1,56 @@
 """A candidate revision's counters, read from every gateway's Envoy: what rollout analysis judges.
 
 Per revision cluster, Envoy counts answers by class (`upstream_rq_1xx` .. `upstream_rq_5xx`) and keeps the
-`upstream_rq_time` histogram; with `histogram_buckets=cumulative` its admin API gives the histogram's
-cumulative bucket counts, so the analysis can take a p99 from bucket deltas over exactly its own interval
-rather than from Envoy's quantiles over its flush interval. Gateways are summed: the verdict is about the
+`upstream_rq_time` histogram; its Prometheus rendering gives the histogram's cumulative bucket counts, so the
+analysis can take a p99 from bucket deltas over exactly its own interval rather than from Envoy's quantiles over
+its flush interval (envoy/prometheus.py says why Prometheus and not JSON). Gateways are summed: the verdict is about the
 revision, whichever gateway carried its requests.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 from collections.abc import Iterable
-from urllib.parse import quote
 
+from ..envoy import prometheus
 from ..envoy.admin import EnvoyAdmin
 from .analysis import Sample
 
 log = logging.getLogger("ferry.rollout")
 
 FETCH_TIMEOUT_S = 0.8
-_CLASSES = ("upstream_rq_1xx", "upstream_rq_2xx", "upstream_rq_3xx", "upstream_rq_4xx", "upstream_rq_5xx")
+_CLASSES = "envoy_cluster_upstream_rq_xx"  # envoy_response_code_class="1".."5"
+_BUCKETS = "envoy_cluster_upstream_rq_time_bucket"
+_NAMES = frozenset({_CLASSES, _BUCKETS})
 
 
 def stats_path(clusters: Iterable[str]) -> str:
     names = "|".join(re.escape(c) for c in clusters)
-    pattern = rf"^cluster\.({names})\.(upstream_rq_[1-5]xx|upstream_rq_time)$"
-    return f"/stats?format=json&usedonly&histogram_buckets=cumulative&filter={quote(pattern, safe='')}"
+    return prometheus.path(rf"^cluster\.({names})\.(upstream_rq_[1-5]xx|upstream_rq_time)$")
 
 
 def parse_samples(body: bytes, clusters: Iterable[str]) -> dict[str, Sample]:
     """One gateway's answer -> {cluster: Sample}; a cluster without traffic yet gets an empty Sample."""
-    counters: dict[str, dict[str, int]] = {c: {} for c in clusters}
-    buckets: dict[str, tuple[tuple[float, int], ...]] = {}
-    for stat in json.loads(body).get("stats", ()):
-        if "histograms" in stat:
-            for histogram in stat["histograms"] if isinstance(stat["histograms"], list) else ():
-                cluster = _cluster(histogram.get("name", ""), ".upstream_rq_time")
-                if cluster in counters:
-                    buckets[cluster] = tuple((b["upper_bound"], b["cumulative"]) for b in histogram.get("buckets", ()))
+    requests: dict[str, int] = {c: 0 for c in clusters}
+    errors: dict[str, int] = dict.fromkeys(requests, 0)
+    buckets: dict[str, list[tuple[float, int]]] = {}
+    for name, labels, value in prometheus.samples(body, _NAMES):
+        cluster = labels.get(prometheus.CLUSTER)
+        if cluster not in requests:
             continue
-        name = stat.get("name", "")
-        for klass in _CLASSES:
-            cluster = _cluster(name, "." + klass)
-            if cluster in counters:
-                counters[cluster][klass] = stat.get("value", 0)
-                break
+        if name == _CLASSES:
+            requests[cluster] += int(value)
+            if labels.get("envoy_response_code_class") == "5":
+                errors[cluster] += int(value)
+        elif "le" in labels:
+            buckets.setdefault(cluster, []).append((prometheus.bound(labels["le"]), int(value)))
     return {
-        cluster: Sample(
-            requests=sum(c.values()), errors=c.get("upstream_rq_5xx", 0), latency_buckets=buckets.get(cluster, ())
-        )
-        for cluster, c in counters.items()
+        cluster: Sample(requests=requests[cluster], errors=errors[cluster],
+                        latency_buckets=tuple(sorted(buckets.get(cluster, ()))))
+        for cluster in requests
     }
-
-
-def _cluster(stat_name: str, suffix: str) -> str | None:
-    if stat_name.startswith("cluster.") and stat_name.endswith(suffix):
-        return stat_name[len("cluster."):-len(suffix)]
-    return None
 
 
 def add(a: Sample, b: Sample) -> Sample:
