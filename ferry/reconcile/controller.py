@@ -248,7 +248,7 @@ class Controller:
             )
         runtime = RevisionRuntime(revision, workload, instances=template.scale.initial)
         self.revisions[name] = runtime
-        self.publisher.put(xds.CLUSTER, xds.cluster(runtime.cluster))
+        self.publisher.put(xds.CLUSTER, xds.cluster(runtime.cluster, http2=template.protocol == "h2c"))
         if workload is None:
             self._take_endpoints(runtime, tuple(Endpoint(h, p) for h, p in template.endpoints))
         else:

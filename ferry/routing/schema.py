@@ -238,6 +238,8 @@ class Template(_Model):
     concurrency: NonNegativeInt = 0  # max in-flight requests per instance; 0 = unlimited
     timeout: Duration = 300.0  # seconds
     scale: Scale = Scale()
+    # http1, or h2c: HTTP/2 without TLS to the instances (gRPC). Clients may speak either to the gateway.
+    protocol: Literal["http1", "h2c"] = "http1"
     # backend kubernetes only
     image: Image | None = None  # an OCI image reference
     args: Args | None = None  # the container's args (command, when given, replaces the image's entrypoint)
@@ -251,6 +253,25 @@ class Template(_Model):
         if value is not None and _BACKEND_KIND.get() == "local":
             raise ValueError(_KUBERNETES_ONLY[str(info.field_name)])
         return handler(value)
+
+    @model_validator(mode="after")
+    def _h2c_is_served_by_envoy_alone(self) -> Template:
+        """The activator forwards HTTP/1.1 only, and the readiness probe is an HTTP/1.1 GET: an h2c revision keeps
+        instances ready (no scale to zero), Envoy sends it requests straight, and its readiness is a TCP connect."""
+        if self.protocol != "h2c":
+            return self
+        problems = []
+        if self.scale.min < 1:
+            problems.append("scale.min: 1 or more (it cannot be at zero: the activator that wakes a revision "
+                            "forwards HTTP/1.1 only)")
+        if self.scale.burstCapacity != 0:
+            problems.append("scale.burstCapacity: 0 (so Envoy sends requests straight to the instances, never "
+                            "through the HTTP/1.1 activator)")
+        if self.readiness is not None and self.readiness.path is not None:
+            problems.append("readiness: {} (a TCP connect; an HTTP/1.1 GET cannot reach an HTTP/2-only server)")
+        if problems:
+            raise ValueError("protocol h2c needs " + "; ".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _one_way_to_run(self) -> Template:

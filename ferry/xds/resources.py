@@ -321,12 +321,16 @@ def listener(host: str, port: int) -> Resource:
 _UNLIMITED = wrappers_pb2.UInt32Value(value=1_000_000)
 
 
-def cluster(name: str, connect_timeout_s: float = 1.0) -> Resource:
-    """An EDS cluster for one revision.
+def cluster(name: str, connect_timeout_s: float = 1.0, *, http2: bool = False) -> Resource:
+    """An EDS cluster for one revision; `http2`: HTTP/2 without TLS to its instances (h2c, gRPC).
 
     Circuit breakers are opened wide: queueing belongs to the autoscaler and the activator, and Envoy's
     default of 1,024 would hide the real concurrency from both.
     """
+    explicit = (http_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+                    http2_protocol_options=protocol_pb2.Http2ProtocolOptions())
+                if http2 else http_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+                    http_protocol_options=protocol_pb2.Http1ProtocolOptions()))
     message = cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.EDS,
@@ -349,9 +353,7 @@ def cluster(name: str, connect_timeout_s: float = 1.0) -> Resource:
                 http_options_pb2.HttpProtocolOptions(
                     # Below typical app keep-alive timeouts, so Envoy closes idle connections before the app does.
                     common_http_protocol_options=protocol_pb2.HttpProtocolOptions(idle_timeout=_duration(4)),
-                    explicit_http_config=http_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-                        http_protocol_options=protocol_pb2.Http1ProtocolOptions()
-                    ),
+                    explicit_http_config=explicit,
                 ),
             )
         },
