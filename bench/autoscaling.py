@@ -35,7 +35,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Processes, api_token, free_port, log  # noqa: E402  (bench helpers, not a package)
+from common import Processes, api_token, free_port, log, proc_status_kib  # noqa: E402  (bench helpers, not a package)
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO_APP = ROOT / "examples" / "hello" / "app.py"
@@ -231,13 +231,6 @@ async def bench_ferry(args) -> dict:
     return results
 
 
-def rss_kib(pid: int, key: str = "VmRSS") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {key} for pid {pid}")
-
-
 def activator_pid(port: int) -> int:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -257,13 +250,13 @@ def held_at_zero(ferry_pid: int, activator_port: int, workdir: Path, count: int)
     from ferry.xds.resources import ACTIVATOR_KEY_HEADER, REVISION_HEADER
 
     pid = activator_pid(activator_port)
-    before = {"ferry": rss_kib(ferry_pid), "activator": rss_kib(pid)}
+    before = {"ferry": proc_status_kib(ferry_pid, "VmRSS"), "activator": proc_status_kib(pid, "VmRSS")}
     headers = {"Host": "held.localhost", REVISION_HEADER: "held-00001",
                ACTIVATOR_KEY_HEADER: (workdir / ".ferry" / "activator-key").read_text().strip()}
     out = subprocess.run([sys.executable, str(Path(__file__).parent / "burst.py"), str(activator_port), str(count),
                           json.dumps(headers)], capture_output=True, text=True, timeout=300, check=True)
     result = json.loads(out.stdout)
-    result["growth_mib"] = {name: (rss_kib(p, "VmHWM") - before[name]) / 1024
+    result["growth_mib"] = {name: (proc_status_kib(p, "VmHWM") - before[name]) / 1024
                             for name, p in (("ferry", ferry_pid), ("activator", pid))}
     return result
 

@@ -18,19 +18,29 @@ async def watch_loop_lag(observe: Callable[[float], None], interval: float = 0.0
     waiting for a core (other processes on a busy machine; Linux's schedstat) is not taken for a block.
     `observe` gets seconds."""
     loop = asyncio.get_running_loop()
-    while True:
-        waited = _runqueue_wait()
-        due = loop.time() + interval
-        await asyncio.sleep(interval)
-        late = loop.time() - due
-        observe(max(0.0, late - (_runqueue_wait() - waited)))
-
-
-def _runqueue_wait() -> float:
-    """Seconds this thread has waited for a core since it started (0 where Linux's schedstat is missing)."""
     try:
-        with open("/proc/thread-self/schedstat", "rb") as stats:
-            return int(stats.read().split()[1]) / 1e9
+        stats = open("/proc/thread-self/schedstat", "rb")  # noqa: SIM115 - this thread's, read at every sample
+    except OSError:
+        stats = None
+    try:
+        while True:
+            waited = _runqueue_wait(stats)
+            due = loop.time() + interval
+            await asyncio.sleep(interval)
+            late = loop.time() - due
+            observe(max(0.0, late - (_runqueue_wait(stats) - waited)))
+    finally:
+        if stats is not None:
+            stats.close()
+
+
+def _runqueue_wait(stats) -> float:
+    """Seconds the thread has waited for a core since it started (0 where Linux's schedstat is missing)."""
+    if stats is None:
+        return 0.0
+    try:
+        stats.seek(0)
+        return int(stats.read().split()[1]) / 1e9
     except (OSError, IndexError, ValueError):
         return 0.0
 

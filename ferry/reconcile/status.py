@@ -93,18 +93,22 @@ async def render(c: Controller, services: list[ServiceRuntime], slice_s: float =
             started = loop.time()
 
 
+def _member(name: str, view: dict) -> bytes:
+    return orjson.dumps(name) + b":" + orjson.dumps(view)
+
+
 def _cached(cache: dict[str, tuple[tuple, bytes]], name: str, inputs: tuple, build) -> bytes:
     entry = cache.get(name)
     if entry is not None and entry[0] == inputs:
         return entry[1]
-    body = orjson.dumps(name) + b":" + orjson.dumps(build())
+    body = _member(name, build())
     cache[name] = (inputs, body)
     return body
 
 
 def _service_json(c: Controller, service: ServiceRuntime) -> bytes:
     if service.rollout is not None:  # a rollout's state moves on its own
-        return orjson.dumps(service.name) + b":" + orjson.dumps(_service(c, service))
+        return _member(service.name, _service(c, service))
     inputs = (service.spec, service.current, service.traffic, service.waiting, service.override,
               c.latest_ready.get(service.name), c.gateway)
     return _cached(c.views.services, service.name, inputs, lambda: _service(c, service))
@@ -112,7 +116,7 @@ def _service_json(c: Controller, service: ServiceRuntime) -> bytes:
 
 def _revision_json(c: Controller, runtime: RevisionRuntime) -> bytes:
     if runtime.workload is not None:  # managed: instances and autoscaling change between any two calls
-        return orjson.dumps(runtime.revision.name) + b":" + orjson.dumps(_revision(c, runtime))
+        return _member(runtime.revision.name, _revision(c, runtime))
     inputs = (runtime.revision, runtime.endpoints, runtime.retiring)
     return _cached(c.views.revisions, runtime.revision.name, inputs, lambda: _revision(c, runtime))
 
