@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--no-envoy", action="store_true", help="control plane only; gateways run elsewhere (ferry bootstrap)")
     up.add_argument("--sotw", action="store_true",
                     help="the local Envoy uses State-of-the-World xDS instead of Delta (Delta's push cost does not grow with the service count)")
-    up.add_argument("--no-watch", action="store_true", help="do not re-apply the file when it changes")
+    up.add_argument("--no-watch", action="store_true", help="do not re-apply the file (nor re-read gateway.tls's certificate files) when it changes")
     up.add_argument("--cluster-linger", type=float, default=10.0, metavar="SECONDS",
                     help="how long a retired revision's cluster stays on the gateways")
     up.add_argument("--activator", type=_hostport, default=HostPort("127.0.0.1", 8012),
@@ -394,6 +394,12 @@ def format_status(status: dict) -> str:
     lines.append(f"config: {config['file']}")
     if config.get("last_error"):
         lines.append("  last error (not applied; previous config serving):\n    " + config["last_error"].replace("\n", "\n    "))
+    for cert in config.get("certificates") or ():
+        lines.append(f"  https: {', '.join(cert['hosts'])} (until {cert['not_after'][:10]}, sha256 "
+                     f"{cert['sha256'][:16]}...)")
+    if config.get("certificates_error"):
+        lines.append("  certificate files rejected (the last good certificates keep serving):\n    "
+                     + config["certificates_error"].replace("\n", "\n    "))
     lines.append("")
     lines.append("SERVICE            URL                                      LATEST            TRAFFIC")
     for name, svc in status["services"].items():

@@ -89,8 +89,9 @@ class FerryProcess:
 
     def write_routes(self, services_yaml: str, *, gateway: str = "") -> None:
         """Write routes.yaml atomically (as editors do), with this harness's gateway port and `gateway` lines
-        (e.g. "tagHeader: true") in the gateway block."""
-        extra = "".join(f"  {line.strip()}\n" for line in gateway.splitlines() if line.strip())
+        (e.g. "tagHeader: true", or a nested block such as tls:, dedented) in the gateway block."""
+        lines = textwrap.dedent(gateway).splitlines()
+        extra = "".join(f"  {line.rstrip()}\n" for line in lines if line.strip())
         text = f"gateway:\n  listen: 127.0.0.1:{self.gateway_port}\n  domain: localhost\n{extra}services:\n"
         text += textwrap.indent(textwrap.dedent(services_yaml).strip("\n"), "  ") + "\n"
         tmp = self.routes.with_suffix(".tmp")

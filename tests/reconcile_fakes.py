@@ -63,7 +63,7 @@ class FakeActivator:
     def __init__(self) -> None:
         self.revisions: dict[str, tuple] = {}  # revision -> endpoints it may send to
 
-    def set_revision(self, revision, endpoints, *, concurrency, timeout_s) -> None:
+    def set_revision(self, revision, endpoints, *, concurrency, timeout_s, response_start_s=None) -> None:
         self.revisions[revision] = tuple(endpoints)
 
     def remove_revision(self, revision) -> None:

@@ -133,6 +133,34 @@ async def test_the_timeout_bounds_the_proxied_request_too(instances, make_activa
     await wait_until(lambda: activator.in_flight(REV, instance.address) == 0, what="the slot to be released")
 
 
+async def test_the_response_start_timeout_bounds_the_head_and_not_the_wait_or_the_body(instances, make_activator,
+                                                                                       client):
+    """Knative's responseStartTimeout: counted from when an instance has the request (the wait for one is the
+    timeout's), until the response's head; a response that started streams on."""
+    async def answer(request):
+        await asyncio.sleep(float(request.query.get("head_after", "0")))
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(5):
+            await asyncio.sleep(0.1)
+            await response.write(b"x")
+        return response
+
+    instance = await instances(answer)
+    activator = await make_activator()
+    activator.set_revision(REV, [], concurrency=0, timeout_s=10, response_start_s=0.3)
+    waiting = asyncio.create_task(get(client, activator, "/?head_after=0.1"))
+    await wait_until(lambda: activator.stats()[REV].queued == 1, what="the request to be held")
+    await asyncio.sleep(0.5)  # held longer than the response start timeout: the hold is not counted
+    activator.set_revision(REV, [instance.address], concurrency=0, timeout_s=10, response_start_s=0.3)
+    assert await waiting == (200, "xxxxx")  # 0.5 s of body after a head in time
+    started = asyncio.get_running_loop().time()
+    status, body = await get(client, activator, "/?head_after=2")
+    assert status == 504 and "did not start its response within the revision's responseStartTimeout of 0.3s" in body
+    assert 0.25 <= asyncio.get_running_loop().time() - started < 1.5
+    await wait_until(lambda: activator.in_flight(REV, instance.address) == 0, what="the slot to be released")
+
+
 async def test_a_timeout_mid_response_cuts_the_connection(instances, make_activator, client):
     async def stall(request):
         response = web.StreamResponse()

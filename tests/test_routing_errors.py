@@ -95,7 +95,7 @@ def test_unknown_field_names_it_lists_allowed_and_guesses(tmp_path: Path) -> Non
     assert (p.path, p.line) == ("services.hello.template.concurency", 5)
     assert "unknown field 'concurency'" in p.message
     assert "did you mean 'concurrency'?" in p.message
-    assert "allowed: name, command, endpoints, env, readiness, concurrency, timeout, scale" in p.message
+    assert "allowed: name, command, endpoints, env, readiness, concurrency, timeout, responseStartTimeout, idleTimeout, scale" in p.message
 
 
 def test_unknown_top_level_and_traffic_fields(tmp_path: Path) -> None:

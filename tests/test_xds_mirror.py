@@ -118,7 +118,7 @@ async def test_follower_mirrors_the_leader_and_drops_stale_state():
             status = follower.mirror.status()
             assert status["connected"] and status["synced"] and status["in_sync"]
             assert status["upstream"] == leader.address
-            assert status["resources"] == {"CDS": 3, "EDS": 3, "LDS": 1, "SRDS": 2, "RDS": 2}
+            assert status["resources"] == {"CDS": 3, "EDS": 3, "SDS": 0, "LDS": 1, "SRDS": 2, "RDS": 2}
             (replica,) = leader.gateways.streams
             assert replica.node.metadata["ferry.replica"] == "true" and replica.node.group == "default"
 

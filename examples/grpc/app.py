@@ -2,6 +2,9 @@
 `echo.Echo/Count` streams N answers. Messages are UTF-8 text bytes (a real service would use protobuf; the wire
 protocol, HTTP/2 and gRPC framing, is the same). Listens on 127.0.0.1:$PORT, h2c.
 
+Knobs (environment): FAIL_RATE (0..1: the fraction of Say calls answered INTERNAL, a bad canary),
+STREAM_INTERVAL_S (seconds between Count's answers). The message "fail" is always answered INTERNAL.
+
     ferry up examples/grpc/routes.yaml
     python examples/grpc/app.py call 127.0.0.1:8080 echo.localhost hello
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import sys
 
@@ -17,11 +21,12 @@ import grpc
 
 SERVICE = "echo.Echo"
 REVISION = os.environ.get("K_REVISION", "local")
+FAIL_RATE = float(os.environ.get("FAIL_RATE", "0") or 0)
 
 
 async def say(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     text = request.decode()
-    if text == "fail":
+    if text == "fail" or random.random() < FAIL_RATE:
         await context.abort(grpc.StatusCode.INTERNAL, "asked to fail")
     return f"{REVISION}: {text}".encode()
 

@@ -108,8 +108,10 @@ class ControlServer:
         activator = self._activator
         if op == "set":
             revision = message["revision"]
+            start = message.get("response_start_s")
             activator.set_revision(revision, [tuple(e) for e in message["endpoints"]],
-                                   concurrency=int(message["concurrency"]), timeout_s=float(message["timeout_s"]))
+                                   concurrency=int(message["concurrency"]), timeout_s=float(message["timeout_s"]),
+                                   response_start_s=float(start) if start is not None else None)
             if revision not in told:
                 told.add(revision)
                 activator.poke_again(revision)
@@ -162,9 +164,9 @@ class ActivatorClient:
     # -- the ActivatorLink --------------------------------------------------------------------------------
 
     def set_revision(self, revision: str, endpoints: Sequence[tuple[str, int]], *, concurrency: int,
-                     timeout_s: float) -> None:
+                     timeout_s: float, response_start_s: float | None = None) -> None:
         message = {"op": "set", "revision": revision, "endpoints": [[str(h), int(p)] for h, p in endpoints],
-                   "concurrency": concurrency, "timeout_s": timeout_s}
+                   "concurrency": concurrency, "timeout_s": timeout_s, "response_start_s": response_start_s}
         self._revisions[revision] = message
         self._send(message)
 

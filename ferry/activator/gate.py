@@ -49,10 +49,14 @@ class RevisionGate:
     """Holds a revision's requests until an instance has a free slot, and counts what it holds."""
 
     def __init__(self, name: str, *, concurrency: int, timeout_s: float, queue_limit: int,
-                 on_demand: Callable[[str], None], rng: random.Random, loop: asyncio.AbstractEventLoop):
+                 on_demand: Callable[[str], None], rng: random.Random, loop: asyncio.AbstractEventLoop,
+                 response_start_s: float | None = None):
         self.name = name
         self.concurrency = concurrency
         self.timeout_s = timeout_s
+        self.response_start_s = response_start_s
+        """An instance that has the request must start its response within this (Knative's
+        responseStartTimeoutSeconds); None: only the timeout bounds it."""
         self.requests_total = 0
         self.proxied = 0
         """Reservations held: requests being proxied (or about to be) to one of the instances."""
@@ -72,10 +76,12 @@ class RevisionGate:
 
     # -- what ferry tells us ---------------------------------------------------------------------------
 
-    def update(self, endpoints: Iterable[Address], *, concurrency: int, timeout_s: float) -> None:
+    def update(self, endpoints: Iterable[Address], *, concurrency: int, timeout_s: float,
+               response_start_s: float | None = None) -> None:
         """Replace the ready set. A dropped instance gets no new request; its running ones go on."""
         self.concurrency = concurrency
         self.timeout_s = timeout_s
+        self.response_start_s = response_start_s
         ready: list[Instance] = []
         listed: set[Address] = set()
         for host, port in endpoints:

@@ -25,6 +25,10 @@ log = logging.getLogger("ferry.activator")
 
 READY_TIMEOUT_S = 15.0
 
+SPEAKS = "http1+h2c"
+"""Part of the adoption digest: an activator recorded by a ferry whose activator did not speak h2c yet (same argv) is
+replaced, not adopted, since h2c revisions may now be at zero behind it."""
+
 
 async def serve(host: str, port: int, control: Path, queue_limit: int, stop: asyncio.Event,
                 key: str | None = None) -> None:
@@ -79,7 +83,7 @@ class ActivatorProcess:
             argv += ["--key-file", str(key_file)]  # the file, not the key: argv is visible to every user
         self.client = ActivatorClient(self.socket, host, port, on_demand=on_demand, key=key)
         self._process = Supervised(
-            ACTIVATOR, "activator", argv, digest=hashlib.sha256("\0".join(argv).encode()).hexdigest(),
+            ACTIVATOR, "activator", argv, digest=hashlib.sha256("\0".join([*argv, SPEAKS]).encode()).hexdigest(),
             log_path=workdir / "activator.log", ready=self._connected, register=register,
             env={**child_env("PYTHONPATH", "VIRTUAL_ENV"), "PYTHONUNBUFFERED": "1"})
         self._connection: asyncio.Task | None = None

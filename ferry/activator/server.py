@@ -1,8 +1,13 @@
-"""The activator: an aiohttp server in ferry's loop that holds requests for revisions without capacity.
+"""The activator: a server that holds requests for revisions without capacity.
 
 Envoy sends a revision's traffic here (header `ferry-revision`) while the revision is at zero or short of
 spare capacity. Each request waits in its revision's gate until an instance has a free slot, then goes
 straight to that instance. Nothing is lost: a request either reaches an instance or gets a clear error.
+
+One port serves both protocols a revision may have: HTTP/1.1 (aiohttp; websockets too) and h2c, HTTP/2 with
+prior knowledge, which is what Envoy speaks to the activator for `protocol: h2c` revisions (gRPC). A connection's
+first bytes tell them apart (h2c.Sniffer). An HTTP/2 stream is a request like any other: it waits in the same
+gate, takes one slot of an instance's `concurrency`, and is counted in the same stats.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from prometheus_client import CollectorRegistry
 
 from ferry.xds.resources import ACTIVATOR_KEY_HEADER, REVISION_HEADER
 
+from . import h2c
 from .gate import NO_AVOID, Address, QueueFull, RevisionGate, RevisionRemoved
+from .h2link import Stream
 from .metrics import ActivatorMetrics
 from .proxy import (
     MAX_HEADER_BYTES,
@@ -47,6 +54,8 @@ SHUTDOWN_GRACE_S = 10.0
 CLIENT_CLOSED = 499
 """Counted (never sent) when the client went away before its answer, as nginx and Envoy log it."""
 
+_REVISION_HEADER = REVISION_HEADER.encode()
+
 # Where a request is, so a timeout can say what it timed out on.
 _WAITING, _SENDING, _RELAYING = "waiting", "sending", "relaying"
 
@@ -58,6 +67,10 @@ class _Progress:
     arrived: float
     stage: str = _WAITING
     address: Address | None = None
+
+
+class LateResponse(Exception):
+    """An instance had the request for the revision's responseStartTimeout and had not started its response."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +103,10 @@ class Activator:
         self._metrics = ActivatorMetrics(registry, self._queued_total) if registry is not None else None
         self._forwarder: Forwarder | None = None
         self._runner: web.ServerRunner | None = None
+        self._listener: asyncio.Server | None = None
+        self._pool: h2c.Pool | None = None  # h2c connections to instances
+        self._h2c_links: set[h2c.GatewayLink] = set()
+        self._h2c_tasks: set[asyncio.Task] = set()  # one per h2c request
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
 
@@ -97,39 +114,51 @@ class Activator:
 
     async def start(self) -> None:
         """Bind and serve; port 0 picks a free port, and `self.port` then holds the real one."""
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self._forwarder = Forwarder()
+        self._pool = h2c.Pool()
         server = web.Server(self._handle, handler_cancellation=True, access_log=None,
                             max_line_size=MAX_HEADER_BYTES, max_field_size=MAX_HEADER_BYTES,
                             keepalive_timeout=self._idle_timeout_s)
         self._runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_GRACE_S)
+
+        def h2c_link() -> h2c.GatewayLink:
+            return h2c.GatewayLink(self._h2c_stream, self._h2c_links, self._idle_timeout_s)
+
         try:
             await self._runner.setup()
-            site = web.TCPSite(self._runner, self.host, self.port)
-            await site.start()
+            # The runner has no site: this listener hands each connection to aiohttp or to h2c.
+            self._listener = await loop.create_server(
+                lambda: h2c.Sniffer(server, h2c_link, self._idle_timeout_s), self.host, self.port)
         except BaseException:
             await self._runner.cleanup()
             await self._forwarder.aclose()
-            self._runner = self._forwarder = None
+            self._runner = self._forwarder = self._pool = None
             raise
-        self.port = self._runner.addresses[0][1]
+        self.port = self._listener.sockets[0].getsockname()[1]
         log.info("activator listening", extra={"address": f"{self.host}:{self.port}"})
 
     async def aclose(self) -> None:
-        """Stop accepting, answer every queued request 503, close websockets (1001), let proxied requests
-        finish (up to SHUTDOWN_GRACE_S), then close the client pool."""
+        """Stop accepting, answer every queued request 503, close websockets (1001), tell h2c gateways to open no
+        new stream (GOAWAY), let proxied requests finish (up to SHUTDOWN_GRACE_S), then close the client pools."""
         self._closing = True
         runner, self._runner = self._runner, None
         try:
             if runner is not None:
-                for site in list(runner.sites):
-                    await site.stop()
+                self._listener.close()
                 for gate in self._gates.values():
                     gate.remove("ferry activator: shutting down; retry")
+                for link in list(self._h2c_links):
+                    link.drain()
                 if self._forwarder is not None:
                     await self._forwarder.close_websockets()
-                await runner.cleanup()
+                await asyncio.gather(runner.cleanup(), self._h2c_finish(SHUTDOWN_GRACE_S))
         finally:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
+            for link in list(self._h2c_links):
+                link.transport.abort()
             if self._forwarder is not None:
                 await self._forwarder.aclose()
                 self._forwarder = None
@@ -141,22 +170,23 @@ class Activator:
     # -- what ferry tells us ---------------------------------------------------------------------------
 
     def set_revision(self, revision: str, endpoints: Sequence[tuple[str, int]], *, concurrency: int,
-                     timeout_s: float) -> None:
-        """Make `endpoints` the instances requests for `revision` may go to (idempotent).
+                     timeout_s: float, response_start_s: float | None = None) -> None:
+        """Make `endpoints` the instances requests for `revision` may go to (idempotent). `response_start_s`: an
+        instance must start its response within it once it has the request (None: the timeout alone).
 
         A dropped instance gets no new request from now on; its running ones finish. New instances and
         freed slots go to waiting requests, oldest first."""
         if concurrency < 0:
             raise ValueError(f"concurrency cannot be negative, got {concurrency}")
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        if timeout_s <= 0 or (response_start_s is not None and response_start_s <= 0):
+            raise ValueError(f"timeouts must be positive, got {timeout_s} and {response_start_s}")
         gate = self._gates.get(revision)
         if gate is None:
             gate = self._gates[revision] = RevisionGate(
                 revision, concurrency=concurrency, timeout_s=timeout_s, queue_limit=self._queue_limit,
                 on_demand=self._on_demand, rng=self._rng, loop=self._loop or asyncio.get_running_loop())
             log.debug("revision added", extra={"revision": revision, "instances": len(endpoints)})
-        gate.update(endpoints, concurrency=concurrency, timeout_s=timeout_s)
+        gate.update(endpoints, concurrency=concurrency, timeout_s=timeout_s, response_start_s=response_start_s)
 
     def poke_again(self, revision: str) -> None:
         """Wake the revision again if requests wait for it (see RevisionGate.poke_again)."""
@@ -194,8 +224,7 @@ class Activator:
             log.info("activator key replaced", extra={"old_key_taken_for_s": KEY_OVERLAP_S})
         self._key = new
 
-    def _has_key(self, request: web.BaseRequest) -> bool:
-        given = request.headers.get(ACTIVATOR_KEY_HEADER, "").encode()
+    def _has_key(self, given: bytes) -> bool:
         if hmac.compare_digest(given, self._key):
             return True
         old = self._old_key
@@ -207,7 +236,7 @@ class Activator:
     # -- requests --------------------------------------------------------------------------------------
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        if self._key is not None and not self._has_key(request):
+        if self._key is not None and not self._has_key(request.headers.get(ACTIVATOR_KEY_HEADER, "").encode()):
             return self._count("", _reply(403, "ferry activator: requests reach revisions through ferry's gateways"))
         revision = request.headers.get(REVISION_HEADER)
         if not revision:
@@ -241,7 +270,7 @@ class Activator:
                     return await self._forwarder.relay(request, upstream)
                 finally:
                     gate.release(instance)
-        except (TimeoutError, QueueFull, RevisionRemoved, InstanceFailed) as error:
+        except (TimeoutError, QueueFull, RevisionRemoved, InstanceFailed, LateResponse) as error:
             return self._failed(gate, progress, error)
 
     async def _websocket(self, request: web.BaseRequest, gate: RevisionGate) -> web.StreamResponse:
@@ -253,7 +282,7 @@ class Activator:
                 instance, upstream = await self._reach(
                     gate, progress, lambda a: self._forwarder.connect_websocket(request, a)
                 )
-        except (TimeoutError, QueueFull, RevisionRemoved, InstanceFailed) as error:
+        except (TimeoutError, QueueFull, RevisionRemoved, InstanceFailed, LateResponse) as error:
             return self._failed(gate, progress, error)
         try:
             return await self._forwarder.relay_websocket(request, upstream)
@@ -272,7 +301,15 @@ class Activator:
                 self._metrics.queue_seconds.observe(self._loop.time() - progress.arrived)
             try:
                 progress.stage = _SENDING
-                return instance, await connect(instance.address)
+                if gate.response_start_s is None:
+                    return instance, await connect(instance.address)
+                try:
+                    async with asyncio.timeout(gate.response_start_s):
+                        return instance, await connect(instance.address)
+                except TimeoutError:
+                    if progress.arrived + gate.timeout_s <= self._loop.time():
+                        raise  # the revision's own timeout, which is due as well
+                    raise LateResponse() from None
             except InstanceUnreachable as error:
                 log.debug("instance unreachable; trying another", extra={
                     "revision": gate.name, "instance": _show(instance.address), "error": str(error)})
@@ -283,44 +320,119 @@ class Activator:
                 raise
 
     def _failed(self, gate: RevisionGate, progress: _Progress, error: Exception) -> web.StreamResponse:
-        if isinstance(error, TimeoutError):
-            return self._timed_out(gate, progress.stage, progress.address)
-        if isinstance(error, QueueFull):
-            return _queue_full(gate, error)
-        if isinstance(error, RevisionRemoved):
-            return _reply(503, str(error), retry_after=True)
-        return _instance_failed(gate, progress.address, error)
-
-    def _timed_out(self, gate: RevisionGate, stage: str, address: Address | None) -> web.StreamResponse:
-        log.debug("request timed out", extra={"revision": gate.name, "stage": stage})
-        if stage == _WAITING:
-            return _reply(504, f"ferry activator: no instance of revision {gate.name} could take the request within "
-                               f"its timeout of {gate.timeout_s:g}s")
-        if stage == _SENDING:
-            return _reply(504, f"ferry activator: instance {_show(address)} of revision {gate.name} did not answer "
-                               f"within the revision timeout of {gate.timeout_s:g}s")
-        # The response had started; the connection was cut. This answer is never written, only counted.
-        return web.Response(status=504)
+        failure = _failure(gate, progress, error)
+        if failure is None:  # the response had started; the connection was cut: never written, only counted
+            return web.Response(status=504)
+        return _reply(*failure)
 
     def _count(self, revision: str, response: web.StreamResponse) -> web.StreamResponse:
         if self._metrics is not None:
             self._metrics.count(revision, response.status)
         return response
 
+    # -- h2c requests (one HTTP/2 stream each) ---------------------------------------------------------
 
-def _reply(status: int, text: str, *, retry_after: bool = False) -> web.Response:
+    def _h2c_stream(self, stream: Stream) -> None:
+        """A gateway opened a stream: handle it in its own task (cancelled if the gateway resets the stream)."""
+        task = stream.task = self._loop.create_task(self._h2c(stream))
+        self._h2c_tasks.add(task)
+        task.add_done_callback(self._h2c_tasks.discard)
+
+    async def _h2c(self, stream: Stream) -> None:
+        """As `_handle` and `_http`: the same checks, gate, timeout and counts. The exchange itself is relayed frame
+        by frame by the two paired streams; this waits until the answer is complete."""
+        headers = stream.headers or []
+        revision = ""
+        status = 500
+        try:
+            if self._key is not None and not self._has_key(h2c.header(headers, h2c.KEY_HEADER) or b""):
+                status = _h2c_reply(stream, 403, "ferry activator: requests reach revisions through ferry's gateways")
+                return
+            name = (h2c.header(headers, _REVISION_HEADER) or b"").decode("latin-1")
+            gate = self._gates.get(name)
+            if gate is None:
+                status = _h2c_reply(stream, 404, f"ferry activator: unknown revision {name!r}") if name else \
+                    _h2c_reply(stream, 400, f"ferry activator: request has no {REVISION_HEADER} header; only Envoy "
+                                            "routes for revisions should reach the activator")
+                return
+            revision = name
+            gate.requests_total += 1
+            if self._closing:
+                status = _h2c_reply(stream, 503, "ferry activator: shutting down; retry", True)
+                return
+            status = await self._h2c_relay(stream, gate)
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED
+            raise
+        finally:
+            h2c.finish(stream, stream.peer)
+            if self._metrics is not None:
+                self._metrics.count(revision, status)
+
+    async def _h2c_relay(self, stream: Stream, gate: RevisionGate) -> int:
+        progress = _Progress(self._loop.time())
+        upstream: Stream | None = None
+        try:
+            async with asyncio.timeout_at(progress.arrived + gate.timeout_s):
+                instance, upstream = await self._reach(gate, progress, lambda a: self._pool.open(a, stream))
+                try:
+                    progress.stage = _RELAYING
+                    await stream.waiter
+                finally:
+                    gate.release(instance)
+        except (TimeoutError, QueueFull, RevisionRemoved, InstanceFailed, LateResponse) as error:
+            failure = _failure(gate, progress, error)
+            if failure is None:  # the answer had started: the stream is reset (`finish`), never cut short as whole
+                return 504
+            return _h2c_reply(stream, *failure)
+        if stream.reset_code is not None and not stream.sent_end:
+            return 502  # the instance reset it mid-answer
+        return h2c.head_status(upstream)
+
+    async def _h2c_finish(self, grace_s: float) -> None:
+        """Until the h2c requests already at instances are answered, up to `grace_s`; then they are cut."""
+        if self._h2c_tasks:
+            _, late = await asyncio.wait(set(self._h2c_tasks), timeout=grace_s)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
+
+
+def _h2c_reply(stream: Stream, status: int, text: str, retry_after: bool = False) -> int:
+    h2c.reply(stream, status, text, retry_after=retry_after)
+    return status
+
+
+def _reply(status: int, text: str, retry_after: bool = False) -> web.Response:
     return web.Response(status=status, text=text + "\n", headers={"Retry-After": "1"} if retry_after else None)
 
 
-def _queue_full(gate: RevisionGate, full: QueueFull) -> web.Response:
-    log.debug("queue full", extra={"revision": gate.name, "waiting": full.args[0]})
-    return _reply(503, f"ferry activator: pending request queue full for revision {gate.name} "
-                       f"({full.args[0]} waiting); retry later", retry_after=True)
-
-
-def _instance_failed(gate: RevisionGate, address: Address | None, error: InstanceFailed) -> web.Response:
+def _failure(gate: RevisionGate, progress: _Progress, error: Exception) -> tuple[int, str, bool] | None:
+    """What a failed request is answered, either protocol: (status, text, retry_after); None once the response had
+    started (there is nothing left to answer: the connection or stream is cut)."""
+    address = progress.address
+    if isinstance(error, LateResponse):
+        log.debug("response did not start in time", extra={"revision": gate.name, "instance": _show(address)})
+        return 504, (f"ferry activator: instance {_show(address)} of revision {gate.name} did not start its response "
+                     f"within the revision's responseStartTimeout of {gate.response_start_s:g}s"), False
+    if isinstance(error, TimeoutError):
+        log.debug("request timed out", extra={"revision": gate.name, "stage": progress.stage})
+        if progress.stage == _WAITING:
+            return 504, (f"ferry activator: no instance of revision {gate.name} could take the request within its "
+                         f"timeout of {gate.timeout_s:g}s"), False
+        if progress.stage == _SENDING:
+            return 504, (f"ferry activator: instance {_show(address)} of revision {gate.name} did not answer within "
+                         f"the revision timeout of {gate.timeout_s:g}s"), False
+        return None
+    if isinstance(error, QueueFull):
+        log.debug("queue full", extra={"revision": gate.name, "waiting": error.args[0]})
+        return 503, (f"ferry activator: pending request queue full for revision {gate.name} "
+                     f"({error.args[0]} waiting); retry later"), True
+    if isinstance(error, RevisionRemoved):
+        return 503, str(error), True
     log.debug("instance failed", extra={"revision": gate.name, "instance": _show(address), "error": str(error)})
-    return _reply(502, f"ferry activator: instance {_show(address)} of revision {gate.name} failed: {error}")
+    return 502, f"ferry activator: instance {_show(address)} of revision {gate.name} failed: {error}", False
 
 
 def _show(address: Address | None) -> str:

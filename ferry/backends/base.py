@@ -33,6 +33,7 @@ class Workload:
     cwd: Path
     env: Mapping[str, str] = field(default_factory=dict)
     readiness_path: str | None = None  # HTTP GET until 200; None = TCP connect
+    protocol: str = "http1"  # what the instances speak: http1, or h2c (HTTP/2 without TLS; its readiness GET is HTTP/2)
     timeout_s: float = 300.0  # request timeout; also bounds how long a stopping instance may drain
     # Kubernetes only: the container image (command, when given, overrides its entrypoint), its args, the port it
     # listens on (default 8080) and its resource requests/limits.

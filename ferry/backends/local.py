@@ -21,12 +21,34 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+
 from ..dataplane import INSTANCE, Register, Running, child_env, is_running, signal_group, spawn, tail
 from ..statedir import open_private
 from .base import Durable, DrainHook, Endpoint, EndpointsChanged, InstanceCounts, InstanceInfo, Workload
 from .connections import connected_clients
 
 log = logging.getLogger("ferry.backends.local")
+
+
+async def _http2_get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, authority: str, path: str) -> bool:
+    """An HTTP/2 GET with prior knowledge (h2c) on an open connection: True if it is answered 200."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_connection()
+    conn.send_headers(1, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", authority.encode()),
+                          (b":path", path.encode()), (b"user-agent", b"ferry-probe")], end_stream=True)
+    writer.write(conn.data_to_send())
+    while data := await reader.read(65536):
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived):
+                return dict(event.headers).get(b":status") == b"200"
+            if isinstance(event, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
+                return False
+        writer.write(conn.data_to_send())  # SETTINGS acknowledged, windows
+    return False
 
 PROBE_TIMEOUT_S = 0.3  # one probe; a healthy local app answers in well under a millisecond
 ADOPTION_PROBES = 5  # an adopted instance is ready if one of these probes (a probe interval apart) passes
@@ -51,6 +73,7 @@ class _Instance:
         self.error: str | None = None  # why it could not be started, for status
         self.digest: str | None = None  # what it runs (workload_digest)
         self.readiness: str | None = None  # its readiness path
+        self.http2 = False  # its readiness GET is HTTP/2 with prior knowledge (an h2c revision's)
 
     @property
     def endpoint(self) -> Endpoint | None:
@@ -195,7 +218,8 @@ class LocalProcessBackend(Durable):
                 live.append(entry)
             else:
                 self._register.remove(INSTANCE, entry.key)
-        ready = await asyncio.gather(*(self._probe_adopted(e.data["port"], e.data.get("readiness")) for e in live))
+        ready = await asyncio.gather(*(self._probe_adopted(e.data["port"], e.data.get("readiness"),
+                                                           bool(e.data.get("http2"))) for e in live))
         now = asyncio.get_running_loop().time()
         for entry, is_ready in zip(live, ready, strict=True):
             name = entry.data["revision"]
@@ -204,6 +228,7 @@ class LocalProcessBackend(Durable):
             inst.proc, inst.port, inst.announced = Running(entry.proc), int(entry.data["port"]), True
             inst.ready, inst.ready_since, inst.started_at = is_ready, now if is_ready else None, now
             inst.digest, inst.readiness = entry.data["digest"], entry.data.get("readiness")
+            inst.http2 = bool(entry.data.get("http2"))
             rev.instances.append(inst)
             inst.supervisor = asyncio.create_task(self._supervise(rev, inst), name=f"ferry-supervise-{entry.key}")
         for rev in self._revisions.values():
@@ -230,11 +255,11 @@ class LocalProcessBackend(Durable):
         digest = workload_digest(workload)
         self._begin_stop(rev, [i for i in rev.instances if i.digest != digest])
 
-    async def _probe_adopted(self, port: int, path: str | None) -> bool:
+    async def _probe_adopted(self, port: int, path: str | None, http2: bool = False) -> bool:
         """Ready unless it plainly is not (refuses connections, or answers not 200): it was serving, and a busy
         machine may make its probes time out; the liveness probes take it out if it keeps not answering."""
         for _ in range(ADOPTION_PROBES):
-            if await self._probe(int(port), path, timeouts_pass=True):
+            if await self._probe(int(port), path, timeouts_pass=True, http2=http2):
                 return True
             await asyncio.sleep(self._probe_interval)
         return False
@@ -340,11 +365,13 @@ class LocalProcessBackend(Durable):
             proc = await spawn(argv, cwd=wl.cwd, env=env, stdout=logf, stderr=logf)
         inst.proc, inst.port = proc, port
         inst.digest, inst.readiness = workload_digest(wl), wl.readiness_path
+        inst.http2 = wl.protocol == "h2c"
         inst.started_at = asyncio.get_running_loop().time()
         inst.announced = False
         if self._register is not None:
             self._register.put(INSTANCE, inst.key, proc.proc, revision=wl.revision, index=inst.index, port=port,
-                               digest=inst.digest, readiness=inst.readiness, log=str(inst.log_path))
+                               digest=inst.digest, readiness=inst.readiness, log=str(inst.log_path),
+                               **({"http2": True} if inst.http2 else {}))
         log.info(
             "instance started",
             extra={"revision": wl.revision, "index": inst.index, "pid": proc.pid, "port": port},
@@ -363,10 +390,10 @@ class LocalProcessBackend(Durable):
     async def _probe_loop(self, rev: _Revision, inst: _Instance, proc: Running) -> None:
         """Fast probes until ready (cold starts matter), then slow ones; 3 misses in a row take it out."""
         loop = asyncio.get_running_loop()
-        path, port = inst.readiness, inst.port
+        path, port, http2 = inst.readiness, inst.port, inst.http2
         assert port is not None
         if not inst.ready:  # an adopted instance may be ready already
-            while not await self._probe(port, path):
+            while not await self._probe(port, path, http2=http2):
                 await asyncio.sleep(self._probe_interval)
             self._set_ready(rev, inst, True)
             log.info(
@@ -377,7 +404,7 @@ class LocalProcessBackend(Durable):
         failures = 0
         while True:
             await asyncio.sleep(self._liveness_interval)
-            if await self._probe(port, path):
+            if await self._probe(port, path, http2=http2):
                 failures = 0
                 if not inst.ready:
                     self._set_ready(rev, inst, True)
@@ -392,15 +419,17 @@ class LocalProcessBackend(Durable):
                         extra={"revision": rev.name, "index": inst.index, "pid": proc.pid, "failures": failures},
                     )
 
-    async def _probe(self, port: int, path: str | None, *, timeouts_pass: bool = False) -> bool:
-        """HTTP GET path expecting 200, or a bare TCP connect when there is no path. A probe that times out
-        fails, unless `timeouts_pass`."""
+    async def _probe(self, port: int, path: str | None, *, timeouts_pass: bool = False, http2: bool = False) -> bool:
+        """HTTP GET path expecting 200 (HTTP/2 with prior knowledge if `http2`), or a bare TCP connect when there is
+        no path. A probe that times out fails, unless `timeouts_pass`."""
         try:
             async with asyncio.timeout(PROBE_TIMEOUT_S):
                 reader, writer = await asyncio.open_connection(self._host, port)
                 try:
                     if path is None:
                         return True
+                    if http2:
+                        return await _http2_get(reader, writer, f"{self._host}:{port}", path)
                     writer.write(
                         f"GET {path} HTTP/1.1\r\nHost: {self._host}:{port}\r\nUser-Agent: ferry-probe\r\n"
                         "Connection: close\r\n\r\n".encode()
@@ -411,7 +440,7 @@ class LocalProcessBackend(Durable):
                     writer.close()
         except TimeoutError:
             return timeouts_pass
-        except (OSError, ValueError):
+        except (OSError, ValueError, h2.exceptions.ProtocolError):
             return False
 
     def _set_ready(self, rev: _Revision, inst: _Instance, ready: bool) -> None:

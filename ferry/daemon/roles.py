@@ -19,6 +19,7 @@ from ..backends.local import LocalProcessBackend
 from ..envoy.bootstrap import BootstrapOptions, XdsTls
 from ..envoy.process import EnvoyProcess
 from ..reconcile.census import GatewayCensus
+from ..reconcile.certs import watch_certificates
 from ..reconcile.config import ConfigSource
 from ..reconcile.controller import BackendFactory, Controller
 from ..routing.errors import ConfigError
@@ -64,11 +65,14 @@ class Leading:
         self.census = census
 
     def status(self, service: str | None) -> dict:
-        return {"config": {**self.source.status(), **self.controller.timings}, **self.controller.status(service)}
+        return {"config": self._config(), **self.controller.status(service)}
 
     def status_chunks(self, service: str | None) -> Iterator[bytes]:
         """The same as JSON, in pieces (KeyError at once for an unknown service)."""
-        return self.controller.status_chunks(service, {"config": {**self.source.status(), **self.controller.timings}})
+        return self.controller.status_chunks(service, {"config": self._config()})
+
+    def _config(self) -> dict:
+        return {**self.source.status(), **self.controller.timings, **self.controller.https.status()}
 
     async def apply(self, label: str, text: str) -> None:
         await self.source.apply(text, label=label)
@@ -138,6 +142,7 @@ async def lead(shared: Shared, loaded: LoadedRoutes, *, inherited: bool) -> Asyn
         if options.watch:
             watching = asyncio.Event()
             background.append(watch_file(options.routes, source.apply, watching))
+            background.append(watch_certificates(controller.https, controller.rotate_certificates))
         for coro in background:
             _run_in_background(stack, coro)
         if options.watch:

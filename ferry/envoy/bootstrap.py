@@ -32,6 +32,7 @@ KEPT_STATS: tuple[dict, ...] = (
                               "cluster.ferry_")),
     {"safe_regex": {"regex": r"^cluster\.[^.]+\.(upstream_rq_(total|active|pending_active|[1-5]xx|time|timeout"
                              r"|retry|pending_overflow|rx_reset|tx_reset)|upstream_cx_(active|connect_fail))$"}},
+    {"safe_regex": {"regex": r"^cluster\.[^.]+\.grpc\.(\d+|total)$"}},  # gRPC calls by grpc-status (rollout analysis)
     {"safe_regex": {"regex": r"^http\.[^.]+\.(downstream_(rq|cx)_[a-z0-9_]+|no_route|no_cluster|rq_total"
                              r"|rq_direct_response|(rds|scoped_rds)\.[^.]+\.update_(success|rejected))$"}},
 )

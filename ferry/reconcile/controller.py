@@ -38,6 +38,7 @@ from ..xds import resources as xds
 from ..xds.cache import SnapshotCache
 from . import rules, status
 from .census import GatewayCensus
+from .certs import HttpsState
 from .config import Config
 from .model import ENDED_BADLY, RevisionRuntime, ServiceRuntime
 from .publisher import Publisher, RouteTables
@@ -55,7 +56,7 @@ class ActivatorLink(Protocol):
     port: int
 
     def set_revision(self, revision: str, endpoints: Sequence[tuple[str, int]], *, concurrency: int,
-                     timeout_s: float) -> None: ...
+                     timeout_s: float, response_start_s: float | None = None) -> None: ...
 
     def remove_revision(self, revision: str) -> None: ...
 
@@ -98,6 +99,7 @@ class Controller:
         self.config: Config | None = None
         self.publisher = Publisher(cache)
         self.tables = RouteTables(self.publisher, activator_key=activator_key)
+        self.https = HttpsState(self.publisher)  # gateway.tls: the HTTPS listener and its certificates (SDS)
         self.latest_ready = LatestReady(store)
         self.floor = Floor(self._floor_changed)
         self.rollouts = RolloutBook(store, self.latest_ready, self.floor, self._instances)
@@ -131,9 +133,14 @@ class Controller:
             previous, self.config = self.config, config
             spec = config.loaded.spec
             gateway_changed = previous is None or previous.loaded.spec.gateway != spec.gateway
-            self.tables.strip_headers = () if spec.gateway.tagHeader else xds.TAG_HEADERS
-            if previous is None or previous.loaded.spec.gateway.listen != spec.gateway.listen:
+            self.tables.strip_headers = (xds.LISTENER_HEADER,) + (() if spec.gateway.tagHeader else xds.TAG_HEADERS)
+            before = previous.loaded.spec.gateway if previous is not None else None
+            if before is None or before.listen != spec.gateway.listen:
                 self.publisher.put(xds.LISTENER, xds.listener(spec.gateway.listen.host, spec.gateway.listen.port))
+            if (before.internal if before else None) != spec.gateway.internal:
+                self._put_internal_listener(spec.gateway)
+            if self.https.configure(config.loaded):
+                self.tables.https_redirect = self.https.redirect()  # gateway_changed: every table is rebuilt
             for name in [n for n in self.services if n not in spec.services]:
                 self._remove_service(name)
             touched: list[ServiceRuntime] = []
@@ -159,6 +166,23 @@ class Controller:
             # services a full collection took 0.5 s, stalling pushes that were already under way; one before the
             # freeze took 0.4 s after a whole new file and found nothing to free).
             gc.freeze()
+
+    def _put_internal_listener(self, gateway: Gateway) -> None:
+        """The listener of private services (and public ones), or none."""
+        if gateway.internal is None:
+            self.publisher.delete(xds.LISTENER, xds.INTERNAL_LISTENER_NAME)
+        else:
+            self.publisher.put(xds.LISTENER, xds.listener(gateway.internal.host, gateway.internal.port,
+                                                          name=xds.INTERNAL_LISTENER_NAME, mark="internal"))
+
+    async def rotate_certificates(self, tls, pairs) -> bool:
+        """New contents of gateway.tls's certificate files (reconcile/certs.py read and checked them): published
+        as new versions of the same secrets. False: gateway.tls changed meanwhile, or nothing did."""
+        async with self._lock:
+            if not self.https.rotate(tls, pairs):
+                return False
+            self._commit()
+            return True
 
     def _commit(self) -> None:
         """Persist what changed about latest-ready revisions, then publish what is staged."""
@@ -243,6 +267,7 @@ class Controller:
                 image=template.image,
                 args=tuple(template.args) if template.args is not None else None,
                 port=template.port,
+                protocol=template.protocol,
                 resources=template.resources.model_dump(mode="json", exclude_defaults=True)
                 if template.resources is not None else None,
             )
@@ -350,6 +375,7 @@ class Controller:
                 self._live_endpoints(runtime) if runtime.retiring else endpoints,
                 concurrency=template.concurrency,
                 timeout_s=template.timeout,
+                response_start_s=template.responseStartTimeout,
             )
             # A retiring revision is routed nowhere: nothing should wake it.
             runtime.activator_in_path = not runtime.retiring and rules.wants_activator(
@@ -365,7 +391,8 @@ class Controller:
         return tuple(i.endpoint for i in self.backend.instances(runtime.name) if i.endpoint and i.alive)
 
     def _stage_endpoints(self, runtime: RevisionRuntime) -> None:
-        """The revision's EDS entry: its ready instances, or the activator."""
+        """The revision's EDS entry: its ready instances, or the activator (one address for http1 and h2c revisions:
+        the activator tells an h2c cluster's HTTP/2 connections from HTTP/1.1 ones by their first bytes)."""
         address = self.activator_address
         endpoints = (Endpoint(address.host, address.port),) if runtime.activator_in_path else runtime.endpoints
         self.publisher.put(xds.ENDPOINT, xds.load_assignment(runtime.cluster, endpoints))

@@ -60,7 +60,9 @@ class RouteTables:
     def __init__(self, publisher: Publisher, *, activator_key: str | None = None):
         self._publisher = publisher
         self.add_headers = {xds.ACTIVATOR_KEY_HEADER: activator_key} if activator_key else {}
-        self.strip_headers: tuple[str, ...] = xds.TAG_HEADERS  # unless the gateway routes on them (tagHeader)
+        # the listener's mark is for routing only; tag headers too, unless the gateway routes on them (tagHeader)
+        self.strip_headers: tuple[str, ...] = (xds.LISTENER_HEADER, *xds.TAG_HEADERS)
+        self.https_redirect: xds.HttpsRedirect | None = None  # gateway.tls.redirect
         self._tables: set[str] = set()
         self._scopes: dict[str, set[str]] = {}  # service -> hosts scoped to its route table
         self._scope_owner: dict[str, str] = {}  # host -> the service its scope points at
@@ -68,7 +70,7 @@ class RouteTables:
     def put(self, service: str, routes: tuple[xds.HostRoute, ...]) -> None:
         """The service's route table, and a host scope for each of its hosts."""
         self._publisher.put(xds.ROUTE, xds.route_table(service, routes, add=self.add_headers,
-                                                        remove=self.strip_headers))
+                                                        remove=self.strip_headers, https_redirect=self.https_redirect))
         self._tables.add(service)
         hosts = {host for r in routes for host in r.domains}
         self._release(service, self._scopes.get(service, set()) - hosts)

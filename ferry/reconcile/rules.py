@@ -72,9 +72,13 @@ def host_routes(
     def target(revision: str, percent: int) -> xds.WeightedTarget:
         return xds.WeightedTarget(revisions[revision].cluster, revision, percent)
 
-    def timeout(revision: str) -> float:
-        return revisions[revision].revision.template.timeout
+    def timeouts(*names: str) -> dict:
+        """A route's timeouts: a split's are the longest of its revisions' (Envoy times a route, not a cluster)."""
+        templates = [revisions[name].revision.template for name in names]
+        return {"timeout_s": max(t.timeout for t in templates),
+                "idle_timeout_s": max(t.idleTimeout or t.timeout for t in templates)}
 
+    private = service.spec.visibility == "private"
     main = tuple(target(s.revision, s.percent) for s in resolved.main)
     routes = []
     if main:
@@ -83,9 +87,10 @@ def host_routes(
             service=service.name,
             domains=tuple(service_hosts(service.name, service.spec, gateway)),
             targets=main,
-            timeout_s=max(timeout(t.revision) for t in main),
             tagged=tuple((tag, target(revision, 100)) for tag, revision in resolved.tags) if gateway.tagHeader else (),
             sticky_cookie=sticky_cookie(service),
+            internal_only=private,
+            **timeouts(*(t.revision for t in main)),
         ))
     for tag, revision in resolved.tags:
         routes.append(xds.HostRoute(
@@ -93,7 +98,8 @@ def host_routes(
             service=service.name,
             domains=(tag_host(tag, service.name, gateway),),
             targets=(target(revision, 100),),
-            timeout_s=timeout(revision),
+            internal_only=private,
+            **timeouts(revision),
         ))
     return tuple(routes)
 
@@ -113,5 +119,7 @@ def reachable(runtime: RevisionRuntime, service: ServiceRuntime | None) -> bool:
 def wants_activator(runtime: RevisionRuntime, autoscaler_says: bool) -> bool:
     """Whether the revision's EDS names the activator. A revision with a concurrency limit keeps it at every
     scale: only the activator sees every gateway's requests, so only it can hold each instance to the limit
-    (Knative puts a queue-proxy beside each instance for that; ferry has none)."""
-    return autoscaler_says or runtime.revision.template.concurrency > 0
+    (Knative puts a queue-proxy beside each instance for that; ferry has none). So does one whose response must
+    start sooner than its timeout: Envoy has no time-to-first-byte timer (Knative's queue-proxy keeps it)."""
+    template = runtime.revision.template
+    return autoscaler_says or template.concurrency > 0 or template.response_start_timeout < template.timeout

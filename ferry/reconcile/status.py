@@ -123,7 +123,9 @@ def _revision_json(c: Controller, runtime: RevisionRuntime) -> bytes:
 
 def _service(c: Controller, service: ServiceRuntime) -> dict:
     gateway = c.gateway
-    port = "" if gateway.listen.port == 80 else f":{gateway.listen.port}"
+    private = service.spec.visibility == "private"
+    listen = gateway.internal if private and gateway.internal is not None else gateway.listen
+    port = "" if listen.port == 80 else f":{listen.port}"
     hosts = service_hosts(service.name, service.spec, gateway)
     traffic: list[dict] = []
     if service.traffic is not None:
@@ -134,6 +136,7 @@ def _service(c: Controller, service: ServiceRuntime) -> dict:
         ]
     return {
         "url": f"http://{hosts[0]}{port}",
+        "visibility": service.spec.visibility,  # private: on gateway.internal only
         "hosts": hosts,
         "latest_created": service.current.name,
         "latest_ready": c.latest_ready.get(service.name),

@@ -5,6 +5,12 @@ Per revision cluster, Envoy counts answers by class (`upstream_rq_1xx` .. `upstr
 analysis can take a p99 from bucket deltas over exactly its own interval rather than from Envoy's quantiles over
 its flush interval (envoy/prometheus.py says why Prometheus and not JSON). Gateways are summed: the verdict is about the
 revision, whichever gateway carried its requests.
+
+A gRPC call that fails still answers HTTP 200 (its grpc-status travels in the trailers), so the gateways count calls
+per grpc-status too (Envoy's grpc_stats filter): the statuses Envoy itself maps to a 5xx (UNKNOWN, DEADLINE_EXCEEDED,
+UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS) are errors, as a 5xx is; the client's own (NOT_FOUND,
+INVALID_ARGUMENT, ...) are not. A gRPC call Envoy itself fails (an upstream timeout) counts both as a 5xx and under
+its status: errors are capped at the requests.
 """
 
 from __future__ import annotations
@@ -23,12 +29,15 @@ log = logging.getLogger("ferry.rollout")
 FETCH_TIMEOUT_S = 0.8
 _CLASSES = "envoy_cluster_upstream_rq_xx"  # envoy_response_code_class="1".."5"
 _BUCKETS = "envoy_cluster_upstream_rq_time_bucket"
-_NAMES = frozenset({_CLASSES, _BUCKETS})
+GRPC_SERVER_ERRORS = (2, 4, 12, 13, 14, 15)  # grpc-status codes Envoy maps to 500, 504, 501, 500, 503, 500
+_GRPC_ERRORS = frozenset(f"envoy_cluster_grpc_{code}" for code in GRPC_SERVER_ERRORS)
+_NAMES = frozenset({_CLASSES, _BUCKETS, *_GRPC_ERRORS})
+_GRPC_CODES = "|".join(map(str, GRPC_SERVER_ERRORS))
 
 
 def stats_path(clusters: Iterable[str]) -> str:
     names = "|".join(re.escape(c) for c in clusters)
-    return prometheus.path(rf"^cluster\.({names})\.(upstream_rq_[1-5]xx|upstream_rq_time)$")
+    return prometheus.path(rf"^cluster\.({names})\.(upstream_rq_[1-5]xx|upstream_rq_time|grpc\.({_GRPC_CODES}))$")
 
 
 def parse_samples(body: bytes, clusters: Iterable[str]) -> dict[str, Sample]:
@@ -44,10 +53,12 @@ def parse_samples(body: bytes, clusters: Iterable[str]) -> dict[str, Sample]:
             requests[cluster] += int(value)
             if labels.get("envoy_response_code_class") == "5":
                 errors[cluster] += int(value)
+        elif name in _GRPC_ERRORS:
+            errors[cluster] += int(value)
         elif "le" in labels:
             buckets.setdefault(cluster, []).append((prometheus.bound(labels["le"]), int(value)))
     return {
-        cluster: Sample(requests=requests[cluster], errors=errors[cluster],
+        cluster: Sample(requests=requests[cluster], errors=min(errors[cluster], requests[cluster]),
                         latency_buckets=tuple(sorted(buckets.get(cluster, ()))))
         for cluster in requests
     }

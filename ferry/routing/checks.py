@@ -29,6 +29,12 @@ def check_routes(gateway: Gateway | None, services: Mapping[str, ServiceSpec],
         problems += check_service(name, spec)
     if gateway is not None:
         problems += check_hosts(gateway, services, claims)
+        if gateway.internal is None:
+            problems += [
+                Problem(format_path(("services", name, "visibility")),
+                        "a private service is served only on gateway.internal, which is not set: add "
+                        "gateway.internal (e.g. internal: 127.0.0.1:8081) or make the service public")
+                for name, spec in services.items() if spec.visibility == "private"]
     return problems
 
 
@@ -241,6 +247,8 @@ def check_own_listeners(gateway: Gateway | None, services: Mapping[str, ServiceS
     listeners = dict(own)
     if gateway is not None:
         listeners.setdefault(gateway.listen, "the gateway itself (gateway.listen): requests would loop")
+        if gateway.internal is not None:
+            listeners.setdefault(gateway.internal, "the gateway itself (gateway.internal): requests would loop")
     problems = []
     for name, spec in services.items():
         for i, endpoint in enumerate(spec.template.endpoints or ()):

@@ -340,6 +340,10 @@ OsStr = Annotated[str, Strict(), AfterValidator(_no_nul)]  # handed to the OS: a
 Bool = Annotated[bool, Strict()]
 Address = Annotated[HostPort, PlainValidator(HostPort.parse), PlainSerializer(str, return_type=str)]
 Duration = Annotated[float, _duration("timeout", "300s", above_minimum=True, maximum=MAX_TIMEOUT_S)]
+ResponseStartTimeout = Annotated[
+    float, _duration("responseStartTimeout", "30s", above_minimum=True, maximum=MAX_TIMEOUT_S)
+]
+IdleTimeout = Annotated[float, _duration("idleTimeout", "0s (none) or 60s", maximum=MAX_TIMEOUT_S)]
 StableWindow = Annotated[
     float, _duration("stableWindow", "60s", minimum=MIN_WINDOW_S, maximum=MAX_WINDOW_S, whole_seconds=True)
 ]

@@ -16,6 +16,7 @@ from yaml.nodes import Node
 
 from . import yamlsource
 from .blocks import ServiceBlocks, split_services
+from .certificates import KeyPair, read_certificates
 from .checks import HostClaims, check_hosts, check_own_listeners, check_routes, check_service
 from .errors import ConfigError, Loc, Problem, format_path, parse_path
 from .messages import describe, error_loc, problems_from
@@ -35,6 +36,8 @@ class LoadedRoutes:
     blocks: ServiceBlocks | None = field(default=None, repr=False, compare=False)  # per-service text, for reuse
     block_names: dict[str, str] = field(default_factory=dict, repr=False, compare=False)  # block text -> service
     host_claims: HostClaims = field(default_factory=dict, repr=False, compare=False)  # for the next load's checks
+    # gateway.tls's certificates as read when its block last changed (reconcile/certs.py follows the files after)
+    certificates: tuple[KeyPair, ...] = field(default=(), repr=False, compare=False)
 
 
 def load_routes(path: Path | str, text: str | None = None, previous: LoadedRoutes | None = None, *,
@@ -61,16 +64,34 @@ def load_routes(path: Path | str, text: str | None = None, previous: LoadedRoute
             if reused is not None:
                 spec, raw_services, names = reused
                 return LoadedRoutes(path, path.parent, spec, label or "", text, raw_services, split,
-                                    dict(zip(split.blocks, names, strict=True)), previous.host_claims)
+                                    dict(zip(split.blocks, names, strict=True)), previous.host_claims,
+                                    _certificates(spec, path, file, text, previous))
         claims: HostClaims = {}
         try:
             spec, raw_services = _validate(text, file, previous, claims)
         except RecursionError:
             raise ConfigError(file, [Problem("", "the document is nested too deeply: flatten it")]) from None
+    certificates = _certificates(spec, path, file, text, previous)
     if split is None or len(split.blocks) != len(raw_services):
-        return LoadedRoutes(path, path.parent, spec, label or "", text, raw_services, host_claims=claims)
+        return LoadedRoutes(path, path.parent, spec, label or "", text, raw_services, host_claims=claims,
+                            certificates=certificates)
     return LoadedRoutes(path, path.parent, spec, label or "", text, raw_services, split,
-                        dict(zip(split.blocks, raw_services, strict=True)), claims)
+                        dict(zip(split.blocks, raw_services, strict=True)), claims, certificates)
+
+
+def _certificates(spec: RoutesFile, path: Path, file: str, text: str,
+                  previous: LoadedRoutes | None) -> tuple[KeyPair, ...]:
+    """gateway.tls's certificates, read and checked (ConfigError with lines); as `previous` read them when the
+    block is the same (the files are followed by reconcile/certs.py while ferry runs)."""
+    tls = spec.gateway.tls
+    if tls is None:
+        return ()
+    if previous is not None and previous.spec.gateway.tls == tls and previous.base_dir == path.parent:
+        return previous.certificates
+    pairs, problems = read_certificates(tls, path.parent)
+    if problems:
+        raise ConfigError(file, _locate(problems, yamlsource.compose(text)))
+    return pairs
 
 
 def _load_changed_blocks(
@@ -216,6 +237,11 @@ def _domain_only(data: dict[str, Any], broken: set[Loc]) -> Gateway | None:
     if ("gateway",) in broken or ("gateway", "domain") in broken:
         return None
     return Gateway.model_validate({"domain": raw["domain"]} if "domain" in raw else {})
+
+
+def problems_in(loaded: LoadedRoutes, problems: list[Problem]) -> ConfigError:
+    """Problems found later about a loaded file (its certificate files changed), with their lines in it."""
+    return ConfigError(loaded.label or str(loaded.path), _locate(problems, yamlsource.compose(loaded.text)))
 
 
 def _locate(problems: list[Problem], root: Node | None) -> list[Problem]:

@@ -40,6 +40,7 @@ from .fields import (
     Host,
     HostPort,
     HttpPath,
+    IdleTimeout,
     Image,
     Kubeconfig,
     KubeContext,
@@ -52,6 +53,7 @@ from .fields import (
     Percent,
     Port,
     Quantity,
+    ResponseStartTimeout,
     RevisionName,
     RevisionRef,
     RolloutDuration,
@@ -68,6 +70,7 @@ from .fields import (
     is_loopback,
     quantity_value,
 )
+from .certificates import GatewayTls
 from .messages import describe
 
 __all__ = [
@@ -236,7 +239,11 @@ class Template(_Model):
     env: dict[EnvName, OsStr] = {}
     readiness: Readiness | None = None
     concurrency: NonNegativeInt = 0  # max in-flight requests per instance; 0 = unlimited
-    timeout: Duration = 300.0  # seconds
+    timeout: Duration = 300.0  # seconds, until the whole response (Knative's timeoutSeconds)
+    # Knative's responseStartTimeoutSeconds: until the response's head, once an instance has the request (the
+    # activator enforces it, Envoy cannot); None = timeout
+    responseStartTimeout: ResponseStartTimeout | None = None
+    idleTimeout: IdleTimeout = 0.0  # Knative's idleTimeoutSeconds: no byte either way for this long; 0 = none
     scale: Scale = Scale()
     # http1, or h2c: HTTP/2 without TLS to the instances (gRPC). Clients may speak either to the gateway.
     protocol: Literal["http1", "h2c"] = "http1"
@@ -255,22 +262,28 @@ class Template(_Model):
         return handler(value)
 
     @model_validator(mode="after")
-    def _h2c_is_served_by_envoy_alone(self) -> Template:
-        """The activator forwards HTTP/1.1 only, and the readiness probe is an HTTP/1.1 GET: an h2c revision keeps
-        instances ready (no scale to zero), Envoy sends it requests straight, and its readiness is a TCP connect."""
-        if self.protocol != "h2c":
-            return self
-        problems = []
-        if self.scale.min < 1:
-            problems.append("scale.min: 1 or more (it cannot be at zero: the activator that wakes a revision "
-                            "forwards HTTP/1.1 only)")
-        if self.scale.burstCapacity != 0:
-            problems.append("scale.burstCapacity: 0 (so Envoy sends requests straight to the instances, never "
-                            "through the HTTP/1.1 activator)")
-        if self.readiness is not None and self.readiness.path is not None:
-            problems.append("readiness: {} (a TCP connect; an HTTP/1.1 GET cannot reach an HTTP/2-only server)")
-        if problems:
-            raise ValueError("protocol h2c needs " + "; ".join(problems))
+    def _response_starts_within_the_timeout(self) -> Template:
+        start = self.responseStartTimeout
+        if start is not None and start > self.timeout:
+            raise ValueError(f"responseStartTimeout ({start:g}s) is longer than timeout ({self.timeout:g}s), which "
+                             "bounds the whole response: lower it, or raise timeout")
+        return self
+
+    @property
+    def response_start_timeout(self) -> float:
+        """How long an instance may take to start its response (timeout when not set)."""
+        return self.timeout if self.responseStartTimeout is None else self.responseStartTimeout
+
+    @model_validator(mode="after")
+    def _h2c_readiness_on_kubernetes_is_a_connect(self) -> Template:
+        """An h2c revision scales like any other (the activator holds and forwards h2c too). Its readiness GET is
+        HTTP/2 on backend local (ferry's own probe), but the kubelet's httpGet is HTTP/1.1, which an HTTP/2-only
+        server cannot answer: on backend kubernetes its readiness is a TCP connect."""
+        if (self.protocol == "h2c" and self.readiness is not None and self.readiness.path is not None
+                and _BACKEND_KIND.get() == "kubernetes"):
+            raise ValueError("protocol h2c on backend kubernetes needs readiness: {} (a TCP connect): the kubelet's "
+                             "readiness GET is HTTP/1.1, which an HTTP/2-only server cannot answer (on backend local, "
+                             "ferry's readiness GET for h2c is HTTP/2)")
         return self
 
     @model_validator(mode="after")
@@ -439,6 +452,8 @@ class Rollout(_Model):
 
 
 class ServiceSpec(_Model):
+    # public: on gateway.listen (and gateway.internal); private: on gateway.internal only (Knative's cluster-local)
+    visibility: Literal["public", "private"] = "public"
     hosts: tuple[Host, ...] = ()  # extra hosts besides <service>.<domain>
     template: Template
     traffic: tuple[TrafficTarget, ...] | None = None  # None = 100% to the latest ready revision
@@ -448,6 +463,9 @@ class ServiceSpec(_Model):
 class Gateway(_Model):
     listen: Address = HostPort("127.0.0.1", 8080)
     domain: Domain = "localhost"
+    # The listener of private services (Knative's cluster-local gateway): it serves every service, public or private;
+    # gateway.listen serves public ones only. None: no private services.
+    internal: Address | None = None
     # Knative's tag-header-based-routing: a `ferry-tag` or `Knative-Serving-Tag` header on a service's main host picks
     # that tag's revision. Off by default, as in Knative: it lets any client reach a tagged (or previewed,
     # un-promoted) revision, and feed its rollout analysis.
@@ -455,6 +473,26 @@ class Gateway(_Model):
     # Which stats ferry's Envoy keeps: `ferry` (what autoscaling, rollouts and status read; a small Envoy at 10,000
     # services) or `all` (Envoy's defaults, ~100 per cluster). Read when ferry starts its Envoy.
     stats: Literal["ferry", "all"] = "ferry"
+    # HTTPS: a listener whose certificates are chosen by SNI and reach the gateways over SDS (certificates.py).
+    tls: GatewayTls | None = None
+
+    @model_validator(mode="after")
+    def _one_listener_per_address(self) -> Gateway:
+        if self.internal is not None and self.internal == self.listen:
+            _raise_at([(("internal",), f"gateway.internal is gateway.listen ({self.listen}): private services need a "
+                        "listener of their own: give another port, e.g. "
+                        f"{HostPort(self.listen.host, self.listen.port + 1)}", str(self.internal))])
+        return self
+
+
+    @model_validator(mode="after")
+    def _https_listens_apart(self) -> Gateway:
+        if self.tls is not None and self.tls.listen in (self.listen, self.internal):
+            which = "gateway.listen" if self.tls.listen == self.listen else "gateway.internal"
+            _raise_at([(("tls", "listen"), f"gateway.tls.listen is {which} ({self.tls.listen}): HTTPS needs a "
+                        f"listener of its own: give another port, e.g. {HostPort(self.tls.listen.host, 8443 if self.tls.listen.port != 8443 else 8444)}",
+                        str(self.tls.listen))])
+        return self
 
 
 _KUBERNETES_FIELD = "{} is only for kind: kubernetes: remove it or set kind: kubernetes"

@@ -7,20 +7,31 @@ The key carries the address, so the policy needs no memory: a cache a follower f
 specialises its groups exactly as the leader would have.
 
 The leader's cache and a follower's mirror use this same policy.
+
+HTTPS is served by groups that are meant to (`serves_tls`): the HTTPS listener and the private keys (SDS secrets)
+stay in every snapshot, and a stream withholds them from any other gateway. Secure by default: unless
+gateway.tls.groups names groups, only ferry's own gateway serves HTTPS (group `default`, listening at the file's
+addresses: the snapshot key `default`); a gateway bootstrapped elsewhere gets the keys only once its group is
+listed. Replicas (followers) get everything: they serve the groups that are listed.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
+from functools import lru_cache
 
 from envoy.config.listener.v3 import listener_pb2
 from google.protobuf.message import DecodeError
 
+from .https import HTTPS_LISTENER_NAME, listener_groups
 from .resources import LISTENER_NAME
-from .types import LISTENER, Changes, Resource
+from .types import LISTENER, SECRET, Changes, Resource
 
+DEFAULT_GROUP = "default"  # node.cluster of ferry's own gateway (and of `ferry bootstrap` without --group)
 LISTEN_METADATA_KEY = "ferry.listen"  # node metadata: this gateway's own listen address
+# Set in a follower's node metadata (mirror.py), so that the leader can tell replicas from gateways.
+REPLICA_METADATA_KEY = "ferry.replica"
 # node metadata: the port of this gateway's read-only stats listener, read at the address its xDS stream comes
 # from (a gateway never names a host for ferry to call)
 STATS_METADATA_KEY = "ferry.stats"
@@ -79,3 +90,29 @@ def moved(listener: Resource, listen: tuple[str, int]) -> Resource:
     address = message.address.socket_address
     address.address, address.port_value = listen
     return Resource.of(listener.name, message.SerializeToString(), listener.refs)
+
+
+def tls_only(type_url: str, name: str) -> bool:
+    """A resource only gateways that serve HTTPS get: a secret (a private key), the HTTPS listener."""
+    return type_url == SECRET or (type_url == LISTENER and name == HTTPS_LISTENER_NAME)
+
+
+def serves_tls(key: str, group: str, metadata: Mapping[str, str], listeners: Mapping[str, Resource]) -> bool:
+    """Whether a gateway of node.cluster `group`, served from snapshot `key`, serves HTTPS: its group is one the
+    HTTPS listener names (gateway.tls.groups), or the listener names none and the gateway is ferry's own (`key` is
+    the default group's, with no listen address of its own). Replicas always: they serve other gateways."""
+    if metadata.get(REPLICA_METADATA_KEY) == "true":
+        return True
+    listener = listeners.get(HTTPS_LISTENER_NAME)
+    if listener is None:
+        return False
+    allowed = _groups_of(listener.version, listener.body)
+    return key == DEFAULT_GROUP if allowed is None else group in allowed
+
+
+@lru_cache(maxsize=16)
+def _groups_of(version: str, body: bytes) -> tuple[str, ...] | None:
+    try:
+        return listener_groups(body)
+    except DecodeError:
+        return ()

@@ -26,19 +26,21 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2, scoped_route_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from .cache import SnapshotCache
+from .groups import REPLICA_METADATA_KEY
+from .https import listener_secrets
 from .resources import route_clusters
 from .server import Tls
-from .types import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SCOPED_ROUTE, SHORT_TYPE, Changes, Resource
+from .types import (CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SCOPED_ROUTE, SECRET, SHORT_TYPE, Changes,
+                    Resource)
 
 log = logging.getLogger("ferry.xds.mirror")
 
-# Set in a follower's node metadata, so that the leader can tell replicas from gateways.
-REPLICA_METADATA_KEY = "ferry.replica"
 
 _MESSAGES = {
     LISTENER: listener_pb2.Listener,
@@ -46,6 +48,7 @@ _MESSAGES = {
     SCOPED_ROUTE: scoped_route_pb2.ScopedRouteConfiguration,
     CLUSTER: cluster_pb2.Cluster,
     ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
+    SECRET: secret_pb2.Secret,
 }
 
 _CHANNEL_OPTIONS = [
@@ -91,6 +94,8 @@ def references(type_url: str, message) -> frozenset[str]:
         return route_clusters(message)
     if type_url == SCOPED_ROUTE:
         return frozenset((message.route_configuration_name,))
+    if type_url == LISTENER:
+        return listener_secrets(message)
     return frozenset()
 
 

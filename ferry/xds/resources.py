@@ -12,13 +12,18 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, protocol_pb2
+from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, extension_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2, scoped_route_pb2
+from envoy.extensions.filters.http.grpc_stats.v3 import config_pb2 as grpc_stats_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.http.early_header_mutation.header_mutation.v3 import (
+    header_mutation_pb2 as early_mutation_pb2,
 )
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.upstreams.http.v3 import (
@@ -29,9 +34,10 @@ from envoy.type.matcher.v3 import string_pb2 as string_matcher_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
 # The type names are re-exported: callers spell them xds.CLUSTER beside the builders.
-from .types import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SCOPED_ROUTE, Resource  # noqa: F401
+from .types import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SCOPED_ROUTE, SECRET, Resource  # noqa: F401
 
 LISTENER_NAME = "ferry_http"
+INTERNAL_LISTENER_NAME = "ferry_internal"
 SCOPES_NAME = "ferry_hosts"
 REVISION_HEADER = "ferry-revision"
 SERVICE_HEADER = "ferry-service"
@@ -39,6 +45,9 @@ TAG_HEADER = "ferry-tag"  # on a service's main host, selects that tag's revisio
 KNATIVE_TAG_HEADER = "knative-serving-tag"  # Knative's name for the same (its tag-header-based-routing)
 TAG_HEADERS = (TAG_HEADER, KNATIVE_TAG_HEADER)
 ACTIVATOR_KEY_HEADER = "ferry-activator-key"  # gateways add it; the activator serves no request without it
+# Which listener a request came in on, set by the listener itself before routing (whatever the client sent):
+# a private service's routes match only requests with LISTENER_HEADER: internal.
+LISTENER_HEADER = "ferry-listener"
 
 # The gateway's listener, as Envoy's edge best practices ask: a client gets this long to send its request headers,
 # a stream with no activity ends after 5 minutes (Envoy's default, kept explicit; a route's own timeout, the
@@ -46,6 +55,10 @@ ACTIVATOR_KEY_HEADER = "ferry-activator-key"  # gateways add it; the activator s
 EDGE_HEADERS_TIMEOUT_S = 10.0
 EDGE_STREAM_IDLE_TIMEOUT_S = 300.0
 EDGE_CONNECTION_IDLE_TIMEOUT_S = 3600.0
+# When Envoy ends an HTTP/1.1 connection (a response cut by a timeout, a local reply with `connection: close`), it
+# waits this long for the client to close first, so the client reads what was sent before a reset (restarted by
+# every byte written). Envoy's default of 1 s made a 1 s timeout end at 2 s for the client.
+DELAYED_CLOSE_S = 0.1
 
 # Retry only where no request byte reached an app: safe for any method, and what turns an instance that
 # is stopping or just crashed into zero client errors.
@@ -74,6 +87,8 @@ class HostRoute:
     timeout_s: float
     tagged: tuple[tuple[str, WeightedTarget], ...] = ()  # (tag, its revision): chosen by the ferry-tag header
     sticky_cookie: str | None = None  # a split sets this cookie to the revision a client got, and honours it
+    idle_timeout_s: float | None = None  # no byte either way for this long ends a request; None = timeout_s
+    internal_only: bool = False  # a private service's host: routed only on the internal listener
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -117,10 +132,22 @@ _RETRY_POLICY = route_components_pb2.RetryPolicy(
 
 
 def _action(route: HostRoute, **fields) -> route_components_pb2.RouteAction:
-    """Where a request goes, bounded by the revision's timeout (also as idle time, over the listener's default)."""
-    timeout = _duration(route.timeout_s)
-    return route_components_pb2.RouteAction(timeout=timeout, idle_timeout=timeout, retry_policy=_RETRY_POLICY,
-                                            **fields)
+    """Where a request goes, bounded by the revision's timeout (until the whole response) and its idle timeout
+    (no byte either way; the timeout when none is set, over the listener's default)."""
+    idle = route.timeout_s if route.idle_timeout_s is None else route.idle_timeout_s
+    return route_components_pb2.RouteAction(timeout=_duration(route.timeout_s), idle_timeout=_duration(idle),
+                                            retry_policy=_RETRY_POLICY, **fields)
+
+
+_INTERNAL_ONLY = route_components_pb2.HeaderMatcher(
+    name=LISTENER_HEADER, string_match=string_matcher_pb2.StringMatcher(exact="internal"))
+
+
+def _match(route: HostRoute, *headers: route_components_pb2.HeaderMatcher) -> route_components_pb2.RouteMatch:
+    """Every request of the host (prefix /) with `headers`; on a private service's host, from the internal
+    listener only."""
+    gate = (_INTERNAL_ONLY,) if route.internal_only else ()
+    return route_components_pb2.RouteMatch(prefix="/", headers=[*headers, *gate])
 
 
 def virtual_host(route: HostRoute) -> route_components_pb2.VirtualHost:
@@ -130,14 +157,8 @@ def virtual_host(route: HostRoute) -> route_components_pb2.VirtualHost:
     routes = [
         route_components_pb2.Route(
             name=f"{route.name}/{header}/{tag}",
-            match=route_components_pb2.RouteMatch(
-                prefix="/",
-                headers=[
-                    route_components_pb2.HeaderMatcher(
-                        name=header, string_match=string_matcher_pb2.StringMatcher(exact=tag)
-                    )
-                ],
-            ),
+            match=_match(route, route_components_pb2.HeaderMatcher(
+                name=header, string_match=string_matcher_pb2.StringMatcher(exact=tag))),
             route=_action(route, cluster=target.cluster),
             request_headers_to_add=[service_header, _header(REVISION_HEADER, target.revision)],
         )
@@ -170,7 +191,7 @@ def virtual_host(route: HostRoute) -> route_components_pb2.VirtualHost:
     routes.append(
         route_components_pb2.Route(
             name=route.name,
-            match=route_components_pb2.RouteMatch(prefix="/"),
+            match=_match(route),
             route=action,
             request_headers_to_add=headers,
         )
@@ -183,15 +204,9 @@ def _sticky_route(route: HostRoute, cookie: str, target: WeightedTarget, service
     pattern = rf"(^|.*;\s*){re.escape(cookie)}={re.escape(target.revision)}(;.*|\s*)$"
     return route_components_pb2.Route(
         name=f"{route.name}/sticky/{target.revision}",
-        match=route_components_pb2.RouteMatch(
-            prefix="/",
-            headers=[
-                route_components_pb2.HeaderMatcher(
-                    name="cookie",
-                    string_match=string_matcher_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=pattern)),
-                )
-            ],
-        ),
+        match=_match(route, route_components_pb2.HeaderMatcher(
+            name="cookie",
+            string_match=string_matcher_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=pattern)))),
         route=_action(route, cluster=target.cluster),
         request_headers_to_add=[service_header, _header(REVISION_HEADER, target.revision)],
     )
@@ -205,19 +220,67 @@ def _set_cookie(cookie: str, revision: str) -> base_pb2.HeaderValueOption:
 
 
 def route_table(name: str, routes: Sequence[HostRoute], *, add: Mapping[str, str] | None = None,
-                remove: Sequence[str] = ()) -> Resource:
+                remove: Sequence[str] = (), https_redirect: HttpsRedirect | None = None) -> Resource:
     """One service's route table (its main host and tag hosts); it refers to every cluster its hosts send to.
-    `add`: headers set on every request it routes (whatever the client sent); `remove`: headers dropped from them."""
+    `add`: headers set on every request it routes (whatever the client sent); `remove`: headers dropped from them;
+    `https_redirect`: plain-HTTP requests for the hosts it covers are sent to https instead."""
+    vhosts = [virtual_host(r) for r in routes]
+    if https_redirect is not None:
+        for vhost in vhosts:
+            https_redirect.apply(vhost)
     message = route_pb2.RouteConfiguration(
         name=name,
         request_headers_to_add=[
-            _header("forwarded", "for=%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%;proto=http"),
+            # x-forwarded-proto is the scheme of the client's connection: the edge listener (use_remote_address,
+            # no trusted hops) overwrites whatever the client sent, before routing.
+            _header("forwarded", "for=%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%;proto=%REQ(x-forwarded-proto)%"),
             *(_header(header, value) for header, value in (add or {}).items()),
         ],
         request_headers_to_remove=list(remove),
-        virtual_hosts=[virtual_host(r) for r in routes],
+        virtual_hosts=vhosts,
     )
     return Resource.of(name, message.SerializeToString(), route_clusters(message))
+
+
+@dataclass(frozen=True, slots=True)
+class HttpsRedirect:
+    """gateway.tls.redirect: a plain-HTTP request (x-forwarded-proto http, which the edge listener sets) on the
+    public listener for a host a certificate entry covers gets 301 to https, at `port` (443: the URL's default)."""
+
+    hosts: frozenset[str]  # exact names, and *.wildcards (one label, as SNI matches them)
+    port: int = 443
+
+    def covers(self, host: str) -> bool:
+        if host in self.hosts:
+            return True
+        _, dot, parent = host.partition(".")
+        return bool(dot) and f"*.{parent}" in self.hosts
+
+    def apply(self, vhost: route_components_pb2.VirtualHost) -> None:
+        """Put the redirect first in `vhost`, for those of its domains that are covered (all of them, usually)."""
+        covered = [d for d in vhost.domains if self.covers(d)]
+        if not covered:
+            return
+        headers = [
+            route_components_pb2.HeaderMatcher(
+                name="x-forwarded-proto", string_match=string_matcher_pb2.StringMatcher(exact="http")),
+            # not on the internal listener: cluster-local clients speak plain HTTP on purpose
+            route_components_pb2.HeaderMatcher(
+                name=LISTENER_HEADER, string_match=string_matcher_pb2.StringMatcher(exact="public")),
+        ]
+        if len(covered) < len(vhost.domains):
+            pattern = "|".join(re.escape(d) for d in covered)
+            headers.append(route_components_pb2.HeaderMatcher(
+                name=":authority", string_match=string_matcher_pb2.StringMatcher(
+                    safe_regex=regex_pb2.RegexMatcher(regex=f"^(?:{pattern})$"))))
+        redirect = route_components_pb2.Route(
+            name=f"{vhost.name}/https",
+            match=route_components_pb2.RouteMatch(prefix="/", headers=headers),
+            redirect=route_components_pb2.RedirectAction(
+                https_redirect=True, port_redirect=0 if self.port == 443 else self.port,
+                response_code=route_components_pb2.RedirectAction.MOVED_PERMANENTLY),
+        )
+        vhost.routes.insert(0, redirect)
 
 
 def route_clusters(table: route_pb2.RouteConfiguration) -> frozenset[str]:
@@ -253,11 +316,14 @@ def host_scope(host: str, route_configuration_name: str) -> Resource:
     return Resource.of(host, body, frozenset((route_configuration_name,)))
 
 
-def listener(host: str, port: int) -> Resource:
-    """The gateway's HTTP listener; its host scopes (SRDS) and route tables (RDS) come over the same ADS stream."""
-    manager = hcm_pb2.HttpConnectionManager(
-        stat_prefix="ferry",
-        codec_type=hcm_pb2.HttpConnectionManager.AUTO,  # HTTP/1.1 and h2c
+def http_manager(mark: str = "public", *, stat_prefix: str = "ferry") -> hcm_pb2.HttpConnectionManager:
+    """The HTTP connection manager every gateway listener runs: host scopes (SRDS) and route tables (RDS) over the
+    same ADS stream, Envoy's edge settings, and `mark` in LISTENER_HEADER on every request before it is routed
+    (whatever the client sent), so that a private service's routes match on the internal listener only. Its stats
+    are http.<stat_prefix>.*; the HTTPS listener's chains run the same (xds/https.py)."""
+    return hcm_pb2.HttpConnectionManager(
+        stat_prefix=stat_prefix,
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,  # HTTP/1.1 and h2c; over TLS, what ALPN chose (h2, http/1.1)
         scoped_routes=hcm_pb2.ScopedRoutes(
             name=SCOPES_NAME,
             # The scope key is the Host header without its port.
@@ -273,14 +339,8 @@ def listener(host: str, port: int) -> Resource:
             rds_config_source=_ads_config_source(),
             scoped_rds=hcm_pb2.ScopedRds(scoped_rds_config_source=_ads_config_source()),
         ),
-        http_filters=[
-            hcm_pb2.HttpFilter(
-                name="envoy.filters.http.router",
-                typed_config=_any(
-                    "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router", router_pb2.Router()
-                ),
-            )
-        ],
+        early_header_mutation_extensions=[_mark_listener(mark)],
+        http_filters=[_GRPC_STATS, _ROUTER],
         use_remote_address=wrappers_pb2.BoolValue(value=True),
         strip_any_host_port=True,
         upgrade_configs=[hcm_pb2.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket")],
@@ -288,6 +348,7 @@ def listener(host: str, port: int) -> Resource:
         # that proxies disagree on, one canonical path.
         request_headers_timeout=_duration(EDGE_HEADERS_TIMEOUT_S),
         stream_idle_timeout=_duration(EDGE_STREAM_IDLE_TIMEOUT_S),
+        delayed_close_timeout=_duration(DELAYED_CLOSE_S),
         common_http_protocol_options=protocol_pb2.HttpProtocolOptions(
             idle_timeout=_duration(EDGE_CONNECTION_IDLE_TIMEOUT_S),
             headers_with_underscores_action=protocol_pb2.HttpProtocolOptions.REJECT_REQUEST,
@@ -296,26 +357,56 @@ def listener(host: str, port: int) -> Resource:
         merge_slashes=True,
         path_with_escaped_slashes_action=hcm_pb2.HttpConnectionManager.UNESCAPE_AND_REDIRECT,
     )
-    message = listener_pb2.Listener(
-        name=LISTENER_NAME,
-        address=address_pb2.Address(
-            socket_address=address_pb2.SocketAddress(address=host, port_value=port)
+
+
+def _mark_listener(mark: str) -> extension_pb2.TypedExtensionConfig:
+    return extension_pb2.TypedExtensionConfig(
+        name="envoy.http.early_header_mutation.header_mutation",
+        typed_config=_any(
+            "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
+            early_mutation_pb2.HeaderMutation(mutations=[
+                mutation_rules_pb2.HeaderMutation(append=_header(LISTENER_HEADER, mark))]),
         ),
-        filter_chains=[
-            listener_components_pb2.FilterChain(
-                filters=[
-                    listener_components_pb2.Filter(
-                        name="envoy.filters.network.http_connection_manager",
-                        typed_config=_any(
-                            "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                            manager,
-                        ),
-                    )
-                ]
+    )
+
+
+# gRPC answers failures in HTTP 200s (grpc-status in the trailers): this filter counts calls per grpc-status per
+# revision cluster (cluster.<c>.grpc.<code>), which rollout analysis reads beside the HTTP classes.
+_GRPC_STATS = hcm_pb2.HttpFilter(
+    name="envoy.filters.http.grpc_stats",
+    typed_config=_any("type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
+                      grpc_stats_pb2.FilterConfig(stats_for_all_methods=wrappers_pb2.BoolValue(value=False))),
+)
+_ROUTER = hcm_pb2.HttpFilter(
+    name="envoy.filters.http.router",
+    typed_config=_any("type.googleapis.com/envoy.extensions.filters.http.router.v3.Router", router_pb2.Router()),
+)
+
+
+def http_filter_chain(manager: hcm_pb2.HttpConnectionManager, **fields) -> listener_components_pb2.FilterChain:
+    return listener_components_pb2.FilterChain(
+        filters=[
+            listener_components_pb2.Filter(
+                name="envoy.filters.network.http_connection_manager",
+                typed_config=_any(
+                    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    manager,
+                ),
             )
         ],
+        **fields,
     )
-    return Resource.of(LISTENER_NAME, message.SerializeToString())
+
+
+def listener(host: str, port: int, *, name: str = LISTENER_NAME, mark: str = "public") -> Resource:
+    """A gateway's plain HTTP listener: `name` LISTENER_NAME for public services, INTERNAL_LISTENER_NAME (mark
+    internal) for every service, private ones included."""
+    message = listener_pb2.Listener(
+        name=name,
+        address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=host, port_value=port)),
+        filter_chains=[http_filter_chain(http_manager(mark))],
+    )
+    return Resource.of(name, message.SerializeToString())
 
 
 _UNLIMITED = wrappers_pb2.UInt32Value(value=1_000_000)

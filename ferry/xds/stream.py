@@ -11,7 +11,10 @@ protocol rules (api-docs/xds_protocol.rst) can be tested without a socket:
   and a route table goes out only once every cluster it names (its `refs`) is ACKed with its endpoints.
 - After a cluster changes, its endpoints are sent again (a changed cluster warms only on EDS).
 - In Delta, clusters and endpoints are removed only after the route tables the gateway holds are ACKed, so that
-  none still names them (a gateway that reconnects holds another control plane's routes).
+  none still names them (a gateway that reconnects holds another control plane's routes); secrets likewise after
+  the listeners.
+- Secrets (private keys) and the HTTPS listener go only to a gateway whose group serves HTTPS (groups.serves_tls):
+  to any other they do not exist, whatever it subscribes to.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 
 from .cache import Changed, GroupSnapshot
-from .groups import STATS_METADATA_KEY
-from .types import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SCOPED_ROUTE, SHORT_TYPE, Resource
+from .groups import STATS_METADATA_KEY, serves_tls, tls_only
+from .https import HTTPS_LISTENER_NAME
+from .types import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SCOPED_ROUTE, SECRET, SHORT_TYPE, Resource
 
 log = logging.getLogger("ferry.xds")
 
@@ -140,7 +144,15 @@ class AdsStream:
             state = self.types[type_url]
             if state.requested:
                 state.mark_dirty(names, now)
+        secrets = self.types[SECRET]
+        if HTTPS_LISTENER_NAME in changed.get(LISTENER, ()) and secrets.requested:
+            secrets.mark_dirty(None, now)  # which groups serve HTTPS may have changed with it
         self.wake()
+
+    def _withholds(self, type_url: str, name: str) -> bool:
+        """A secret or the HTTPS listener, for a gateway whose group does not serve HTTPS."""
+        return tls_only(type_url, name) and not serves_tls(
+            self.snapshot.name, self.node.group, self.node.metadata, self.snapshot.stores[LISTENER].entries)
 
     def handle(self, request) -> None:
         """Apply one DiscoveryRequest / DeltaDiscoveryRequest."""
@@ -221,7 +233,8 @@ class AdsStream:
             return
         scope = store.entries if state.wildcard else (n for n in state.subscribed if n in store.entries)
         for name in scope:
-            state.known[name] = store.entries[name].version
+            if not self._withholds(type_url, name):
+                state.known[name] = store.entries[name].version
         state.acked_version = version
         state.answered = True
 
@@ -319,6 +332,8 @@ class AdsStream:
         implicit_removal = not self.delta and type_url not in FULL_STATE_TYPES
         for name in candidates:
             resource = store.entries.get(name)
+            if resource is not None and self._withholds(type_url, name):
+                resource = None
             if resource is None:
                 if name in state.known:
                     if implicit_removal:
@@ -330,7 +345,7 @@ class AdsStream:
         if type_url == ROUTE and not self._dependencies_ready(state, updates, now):
             return None
         deferred: list[str] = []
-        if self.delta and removals and type_url in (CLUSTER, ENDPOINT) and self._routes_unsettled():
+        if self.delta and removals and type_url in (CLUSTER, ENDPOINT, SECRET) and self._routes_unsettled():
             deferred, removals = removals, []
         dirty_since = state.dirty_since or now
         state.clear_dirty()
@@ -343,8 +358,8 @@ class AdsStream:
         if full_state:
             if store.version == state.rejected_type_version:
                 return None
-            updates = list(store.entries.values())
-            removals = [n for n in state.known if n not in store.entries]
+            updates = [r for r in store.entries.values() if not self._withholds(type_url, r.name)]
+            removals = [n for n in state.known if n not in store.entries or self._withholds(type_url, n)]
         self._nonce += 1
         nonce = str(self._nonce)
         versions: dict[str, str | None] = {r.name: r.version for r in updates}
