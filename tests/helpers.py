@@ -61,6 +61,34 @@ async def wait_until(condition: Callable[[], Awaitable[bool] | bool], timeout: f
         await asyncio.sleep(interval)
 
 
+def h2_exchange(sock: socket.socket, headers: list[tuple[str, str]]) -> tuple[dict[bytes, bytes], bytes]:
+    """One HTTP/2 request (`headers`, pseudo-headers included, no body) on a connected socket, blocking, with the
+    h2 library (prior knowledge on a plain socket, ALPN h2 on a TLS one): (response headers, body)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_connection()
+    conn.send_headers(conn.get_next_available_stream_id(), headers, end_stream=True)
+    sock.sendall(conn.data_to_send())
+    head: dict[bytes, bytes] = {}
+    body = b""
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError("the connection closed before the response ended")
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived):
+                head = dict(event.headers)
+            elif isinstance(event, h2.events.DataReceived):
+                body += event.data
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                return head, body
+        sock.sendall(conn.data_to_send())
+
+
 # -- routes files ----------------------------------------------------------------------------------------
 
 

@@ -9,16 +9,13 @@ import socket
 from dataclasses import dataclass, field
 
 import grpc
-import h2.config
-import h2.connection
-import h2.events
 import pytest
 
 from ferry.activator import RevisionStats
 from ferry.xds.resources import ACTIVATOR_KEY_HEADER, REVISION_HEADER
 
 from .activator_fixtures import REV, dead_address
-from .helpers import wait_until
+from .helpers import h2_exchange, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -315,27 +312,9 @@ async def test_the_key_opens_and_never_reaches_the_instance(grpc_instances, chan
 
 def _h2_request(port: int, headers: list[tuple[str, str]]) -> tuple[dict[bytes, bytes], bytes]:
     """One plain HTTP/2 request with prior knowledge (not gRPC), blocking: (response headers, body)."""
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        conn.initiate_connection()
-        conn.send_headers(1, [(":method", "GET"), (":scheme", "http"), (":authority", "x"), (":path", "/"), *headers],
-                          end_stream=True)
-        sock.sendall(conn.data_to_send())
-        head: dict[bytes, bytes] = {}
-        body = b""
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                raise AssertionError("the connection closed before the response ended")
-            for event in conn.receive_data(data):
-                if isinstance(event, h2.events.ResponseReceived):
-                    head = dict(event.headers)
-                elif isinstance(event, h2.events.DataReceived):
-                    body += event.data
-                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-                elif isinstance(event, h2.events.StreamEnded):
-                    return head, body
-            sock.sendall(conn.data_to_send())
+        return h2_exchange(sock, [(":method", "GET"), (":scheme", "http"), (":authority", "x"), (":path", "/"),
+                                  *headers])
 
 
 async def test_plain_http2_gets_the_activators_answers_as_http(make_activator):

@@ -21,7 +21,7 @@ from ferry.xds import https
 from ferry.xds import resources as xds
 
 from .ferry_process import FerryProcess, hello
-from .helpers import free_port, wait_until
+from .helpers import free_port, h2_exchange, wait_until
 from .tls_certs import Ca, fingerprint, write_atomically, write_pair
 from .xds_client import delta, node, read
 
@@ -79,32 +79,12 @@ class Tls:
 
 def h2_get(port: int, context: ssl.SSLContext, sni: str, path: str = "/headers") -> tuple[str, dict, bytes]:
     """One HTTP/2 request over TLS (ALPN h2) with the h2 library: (negotiated protocol, response headers, body)."""
-    import h2.connection
-    import h2.events
-
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         with context.wrap_socket(raw, server_hostname=sni) as sock:
             protocol = sock.selected_alpn_protocol()
-            conn = h2.connection.H2Connection()
-            conn.initiate_connection()
-            stream = conn.get_next_available_stream_id()
-            conn.send_headers(stream, [(":method", "GET"), (":path", path), (":scheme", "https"),
-                                       (":authority", sni)], end_stream=True)
-            sock.sendall(conn.data_to_send())
-            headers, body = {}, b""
-            while True:
-                data = sock.recv(65536)
-                if not data:
-                    raise ConnectionError("closed before the response ended")
-                for event in conn.receive_data(data):
-                    if isinstance(event, h2.events.ResponseReceived):
-                        headers = {k.decode(): v.decode() for k, v in event.headers}
-                    elif isinstance(event, h2.events.DataReceived):
-                        body += event.data
-                        conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-                    elif isinstance(event, h2.events.StreamEnded):
-                        return protocol, headers, body
-                sock.sendall(conn.data_to_send())
+            head, body = h2_exchange(sock, [(":method", "GET"), (":path", path), (":scheme", "https"),
+                                            (":authority", sni)])
+    return protocol, {k.decode(): v.decode() for k, v in head.items()}, body
 
 
 def service_with_hosts(*hosts: str, message: str = "v1") -> str:
