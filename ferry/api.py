@@ -1,7 +1,7 @@
 """ferry's HTTP API, every route of it: /healthz, /readyz, /metrics and /replica (answered by any replica),
 /status, /apply and the rollout, revision and traffic operations behind `ferry rollout`, `ferry revisions` and
-`ferry traffic` (the leader's), /replicas/<name>/gateways (followers report to the leader), and /debug/* when
-test hooks are on.
+`ferry traffic`, the views behind `ferry service`, `ferry revision` and `ferry wait` (the leader's),
+/replicas/<name>/gateways (followers report to the leader), and /debug/* when test hooks are on.
 
 Every route but /healthz, /readyz and /metrics needs `Authorization: Bearer <the api token>` (compared in constant
 time); a request that changes something must say `Content-Type: application/json` (a web page cannot send that
@@ -17,10 +17,11 @@ import asyncio
 import hmac
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -57,11 +58,25 @@ class Leader(Protocol):
 
     async def rollout_action(self, service: str, action: str) -> Any: ...
 
-    def revisions_status(self, service: str) -> list[dict]: ...
+    def revisions_status(self, service: str | None) -> Iterable[dict]: ...
+
+    def revision_status(self, name: str) -> dict: ...
+
+    def services_status(self, service: str | None) -> Iterable[dict]: ...
 
     async def set_traffic(self, service: str, splits: list[tuple[str, int]] | None) -> None: ...
 
+    def service_spec(self, service: str) -> dict: ...
+
     def report_gateways(self, replica: str, gateways: list[dict], ttl_s: float) -> None: ...
+
+
+def json_array(items: Iterable[Any]) -> Iterator[bytes]:
+    """A JSON array, an item at a time (each built only when the stream asks for it)."""
+    yield b"["
+    for at, item in enumerate(items):
+        yield (b"," if at else b"") + orjson.dumps(item)
+    yield b"]"
 
 
 # A test hook: run with the leader and the request's JSON body.
@@ -126,6 +141,10 @@ def build_api(state: ApiState, *, middlewares: tuple = ()) -> web.Application:
             chunks = leader().status_chunks(request.query.get("service"))
         except KeyError:
             return web.json_response({"error": f"no service {request.query['service']!r}"}, status=404)
+        return await stream(request, chunks)
+
+    async def stream(request: web.Request, chunks: Iterable[bytes]) -> web.StreamResponse:
+        """A JSON body made while it is sent, in pieces of at most STATUS_SLICE_S of work each."""
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
         await asyncio.sleep(0)
@@ -188,7 +207,42 @@ def build_api(state: ApiState, *, middlewares: tuple = ()) -> web.Application:
     @routes.get("/revisions/{service}")
     async def get_revisions(request: web.Request) -> web.Response:
         try:
-            return web.json_response(leader().revisions_status(request.match_info["service"]))
+            return web.json_response(list(leader().revisions_status(request.match_info["service"])))
+        except KeyError:
+            return no_service(request)
+
+    @routes.get("/revisions")
+    async def get_all_revisions(request: web.Request) -> web.StreamResponse:
+        return await stream(request, json_array(leader().revisions_status(None)))
+
+    @routes.get("/revision/{revision}")
+    async def get_revision(request: web.Request) -> web.Response:
+        try:
+            return web.json_response(leader().revision_status(request.match_info["revision"]))
+        except KeyError:
+            return web.json_response({"error": f"no revision {request.match_info['revision']!r}"}, status=404)
+
+    @routes.get("/services")
+    async def get_services(request: web.Request) -> web.StreamResponse:
+        return await stream(request, json_array(leader().services_status(None)))
+
+    @routes.get("/services/{service}")
+    async def get_service(request: web.Request) -> web.Response:
+        """One service with its conditions and every revision it has (`ferry service describe`, `ferry wait`)."""
+        service = request.match_info["service"]
+        try:
+            (view,) = leader().services_status(service)
+            view["revisions"] = list(leader().revisions_status(service))
+        except KeyError:
+            return no_service(request)
+        return web.json_response(view)
+
+    @routes.get("/services/{service}/spec")
+    async def get_service_spec(request: web.Request) -> web.Response:
+        """The service as the applied file says it (its ServiceSpec as JSON, defaults left out) and the backend
+        it runs on: what `ferry export` writes as a Knative Service."""
+        try:
+            return web.json_response(leader().service_spec(request.match_info["service"]))
         except KeyError:
             return no_service(request)
 

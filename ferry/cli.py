@@ -1,4 +1,4 @@
-"""ferry's command line: up, down, apply, validate, status, rollout, revisions, traffic, manifests, bootstrap."""
+"""ferry's command line: up, down, apply, validate, status, rollout, revisions, traffic, manifests, bootstrap (kn's verbs: kn.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import kn, knative_cli
 from .routing.errors import ConfigError
 from .routing.fields import is_loopback
 from .statedir import token_file_for
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--test-hooks", action="store_true", help=argparse.SUPPRESS)
     up.add_argument("-v", "--verbose", action="count", default=0)
     up.add_argument("-q", "--quiet", action="store_true")
+    knative_cli.add_overrides(up)  # --listen, --domain, --internal, --backend, --namespace
 
     down = sub.add_parser("down", help="stop a ferry and its data plane, or the data plane a ferry that died left")
     down.add_argument("routes", nargs="?", type=Path, help="the routes file ferry ran (its state is beside it)")
@@ -168,10 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     validate = sub.add_parser("validate", help="check a routes file without applying it (exit 1 on errors)")
     validate.add_argument("routes", type=Path)
     validate.add_argument("--state", type=Path, help="revision history to check names against (default: beside the file)")
+    knative_cli.add_overrides(validate)
 
     status = sub.add_parser("status", parents=[client], help="services, revisions and gateways of a running ferry")
     status.add_argument("service", nargs="?", help="only this service and its revisions")
     status.add_argument("--json", action="store_true")
+    status.add_argument("-o", "--output", choices=kn.OUTPUTS)
 
     rollout = sub.add_parser("rollout", parents=[client], help="a service's rollout: status, promote, abort, retry")
     rollout.add_argument("action", choices=["status", "promote", "abort", "retry"])
@@ -183,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
                                help="a service's revisions: created, ready, traffic, rollout result")
     revisions.add_argument("service")
     revisions.add_argument("--json", action="store_true")
+    revisions.add_argument("-o", "--output", choices=kn.OUTPUTS)
+    kn.add_parsers(sub, client)  # service list|describe, revision list|describe, wait
+    knative_cli.add_parsers(sub, client)  # export, convert
 
     traffic = sub.add_parser("traffic", parents=[client],
                              help="set a service's split by hand (kept until the file agrees or --reset)")
@@ -228,14 +235,15 @@ def main(argv: list[str] | None = None) -> int:
     boot.add_argument("--format", choices=["yaml", "json"], default="yaml")
 
     args = parser.parse_args(argv)
-    if args.command in ("apply", "status", "rollout", "revisions", "traffic"):
+    if args.command in ("apply", "status", "rollout", "revisions", "traffic", *kn.COMMANDS, *knative_cli.NEEDS_API):
         try:
             args.api = Api(args.api, find_token(args.token_file, getattr(args, "routes", None), args.api), args.ca)
         except OSError as err:
             parser.error(f"cannot read the token file: {err}")
     commands = {"up": _up, "down": _down, "activator": _activator, "apply": _apply, "validate": _validate, "status": _status, "bootstrap": _bootstrap,
                 "rollout": _rollout, "revisions": _revisions, "traffic": _traffic,
-                "manifests": _manifests, "certs": _certs}
+                "manifests": _manifests, "certs": _certs, **dict.fromkeys(kn.COMMANDS, _kn),
+                **dict.fromkeys(knative_cli.COMMANDS, lambda a: knative_cli.run(a, _call))}
     return commands[args.command](args)
 
 
@@ -257,7 +265,7 @@ def _up(args) -> int:
         advertise_activator=args.advertise_activator, retained_revisions=args.retain_revisions,
         leader_elect=args.leader_elect, lease_duration_s=args.lease_duration, advertise=args.advertise,
         token_file=args.token_file, activator_key_file=args.activator_key_file,
-        xds_tls=TlsFiles(*tls_files) if all(tls_files) else None,
+        xds_tls=TlsFiles(*tls_files) if all(tls_files) else None, overrides=knative_cli.overrides_from(args),
     )
     try:
         asyncio.run(Daemon(options).run())
@@ -343,7 +351,7 @@ def _validate(args) -> int:
     from .routing.revisions import RevisionStore, default_store_path
 
     try:
-        loaded = load_routes(args.routes)
+        loaded = load_routes(args.routes, overrides=knative_cli.overrides_from(args))
         state = args.state or default_store_path(loaded.path)
         if state.exists():
             store = RevisionStore(state)
@@ -380,9 +388,8 @@ def _status(args) -> int:
     if code != 200:
         print(f"ferry: {status.get('error', status)}", file=sys.stderr)
         return 1
-    if args.json:
-        json.dump(status, sys.stdout, indent=1)
-        print()
+    if args.json or args.output:
+        print(kn.dump(status, args.output or "json"))
         return 0
     print(format_status(status))
     return 0
@@ -456,7 +463,7 @@ def _call(api: Api, path: str, body: dict | None = None) -> dict | None:
     try:
         code, answer = _request(api, path, body)
     except OSError as err:
-        print(f"ferry: no ferry answers at {api} ({err})", file=sys.stderr)
+        print(f"{kn.UNREACHABLE} {api} ({err})", file=sys.stderr)
         return None
     if code != 200:
         print(f"ferry: {answer.get('error', answer)}", file=sys.stderr)
@@ -517,9 +524,8 @@ def _revisions(args) -> int:
     answer = _call(args.api, f"/revisions/{urllib.parse.quote(args.service)}")
     if answer is None:
         return 1
-    if args.json:
-        json.dump(answer, sys.stdout, indent=1)
-        print()
+    if args.json or args.output:
+        print(kn.dump(answer, args.output or "json"))
         return 0
     print("REVISION                 CREATED              STATE        READY TRAFFIC  TAGS         ROLLOUT")
     for r in answer:
@@ -530,6 +536,10 @@ def _revisions(args) -> int:
         print(f"{r['name'] + latest:24} {created:20} {r['state']:12} {r['ready']:<5} {str(r['traffic']) + '%':8} "
               f"{','.join(r['tags']) or '-':12} {outcome}")
     return 0
+
+
+def _kn(args) -> int:
+    return kn.run(args, _call)
 
 
 def _traffic(args) -> int:

@@ -60,9 +60,21 @@ class RecordingLeader:
 
     def revisions_status(self, service):
         self.calls.append(("revisions", service))
-        if service != "hello":
+        if service not in (None, "hello"):
             raise KeyError(service)
         return []
+
+    def revision_status(self, name):
+        self.calls.append(("revision", name))
+        if name != "hello-00001":
+            raise KeyError(name)
+        return {"name": name}
+
+    def services_status(self, service):
+        self.calls.append(("services", service))
+        if service not in (None, "hello"):
+            raise KeyError(service)
+        return [{"name": "hello"}]
 
     async def set_traffic(self, service, splits):
         self.calls.append(("traffic", service, splits))
@@ -100,7 +112,8 @@ async def _call(api, method: str, path: str, **kwargs) -> tuple[int, dict | str,
 LEADER_ROUTES = [
     ("GET", "/status"), ("GET", "/replica"), ("POST", "/apply"), ("GET", "/rollouts/hello"),
     ("POST", "/rollouts/hello/promote"), ("GET", "/revisions/hello"), ("POST", "/traffic/hello"),
-    ("PUT", "/replicas/r1/gateways"),
+    ("PUT", "/replicas/r1/gateways"), ("GET", "/services"), ("GET", "/services/hello"), ("GET", "/revisions"),
+    ("GET", "/revision/hello-00001"), ("GET", "/services/hello/spec"),
 ]
 BAD_CREDENTIALS = {
     "none": {},
@@ -241,10 +254,21 @@ async def test_traffic_bodies_are_checked(api, body):
 
 
 @pytest.mark.parametrize("service", ["..%2F..%2Fetc%2Fpasswd", "hello%0d%0aSet-Cookie:%20x=1", "%00", "a" * 4000])
-async def test_odd_service_names_find_nothing_and_inject_nothing(api, service):
-    status, answer, headers = await _call(api, "GET", f"/rollouts/{service}", headers=AUTH)
+@pytest.mark.parametrize("route", ["/rollouts/", "/services/", "/revision/"])
+async def test_odd_service_names_find_nothing_and_inject_nothing(api, service, route):
+    status, answer, headers = await _call(api, "GET", f"{route}{service}", headers=AUTH)
     assert status == 404 and "Set-Cookie" not in headers
-    assert all(call[1] != "hello" for call in api.leader.calls)
+    assert all(call[1] not in ("hello", "hello-00001") for call in api.leader.calls)
+
+
+async def test_the_kn_views_answer_what_exists_and_404_what_does_not(api):
+    assert (await _call(api, "GET", "/services/hello", headers=AUTH))[1] == {"name": "hello", "revisions": []}
+    assert (await _call(api, "GET", "/services", headers=AUTH))[1] == [{"name": "hello"}]
+    assert (await _call(api, "GET", "/revisions", headers=AUTH))[1] == []
+    status, answer, _ = await _call(api, "GET", "/revision/nope-00001", headers=AUTH)
+    assert status == 404 and answer == {"error": "no revision 'nope-00001'"}
+    status, answer, _ = await _call(api, "GET", "/services/nope", headers=AUTH)
+    assert status == 404 and answer == {"error": "no service 'nope'"}
 
 
 async def test_a_request_head_too_large_is_refused(api):

@@ -32,6 +32,7 @@ from ..activator.process import ActivatorProcess
 from ..api import ApiState, build_api, loopback_hosts
 from ..replicas import API_ANNOTATION, XDS_ANNOTATION, Follower
 from ..routing.loader import LoadedRoutes, load_routes
+from ..routing.overrides import Overrides
 from ..routing.revisions import RevisionStore, default_store_path
 from ..routing.fields import is_loopback
 from ..routing.schema import HostPort
@@ -68,6 +69,7 @@ class DaemonOptions:
     token_file: Path | None = None  # the API token; default: api-token in the state folder, made if absent
     xds_tls: TlsFiles | None = None  # mutual TLS on xDS and the API between replicas (ferry certs)
     activator_key_file: Path | None = None  # what gateways add to requests for the activator; default: state folder
+    overrides: Overrides = field(default_factory=Overrides)  # --listen, --domain, ...: over the file, at every load
 
     @property
     def state_path(self) -> Path:
@@ -125,7 +127,8 @@ class Daemon:
                 loop.add_signal_handler(sig, stop.set)
             except (NotImplementedError, RuntimeError):
                 pass
-        loaded = load_routes(self.options.routes)  # a bad file at start-up is the user's first error: fail loudly
+        # a bad file at start-up is the user's first error: fail loudly
+        loaded = load_routes(self.options.routes, overrides=self.options.overrides)
         await self._serve(loaded, stop)
 
     async def _serve(self, loaded: LoadedRoutes, stop: asyncio.Event) -> None:
@@ -197,7 +200,7 @@ class Daemon:
                 if not await follower.until_leading(election, stop, state.ready):
                     return  # asked to stop while following
                 inherited = follower.mirror.synced.is_set()
-                loaded = load_routes(options.routes)  # it may have changed while this replica followed
+                loaded = load_routes(options.routes, overrides=options.overrides)  # it may have changed meanwhile
             async with lead(shared, loaded, inherited=inherited) as leading:
                 state.leading = leading
                 try:

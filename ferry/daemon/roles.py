@@ -83,11 +83,29 @@ class Leading:
     async def rollout_action(self, service: str, action: str) -> Any:
         return await self.controller.rollout_action(service, action)
 
-    def revisions_status(self, service: str) -> list[dict]:
+    def revisions_status(self, service: str | None) -> Iterator[dict]:
         return self.controller.revisions_status(service)
+
+    def revision_status(self, name: str) -> dict:
+        return self.controller.revision_status(name)
+
+    def services_status(self, service: str | None) -> Iterator[dict]:
+        return self.controller.services_status(service)
 
     async def set_traffic(self, service: str, splits: list[tuple[str, int]] | None) -> None:
         await self.controller.set_traffic(service, splits)
+
+    def service_spec(self, service: str) -> dict:
+        """The applied file's spec of the service (JSON, defaults left out: what its template digest counts), its
+        backend, the format of the file and its current revision. KeyError: no such service."""
+        config = self.source.current
+        if config is None:
+            raise KeyError(service)
+        loaded = config.loaded
+        spec = loaded.spec.services[service]
+        return {"service": service, "spec": spec.model_dump(mode="json", exclude_defaults=True),
+                "backend": loaded.spec.backend.model_dump(mode="json", exclude_defaults=True), "format": loaded.format,
+                "revision": config.plan.current[service].name}
 
     def report_gateways(self, replica: str, gateways: list[dict], ttl_s: float) -> None:
         self.census.report(replica, gateways, ttl_s)
@@ -128,7 +146,7 @@ async def lead(shared: Shared, loaded: LoadedRoutes, *, inherited: bool) -> Asyn
         shared.activator.client.on_demand = controller.wake
         stack.callback(setattr, shared.activator.client, "on_demand", lambda revision: None)
         source = ConfigSource(options.routes, shared.store, controller.apply, shared.registry,
-                              own=_own_listeners(options, controller.activator_address))
+                              own=_own_listeners(options, controller.activator_address), overrides=options.overrides)
         await controller.start()
         if shared.survivors:
             await _serve_what_survived(source, shared.store, loaded)
@@ -174,7 +192,7 @@ async def _serve_what_survived(source: ConfigSource, store: RevisionStore, loade
         return
     path, text = last
     try:
-        await source.apply(loaded=load_routes(path, text))
+        await source.apply(loaded=load_routes(path, text, overrides=source.overrides))
     except ConfigError as err:
         log.warning("the last applied configuration no longer loads; applying the file as it is",
                     extra={"error": str(err).splitlines()[0]})

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter
 from ..routing.errors import ConfigError, Problem
 from ..routing.fields import HostPort
 from ..routing.loader import LoadedRoutes, load_routes, validate
+from ..routing.overrides import Overrides
 from ..routing.revisions import Revision, RevisionPlan, RevisionStore
 
 log = logging.getLogger("ferry")
@@ -37,8 +38,10 @@ class Config:
 
 class ConfigSource:
     def __init__(self, path: Path, store: RevisionStore, apply: Callable[[Config], Awaitable[None]],
-                 registry: CollectorRegistry, *, own: Mapping[HostPort, str] | None = None):
+                 registry: CollectorRegistry, *, own: Mapping[HostPort, str] | None = None,
+                 overrides: Overrides | None = None):
         self.path = path
+        self.overrides = overrides or Overrides()  # ferry's --listen, --backend...: over the file, on every load
         self._own = own or {}  # ferry's own listeners: never a revision's endpoint
         self._store = store
         self._apply = apply
@@ -59,7 +62,7 @@ class ConfigSource:
             if loaded is None:
                 started = time.perf_counter()
                 previous = self.current.loaded if self.current else None
-                loaded = load_routes(self.path, text, previous=previous, label=label)
+                loaded = load_routes(self.path, text, previous=previous, label=label, overrides=self.overrides)
                 if loaded is previous:
                     return False  # a save that changed nothing
                 self.load_ms = round((time.perf_counter() - started) * 1000, 2)

@@ -543,8 +543,14 @@ class Controller:
     def status_chunks(self, service: str | None = None, head: dict | None = None) -> Iterator[bytes]:
         return status.status_chunks(self, service, head)
 
-    def revisions_status(self, service: str) -> list[dict]:
+    def revisions_status(self, service: str | None) -> Iterator[dict]:
         return status.revisions_status(self, service)
+
+    def revision_status(self, name: str) -> dict:
+        return status.revision_status(self, name)
+
+    def services_status(self, service: str | None = None) -> Iterator[dict]:
+        return status.services_status(self, service)
 
     def rollout_status(self, service: str) -> dict:
         return status.rollout_status(self, service)

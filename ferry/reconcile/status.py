@@ -1,5 +1,6 @@
-"""What `ferry status`, `ferry revisions` and `ferry rollout status` show: views of the controller's state,
-computed on demand (one service and its revisions cost the same at any number of services).
+"""What `ferry status`, `ferry revisions`, `ferry rollout status` and the kn-style `ferry service|revision` verbs
+show: views of the controller's state, computed on demand (one service and its revisions cost the same at any
+number of services), with Knative's conditions (conditions.py) where a verb shows them.
 
 The whole status at 10,000 services is 30,000 views and 7 MB of JSON. `status_chunks` yields it piece by piece
 as bytes, so the API can hand the event loop back between pieces; a view whose inputs are the very same objects
@@ -19,6 +20,7 @@ import orjson
 
 from ..backends.base import InstanceCounts
 from ..routing.schema import service_hosts, tag_host
+from . import conditions
 from .model import RevisionRuntime, ServiceRuntime
 from .rules import split_owner
 
@@ -149,32 +151,104 @@ def _service(c: Controller, service: ServiceRuntime) -> dict:
     }
 
 
-def revisions_status(c: Controller, service_name: str) -> list[dict]:
-    """`ferry revisions`: every revision the service ever had, newest first, with its traffic and how its
-    rollout ended."""
-    service = c.services[service_name]
-    results = c.store.results(service_name)
+def revisions_status(c: Controller, service_name: str | None) -> Iterator[dict]:
+    """`ferry revisions` and `ferry revision list`: every revision the service (None: every service) ever had,
+    newest first, with its traffic, how its rollout ended and its conditions, made as they are asked for (the API
+    streams them). KeyError, at once: no such service."""
+    if service_name is not None:
+        c.services[service_name]  # noqa: B018 - KeyError now, not at the first entry
+    return _revision_entries(c, service_name)
+
+
+def _revision_entries(c: Controller, service_name: str | None) -> Iterator[dict]:
+    """A service at a time (two indexed queries each), so that no step holds the loop long at any size. Revisions
+    of a service gone from the file are not listed: as in Knative, they went with it."""
+    for name in sorted(c.services) if service_name is None else [service_name]:
+        service = c.services.get(name)
+        if service is None:
+            continue
+        served, tags = _served(service)
+        results = c.store.results(name)
+        for row in reversed(c.store.listing(name)):
+            yield _entry(c, service, row, results.get(row[1]), served, tags)
+
+
+def revision_status(c: Controller, name: str) -> dict:
+    """`ferry revision describe`: one revision's entry, its template and, while it runs, its instances, endpoints
+    and autoscaling. KeyError: no such revision (or its service is gone from the file)."""
+    runtime = c.revisions.get(name)
+    revision = runtime.revision if runtime is not None else c.store.get(name)
+    service = c.services.get(revision.service) if revision is not None else None
+    if revision is None or service is None:
+        raise KeyError(name)
+    served, tags = _served(service)
+    row = (revision.service, revision.name, revision.generation, revision.created_at)
+    entry = _entry(c, service, row, c.store.results(revision.service).get(name), served, tags)
+    entry["template"] = revision.template.model_dump(mode="json", exclude_none=True)
+    if runtime is not None:
+        entry["endpoints"] = [str(e) for e in runtime.endpoints]
+        entry["autoscaling"] = _autoscaling(c, runtime) if runtime.managed else None
+    return entry
+
+
+def services_status(c: Controller, service_name: str | None = None) -> Iterator[dict]:
+    """`ferry service list` (and, for one service, `describe`, which adds its revisions): each service's view as
+    in /status with its name, when its first revision was made (its age) and its conditions, made as they are asked
+    for. KeyError, at once: no such service."""
+    names = sorted(c.services) if service_name is None else [c.services[service_name].name]
+    return _service_views(c, names)
+
+
+def _service_views(c: Controller, names: list[str]) -> Iterator[dict]:
+    gateways = c.census.status()
+    for name in names:
+        service = c.services.get(name)
+        if service is None:
+            continue
+        history = c.store.listing(name)
+        view = {"name": name, **_service(c, service), "created_at": history[0][3] if history else None}
+        current = service.current
+        served, tags = _served(service)
+        latest = _entry(c, service, (name, current.name, current.generation, current.created_at),
+                        c.store.results(name).get(current.name), served, tags)
+        view["conditions"] = conditions.service_conditions(view, latest, gateways)
+        yield view
+
+
+def _served(service: ServiceRuntime) -> tuple[dict[str, int], dict[str, list[str]]]:
+    """What the gateways serve of a service: revision -> main percent, revision -> tags."""
     served = {s.revision: s.percent for s in service.traffic.main} if service.traffic else {}
     tags: dict[str, list[str]] = {}
     for tag, revision in service.traffic.tags if service.traffic else ():
         tags.setdefault(revision, []).append(tag)
-    out = []
-    for revision in reversed(c.store.revisions(service_name)):
-        runtime = c.revisions.get(revision.name)
-        result = results.get(revision.name)
-        out.append({
-            "name": revision.name,
-            "generation": revision.generation,
-            "created_at": revision.created_at,
-            "state": _state(runtime, c.backend.counts(revision.name) if runtime.managed else None)
-            if runtime else "stopped",
-            "ready": len(runtime.endpoints) if runtime else 0,
-            "traffic": served.get(revision.name, 0),
-            "tags": tags.get(revision.name, []),
-            "latest_ready": revision.name == c.latest_ready.get(service_name),
-            "rollout": {"result": result[0], "reason": result[1], "at": result[2]} if result else None,
-        })
-    return out
+    return served, tags
+
+
+def _entry(c: Controller, service: ServiceRuntime, row: tuple[str, str, int, float],
+           result: tuple[str, str | None, float] | None, served: dict[str, int], tags: dict[str, list[str]]) -> dict:
+    """One revision as `ferry revisions` lists it; `row` is (service, name, generation, created_at)."""
+    _, name, generation, created_at = row
+    runtime = c.revisions.get(name)
+    managed = runtime.managed if runtime is not None else None
+    counts = c.backend.counts(name) if managed else None
+    entry = {
+        "name": name,
+        "service": service.name,
+        "generation": generation,
+        "created_at": created_at,
+        "state": _state(runtime, counts) if runtime else "stopped",
+        "ready": len(runtime.endpoints) if runtime else 0,
+        "desired": (runtime.instances if managed else len(runtime.endpoints)) if runtime else 0,
+        "managed": managed,
+        "traffic": served.get(name, 0),
+        "tags": tags.get(name, []),
+        "latest_created": name == service.current.name,
+        "latest_ready": name == c.latest_ready.get(service.name),
+        "rollout": {"result": result[0], "reason": result[1], "at": result[2]} if result else None,
+        "instances": _instances(c, runtime) if managed else [],
+    }
+    entry["conditions"] = conditions.revision_conditions(entry)
+    return entry
 
 
 def rollout_status(c: Controller, service_name: str) -> dict:
@@ -207,12 +281,15 @@ def _revision(c: Controller, runtime: RevisionRuntime) -> dict:
         "state": _state(runtime, counts),
         "managed": managed,
         "autoscaling": _autoscaling(c, runtime) if managed else None,
-        "instances": [
-            {"pid": i.pid, "endpoint": str(i.endpoint) if i.endpoint else None, "ready": i.ready,
-             "stopping": i.stopping, "restarts": i.restarts, "log": str(i.log_path), "error": i.error}
-            for i in (c.backend.instances(runtime.name) if managed else ())
-        ],
+        "instances": _instances(c, runtime) if managed else [],
+        "created_at": runtime.revision.created_at,
     }
+
+
+def _instances(c: Controller, runtime: RevisionRuntime) -> list[dict]:
+    return [{"pid": i.pid, "endpoint": str(i.endpoint) if i.endpoint else None, "ready": i.ready,
+             "stopping": i.stopping, "restarts": i.restarts, "log": str(i.log_path), "error": i.error}
+            for i in c.backend.instances(runtime.name)]
 
 
 def _state(runtime: RevisionRuntime, counts: InstanceCounts | None) -> str:

@@ -1,4 +1,4 @@
-"""routes.yaml: parse and validate it with precise errors, keep revision history, resolve traffic."""
+"""routes.yaml (or Knative Service manifests, knative.py): parse and validate it with precise errors, keep revision history, resolve traffic."""
 
 from .errors import ConfigError, Problem
 from .loader import LoadedRoutes, load_routes, validate

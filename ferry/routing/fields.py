@@ -223,10 +223,13 @@ def _rollout_steps(steps: tuple[int, ...]) -> tuple[int, ...]:
     return steps
 
 
+_WHITESPACE = re.compile(r"\s")  # str.isspace's characters, found in C
+
+
 def _image(image: str) -> str:
     if not image:
         raise ValueError("image is empty: give an OCI image reference, e.g. ghcr.io/me/hello:1.0")
-    if any(c.isspace() for c in image):
+    if _WHITESPACE.search(image):
         raise ValueError(
             f"image {image!r} has whitespace; an OCI image reference has none: write it as one word, "
             "e.g. ghcr.io/me/hello:1.0 (put arguments in args)"

@@ -2,19 +2,22 @@
 
 The valid path is kept cheap (one libyaml compose, one pydantic validation, one pass of cross checks)
 because it runs on every save of the file; line numbers are looked up only when something is wrong.
+A file of Knative Service documents is read too (knative.py translates it into the same data, and its
+problems are reported at their place in it); command-line Overrides hold over what either says.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 from yaml.nodes import Node
 
-from . import yamlsource
+from . import knative, yamlsource
 from .blocks import ServiceBlocks, split_services
 from .certificates import KeyPair, read_certificates
 from .checks import HostClaims, check_hosts, check_own_listeners, check_routes, check_service
@@ -22,7 +25,8 @@ from .errors import ConfigError, Loc, Problem, format_path, parse_path
 from .messages import describe, error_loc, problems_from
 from .revisions import Revision, RevisionPlan, RevisionStore
 from .fields import HostPort
-from .schema import Gateway, RoutesFile, ServiceSpec
+from .overrides import Overrides
+from .schema import Gateway, RoutesFile, ServiceSpec, container_recorded
 
 
 @dataclass(frozen=True)
@@ -38,12 +42,16 @@ class LoadedRoutes:
     host_claims: HostClaims = field(default_factory=dict, repr=False, compare=False)  # for the next load's checks
     # gateway.tls's certificates as read when its block last changed (reconcile/certs.py follows the files after)
     certificates: tuple[KeyPair, ...] = field(default=(), repr=False, compare=False)
+    format: Literal["routes", "knative"] = field(default="routes", compare=False)  # what the text is written as
+    overrides: Overrides = field(default_factory=Overrides, compare=False)  # the flags it was loaded with
 
 
 def load_routes(path: Path | str, text: str | None = None, previous: LoadedRoutes | None = None, *,
-                label: str | None = None) -> LoadedRoutes:
+                label: str | None = None, overrides: Overrides | None = None) -> LoadedRoutes:
     """Read (or take `text` in place of) the routes file and validate it; raises ConfigError.
 
+    The file is a routes.yaml, or one or more Knative Service documents (serving.knative.dev/v1), never both.
+    `overrides` (ferry's --listen, --domain, --internal, --backend, --namespace) hold over what the file says.
     `label` names the text in messages instead of `path` (content sent over the API names itself; its relative
     commands still resolve against `path`'s folder).
 
@@ -53,11 +61,18 @@ def load_routes(path: Path | str, text: str | None = None, previous: LoadedRoute
     """
     path = Path(path).absolute()
     file = label or str(path)
+    overrides = overrides or Overrides()
     if text is None:
         text = _read(path)
+    if previous is not None and previous.overrides != overrides:
+        previous = None  # another gateway or backend: nothing of it holds
     if previous is not None and previous.path == path and previous.text == text and previous.label == (label or ""):
         return previous
     with yamlsource.gc_paused():
+        if knative.is_candidate(text):
+            loaded = _load_knative(path, file, text, previous, label, overrides)
+            if loaded is not None:  # (its YAML node trees are freed by now: the collector need not walk them)
+                return loaded
         split = split_services(text)
         if previous is not None and split is not None:
             reused = _load_changed_blocks(split, previous)
@@ -68,15 +83,112 @@ def load_routes(path: Path | str, text: str | None = None, previous: LoadedRoute
                                     _certificates(spec, path, file, text, previous))
         claims: HostClaims = {}
         try:
-            spec, raw_services = _validate(text, file, previous, claims)
+            spec, raw_services = _validate(text, file, previous, claims, overrides)
         except RecursionError:
             raise ConfigError(file, [Problem("", "the document is nested too deeply: flatten it")]) from None
     certificates = _certificates(spec, path, file, text, previous)
     if split is None or len(split.blocks) != len(raw_services):
         return LoadedRoutes(path, path.parent, spec, label or "", text, raw_services, host_claims=claims,
-                            certificates=certificates)
+                            certificates=certificates, overrides=overrides)
     return LoadedRoutes(path, path.parent, spec, label or "", text, raw_services, split,
-                        dict(zip(split.blocks, raw_services, strict=True)), claims, certificates)
+                        dict(zip(split.blocks, raw_services, strict=True)), claims, certificates, overrides=overrides)
+
+
+def _documents(text: str, file: str) -> list[tuple[Any, Node]]:
+    """Every document of the text; ConfigError for YAML it cannot read."""
+    try:
+        return yamlsource.parse_all(text)
+    except yamlsource.YamlError as exc:
+        where = format_path(exc.loc)
+        if exc.document is not None and ("\n---" in text or exc.document > 0):
+            where = f"[{exc.document}]" + ("." + where if where and not where.startswith("[") else where)
+        raise ConfigError(file, [Problem(where, exc.message, exc.line)]) from None
+
+
+def _load_knative(path: Path, file: str, text: str, previous: LoadedRoutes | None, label: str | None,
+                  overrides: Overrides) -> LoadedRoutes | None:
+    """Knative Service documents, translated into routes.yaml's data and validated as one: every problem of the
+    translation and of the schema and checks, in one ConfigError, each at its place in the Knative documents.
+    None: the text is no Knative file. Services whose translation is unchanged since `previous` keep their
+    validated objects; documents whose text is unchanged are not even parsed again."""
+    if previous is not None and previous.format == "knative" and previous.block_names:
+        reused = _load_changed_documents(path, text, previous, label, overrides)
+        if reused is not None:
+            return reused
+    documents = _documents(text, file)
+    if not knative.is_knative(documents):
+        return None
+    translation = knative.translate(documents, overrides)
+    services = translation.services
+    data = {**overrides.knative_base(), "services": services}
+    claims: HostClaims = {}
+    with container_recorded():
+        try:
+            if previous is not None and previous.format == "knative":
+                spec = _validate_changed(data, services, previous)
+            else:
+                spec = RoutesFile.model_validate(data)
+        except ValidationError as exc:
+            problems = problems_from(exc, RoutesFile) + _check_valid_parts(data, exc)
+        else:
+            problems = check_routes(spec.gateway, spec.services, claims)
+    problems = translation.problems + translation.locate(problems)
+    if problems:
+        raise ConfigError(file, sorted(problems, key=lambda p: p.line if p.line is not None else 0))
+    return LoadedRoutes(path, path.parent, spec, label or "", text, services, host_claims=claims,
+                        block_names=_document_names(text, translation), format="knative", overrides=overrides)
+
+
+def _document_names(text: str, translation: knative.Translation) -> dict[str, str]:
+    """Each document's text -> the service it defines, for the next load to reuse (empty: it cannot)."""
+    blocks = knative.split_documents(text)
+    if blocks is None:
+        return {}
+    starts = [line for line, _ in blocks]
+    names: dict[str, str] = {}
+    for name, document in translation.documents.items():
+        line = document.node.start_mark.line if document.node is not None else -1
+        names[blocks[max(bisect.bisect_right(starts, line) - 1, 0)][1]] = name
+    return names if len(names) == len(translation.services) else {}
+
+
+def _load_changed_documents(path: Path, text: str, previous: LoadedRoutes, label: str | None,
+                            overrides: Overrides) -> LoadedRoutes | None:
+    """Parse and translate only the documents whose text changed since `previous`; None means: do the full load
+    (another shape, or any problem at all, so that errors are always reported by the one full path)."""
+    blocks = knative.split_documents(text)
+    if blocks is None:
+        return None
+    services: dict[str, Any] = {}
+    names: dict[str, str] = {}
+    for _, block in blocks:
+        name = previous.block_names.get(block)
+        if name is not None:
+            raw = previous.raw_services[name]
+        else:
+            try:
+                documents = yamlsource.parse_all(block)
+            except yamlsource.YamlError:
+                return None
+            if all(data is None for data, _ in documents):
+                continue  # comments, or an empty document
+            translation = knative.translate(documents, overrides)
+            if translation.problems or len(translation.services) != 1:
+                return None
+            [(name, raw)] = translation.services.items()
+        if name in services:
+            return None
+        services[name], names[block] = raw, name
+    data = {**overrides.knative_base(), "services": services}
+    with container_recorded():
+        try:
+            spec = _validate_changed(data, services, previous)
+        except ValidationError:
+            return None
+    if check_routes(spec.gateway, spec.services, previous.host_claims):
+        return None
+    return LoadedRoutes(path, path.parent, spec, label or "", text, services, host_claims=previous.host_claims,
+                        block_names=names, format="knative", overrides=overrides)
 
 
 def _certificates(spec: RoutesFile, path: Path, file: str, text: str,
@@ -155,7 +267,7 @@ def validate(
     if own is not None:
         problems += check_own_listeners(loaded.spec.gateway, loaded.spec.services, own)
     if problems:
-        raise ConfigError(loaded.label or str(loaded.path), _locate(problems, yamlsource.compose(loaded.text)))
+        raise ConfigError(loaded.label or str(loaded.path), _locate_in(loaded, problems))
     return plan
 
 
@@ -177,20 +289,23 @@ def _read(path: Path) -> str:
         ) from None
 
 
-def _validate(text: str, file: str, previous: LoadedRoutes | None,
-              claims: HostClaims | None = None) -> tuple[RoutesFile, dict[str, Any]]:
+def _validate(text: str, file: str, previous: LoadedRoutes | None, claims: HostClaims | None = None,
+              overrides: Overrides | None = None) -> tuple[RoutesFile, dict[str, Any]]:
     try:
         data, root = yamlsource.parse(text)
     except yamlsource.YamlError as exc:
         raise ConfigError(file, [Problem(format_path(exc.loc), exc.message, exc.line)]) from None
     if data is None:  # an empty file: no services yet
         data = {}
+    if overrides:
+        data = overrides.apply(data)
     if not isinstance(data, dict):
         problem = Problem("", f"the top level must be a mapping with gateway: and services:, got {describe(data)}")
         raise ConfigError(file, _locate([problem], root))
     raw_services = data.get("services") if isinstance(data.get("services"), dict) else {}
     try:
-        spec = _validate_changed(data, raw_services, previous) if previous is not None else RoutesFile.model_validate(data)
+        spec = (_validate_changed(data, raw_services, previous) if previous is not None and previous.format == "routes"
+                else RoutesFile.model_validate(data))
     except ValidationError as exc:
         problems = problems_from(exc, RoutesFile) + _check_valid_parts(data, exc)
     else:
@@ -241,7 +356,15 @@ def _domain_only(data: dict[str, Any], broken: set[Loc]) -> Gateway | None:
 
 def problems_in(loaded: LoadedRoutes, problems: list[Problem]) -> ConfigError:
     """Problems found later about a loaded file (its certificate files changed), with their lines in it."""
-    return ConfigError(loaded.label or str(loaded.path), _locate(problems, yamlsource.compose(loaded.text)))
+    return ConfigError(loaded.label or str(loaded.path), _locate_in(loaded, problems))
+
+
+def _locate_in(loaded: LoadedRoutes, problems: list[Problem]) -> list[Problem]:
+    """Problems at routes.yaml paths, at their place in the loaded file (a routes.yaml, or Knative documents)."""
+    if loaded.format == "knative":
+        located = knative.translate(yamlsource.parse_all(loaded.text), loaded.overrides, locating=True).locate(problems)
+        return sorted(located, key=lambda p: p.line if p.line is not None else 0)
+    return _locate(problems, yamlsource.compose(loaded.text))
 
 
 def _locate(problems: list[Problem], root: Node | None) -> list[Problem]:

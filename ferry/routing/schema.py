@@ -188,6 +188,23 @@ def backend_kind(kind: BackendKind | None) -> Iterator[None]:
         _BACKEND_KIND.reset(token)
 
 
+# Set while validating services translated from Knative Service manifests (knative.py): their container's image,
+# port and resources are recorded in the template on backend local too (they count in its digest and come back
+# on export), though the local backend runs `command` and ignores them. A routes.yaml on backend local still
+# refuses them: written there, they would be a mistake.
+_RECORD_CONTAINER: ContextVar[bool] = ContextVar("ferry_record_container", default=False)
+
+
+@contextmanager
+def container_recorded() -> Iterator[None]:
+    """Validate templates that come from a Knative container: its Kubernetes fields are kept on any backend."""
+    token = _RECORD_CONTAINER.set(True)
+    try:
+        yield
+    finally:
+        _RECORD_CONTAINER.reset(token)
+
+
 class Resources(_Model):
     """A container's resource requests and limits (Kubernetes' `resources`): quantities like 500m or 256Mi."""
 
@@ -257,7 +274,7 @@ class Template(_Model):
     @field_validator("image", "args", "port", "resources", mode="wrap")
     @classmethod
     def _kubernetes_only(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
-        if value is not None and _BACKEND_KIND.get() == "local":
+        if value is not None and _BACKEND_KIND.get() == "local" and not _RECORD_CONTAINER.get():
             raise ValueError(_KUBERNETES_ONLY[str(info.field_name)])
         return handler(value)
 

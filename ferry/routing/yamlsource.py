@@ -32,9 +32,10 @@ MAX_EXPANDED_NODES = 2_000_000
 class YamlError(Exception):
     """The text is not YAML we can read; `line` is 1-based, `loc` is where in the document (if known)."""
 
-    def __init__(self, message: str, line: int | None, loc: Loc = ()):
+    def __init__(self, message: str, line: int | None, loc: Loc = (), document: int | None = None):
         super().__init__(message)
         self.message, self.line, self.loc = message, line, loc
+        self.document = document  # in a file of several documents (parse_all), which one, from 0
 
 
 class _Loader(yaml.CSafeLoader):
@@ -78,6 +79,36 @@ def parse(text: str) -> tuple[Any, Node | None]:
     return data, root
 
 
+def parse_all(text: str) -> list[tuple[Any, Node]]:
+    """Every document of a multi-document text (`---` between them), each as data and node tree; an empty
+    document is (None, its node). Raises YamlError (with `document` set when the problem is in one)."""
+    loader = _Loader(text)
+    nodes: list[Node] = []
+    try:
+        while loader.check_node():
+            nodes.append(loader.get_node())
+    except yaml.MarkedYAMLError as exc:
+        raise _syntax_error(exc, text) from None
+    except yaml.YAMLError as exc:
+        raise YamlError(f"invalid YAML: {exc}", None) from None
+    finally:
+        loader.dispose()
+    documents = []
+    builder = _Builder(nodes[0]) if nodes else None  # one for all: scalars repeat across documents
+    for index, node in enumerate(nodes):
+        assert builder is not None
+        builder.start(node)
+        try:
+            data = builder.build(node)
+            if builder.shared:
+                _check_expansion(node)
+        except YamlError as exc:
+            exc.document = index
+            raise
+        documents.append((data, node))
+    return documents
+
+
 def line_of(root: Node | None, loc: Loc) -> int | None:
     """1-based line of the deepest part of `loc` present in the tree (a key's line, or a list item's)."""
     if root is None:
@@ -119,6 +150,12 @@ class _Builder:
         self._scalars: dict[tuple[str, str], Any] = {}  # every safe scalar type is immutable: share them
         self._collections: dict[int, Any] = {}  # id(node) -> built value, so aliases share one object
         self.shared = False  # an alias to a collection was seen
+
+    def start(self, root: Node) -> None:
+        """Build another document (of the same text) next: aliases are per document, scalars are immutable."""
+        self._root = root
+        self._collections.clear()
+        self.shared = False
 
     def build(self, node: Node) -> Any:
         if node.__class__ is ScalarNode:
