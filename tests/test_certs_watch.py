@@ -126,3 +126,22 @@ async def test_the_watch_follows_a_new_file_when_gateway_tls_names_it(tmp_path):
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
+
+
+def test_request_logs_or_traces_changing_re_put_the_https_listener(tmp_path):
+    h = Harness(tmp_path)
+    write_pair(tmp_path / "certs", "hello", CA.issue("hello.example.com"))
+    loaded = load_routes(write_routes(tmp_path, routes(tmp_path)))
+    entries = h.cache.group("default").stores[xds.LISTENER].entries
+    assert h.state.configure(loaded) is True
+    h.publisher.publish()
+    plain = entries[https.HTTPS_LISTENER_NAME]
+    logged = xds.Observe(access_log="stdout", tracing=True)
+    assert h.state.configure(loaded, logged) is False  # the same gateway.tls: route tables stay
+    h.publisher.publish()
+    assert entries[https.HTTPS_LISTENER_NAME] != plain
+    assert "envoy.access_loggers.stdout".encode() in entries[https.HTTPS_LISTENER_NAME].body
+    assert entries[https.HTTPS_LISTENER_NAME].refs == {NAME}
+    h.state.configure(loaded)
+    h.publisher.publish()
+    assert entries[https.HTTPS_LISTENER_NAME] == plain

@@ -42,14 +42,20 @@ class HttpsState:
         self.rotated_at: float | None = None
         self.changed = asyncio.Event()  # gateway.tls changed: the watch follows other files
         self._configured = False
+        self.observe = xds.NO_OBSERVE  # what the listener's HTTP connection manager records (request logs, traces)
 
-    def configure(self, loaded: LoadedRoutes) -> bool:
+    def configure(self, loaded: LoadedRoutes, observe: xds.Observe = xds.NO_OBSERVE) -> bool:
         """Stage what `loaded`'s gateway.tls needs, if it changed (True then: route tables need rebuilding for
-        the redirect)."""
+        the redirect). A change of `observe` alone re-puts the listener (and returns False)."""
         self.loaded = loaded
         tls = loaded.spec.gateway.tls
         if self._configured and tls == self.tls:
+            if observe != self.observe:
+                self.observe = observe
+                if tls is not None:
+                    self._put_listener(tls, loaded)
             return False
+        self.observe = observe
         self._configured = True  # the first time even without TLS: a cache taken over may hold another's listener
         self.tls = tls
         self.error = None
@@ -64,10 +70,13 @@ class HttpsState:
         for name in set(self.pairs) - set(pairs):
             self._publisher.delete(xds.SECRET, name)
         self._put(pairs)
+        self._put_listener(tls, loaded)
+        return True
+
+    def _put_listener(self, tls: GatewayTls, loaded: LoadedRoutes) -> None:
         chains = [https.TlsChain(pair.name, pair.hosts) for pair in loaded.certificates]
         self._publisher.put(xds.LISTENER, https.https_listener(tls.listen.host, tls.listen.port, chains,
-                                                               groups=tls.groups))
-        return True
+                                                               groups=tls.groups, observe=self.observe))
 
     def rotate(self, tls: GatewayTls, pairs: tuple[KeyPair, ...]) -> bool:
         """Stage new contents of the same certificate entries (read from the files); False if gateway.tls is no

@@ -30,6 +30,7 @@ from ..autoscaler.scaler import Step
 from ..backends.base import Backend, DrainHook, Durable, Endpoint, EndpointsChanged, Workload
 from ..rollout import machine
 from ..rollout.runner import ActiveRollout, RolloutRunner
+from ..routing.certificates import resolve
 from ..routing.revisions import Revision, RevisionStore
 from ..routing.schema import Gateway, HostPort
 from ..routing.traffic import ResolvedTraffic, Unresolved, resolve_traffic
@@ -135,11 +136,20 @@ class Controller:
             gateway_changed = previous is None or previous.loaded.spec.gateway != spec.gateway
             self.tables.strip_headers = (xds.LISTENER_HEADER,) + (() if spec.gateway.tagHeader else xds.TAG_HEADERS)
             before = previous.loaded.spec.gateway if previous is not None else None
-            if before is None or before.listen != spec.gateway.listen:
-                self.publisher.put(xds.LISTENER, xds.listener(spec.gateway.listen.host, spec.gateway.listen.port))
-            if (before.internal if before else None) != spec.gateway.internal:
-                self._put_internal_listener(spec.gateway)
-            if self.https.configure(config.loaded):
+            # Every listener runs the same HTTP connection manager: what it records (gateway.accessLog,
+            # gateway.tracing) changing re-puts them all.
+            observe, observe_changed = observed(config), previous is None or observed(previous) != observed(config)
+            if spec.gateway.tracing is not None:  # before the listeners that name it (CDS is pushed before LDS)
+                otlp = spec.gateway.tracing.otlp
+                self.publisher.put(xds.CLUSTER, xds.otlp_cluster(otlp.host, otlp.port))
+            elif before is not None and before.tracing is not None:
+                self.publisher.delete(xds.CLUSTER, xds.OTLP_CLUSTER)
+            if before is None or before.listen != spec.gateway.listen or observe_changed:
+                self.publisher.put(xds.LISTENER, xds.listener(spec.gateway.listen.host, spec.gateway.listen.port,
+                                                              observe=observe))
+            if (before.internal if before else None) != spec.gateway.internal or observe_changed:
+                self._put_internal_listener(spec.gateway, observe)
+            if self.https.configure(config.loaded, observe):
                 self.tables.https_redirect = self.https.redirect()  # gateway_changed: every table is rebuilt
             for name in [n for n in self.services if n not in spec.services]:
                 self._remove_service(name)
@@ -167,13 +177,14 @@ class Controller:
             # freeze took 0.4 s after a whole new file and found nothing to free).
             gc.freeze()
 
-    def _put_internal_listener(self, gateway: Gateway) -> None:
+    def _put_internal_listener(self, gateway: Gateway, observe: xds.Observe) -> None:
         """The listener of private services (and public ones), or none."""
         if gateway.internal is None:
             self.publisher.delete(xds.LISTENER, xds.INTERNAL_LISTENER_NAME)
         else:
             self.publisher.put(xds.LISTENER, xds.listener(gateway.internal.host, gateway.internal.port,
-                                                          name=xds.INTERNAL_LISTENER_NAME, mark="internal"))
+                                                          name=xds.INTERNAL_LISTENER_NAME, mark="internal",
+                                                          observe=observe))
 
     async def rotate_certificates(self, tls, pairs) -> bool:
         """New contents of gateway.tls's certificate files (reconcile/certs.py read and checked them): published
@@ -560,3 +571,21 @@ class Controller:
         await self.autoscaler.aclose()
         await self._background.aclose()
         await self.backend.aclose()
+
+
+def observed(config: Config) -> xds.Observe:
+    """What the gateway's HTTP connection managers record for `config`: gateway.accessLog (a file path made
+    absolute against the routes file's folder, its folder created) and gateway.tracing."""
+    gateway, base_dir = config.loaded.spec.gateway, config.loaded.base_dir
+    access_log: str | None = None
+    if gateway.accessLog == "stdout":
+        access_log = "stdout"
+    elif gateway.accessLog != "off":
+        path = resolve(base_dir, gateway.accessLog).absolute()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # Envoy says so too, refusing the listener; the log names the folder
+            log.warning("cannot create the access log's folder", extra={"path": str(path.parent), "error": str(e)})
+        access_log = str(path)
+    tracing = gateway.tracing
+    return xds.Observe(access_log, tracing is not None, tracing.sampling if tracing is not None else 1.0)

@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Literal, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     ValidationError,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
@@ -477,6 +478,40 @@ class ServiceSpec(_Model):
     rollout: Rollout | None = None  # None = a new revision takes the traffic as soon as it is ready
 
 
+ACCESS_LOG_FORMS = "stdout, a file path (relative to the routes file's folder, e.g. logs/access.log) or off"
+
+
+def _access_log(value: Any) -> str:
+    """gateway.accessLog: `stdout`, a file PATH or `off` (YAML reads a bare off as false)."""
+    if value is False:
+        return "off"
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise ValueError(f"expected {ACCESS_LOG_FORMS}, got {describe(value)}")
+    if value.strip() != value:
+        raise ValueError(f"expected {ACCESS_LOG_FORMS}, got {value!r}: remove the spaces around it")
+    return value
+
+
+def _sampling(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"expected a share of requests to trace from 0 to 1 (e.g. 1.0 or 0.05), got {describe(value)}")
+    return float(value)
+
+
+class GatewayTracing(_Model):
+    """gateway.tracing: spans of every request, sent by Envoy over OTLP/gRPC to a collector."""
+
+    otlp: Address  # the collector's OTLP gRPC address, HOST:PORT (e.g. 127.0.0.1:4317)
+    sampling: Annotated[float, PlainValidator(_sampling)] = 1.0  # the share of requests traced, 0..1
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mapping(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a mapping {{otlp: HOST:PORT, sampling: 0..1}}, got {describe(data)}")
+        return data
+
+
 class Gateway(_Model):
     listen: Address = HostPort("127.0.0.1", 8080)
     domain: Domain = "localhost"
@@ -492,6 +527,11 @@ class Gateway(_Model):
     stats: Literal["ferry", "all"] = "ferry"
     # HTTPS: a listener whose certificates are chosen by SNI and reach the gateways over SDS (certificates.py).
     tls: GatewayTls | None = None
+    # Request logs: one JSON line per request from Envoy (xds/resources.py ACCESS_LOG_FORMAT; never Authorization
+    # or cookies) to Envoy's stdout or to a file (relative to the routes file's folder); off by default.
+    accessLog: Annotated[str, PlainValidator(_access_log)] = "off"
+    # Traces: spans over OTLP/gRPC to gateway.tracing.otlp, sampled at `sampling` (0..1); None: no tracing.
+    tracing: GatewayTracing | None = None
 
     @model_validator(mode="after")
     def _one_listener_per_address(self) -> Gateway:

@@ -25,7 +25,7 @@ from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from google.protobuf import struct_pb2, wrappers_pb2
 
-from .resources import _ads_config_source, _any, http_filter_chain, http_manager
+from .resources import NO_OBSERVE, Observe, _ads_config_source, _any, http_filter_chain, http_manager
 from .types import Resource
 
 HTTPS_LISTENER_NAME = "ferry_https"
@@ -80,10 +80,11 @@ _TLS_INSPECTOR = listener_components_pb2.ListenerFilter(
 
 
 def https_listener(host: str, port: int, chains: Sequence[TlsChain], *, groups: Sequence[str] | None = None,
-                   name: str = HTTPS_LISTENER_NAME, mark: str = "public") -> Resource:
+                   name: str = HTTPS_LISTENER_NAME, mark: str = "public",
+                   observe: Observe = NO_OBSERVE) -> Resource:
     """The gateway's HTTPS listener: a filter chain per certificate entry, chosen by SNI; it refers to the chains'
     secrets. `groups`: the gateway groups that serve it (None: ferry's own gateway only, groups.serves_tls)."""
-    manager = http_manager(mark, stat_prefix=HTTPS_STAT_PREFIX)
+    manager = http_manager(mark, stat_prefix=HTTPS_STAT_PREFIX, observe=observe)
     message = listener_pb2.Listener(
         name=name,
         address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=host, port_value=port)),

@@ -7,6 +7,7 @@ thousand others) and, for route tables and host scopes, the names they refer to,
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -17,6 +18,12 @@ from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, exten
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2, scoped_route_pb2
+from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.core.v3 import grpc_service_pb2, substitution_format_string_pb2
+from envoy.config.trace.v3 import http_tracer_pb2
+from envoy.config.trace.v3 import opentelemetry_pb2 as otel_tracer_pb2
+from envoy.extensions.access_loggers.file.v3 import file_pb2 as file_log_pb2
+from envoy.extensions.access_loggers.stream.v3 import stream_pb2 as stream_log_pb2
 from envoy.extensions.filters.http.grpc_stats.v3 import config_pb2 as grpc_stats_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -30,8 +37,10 @@ from envoy.extensions.upstreams.http.v3 import (
     http_protocol_options_pb2 as http_options_pb2,
 )
 from envoy.type.matcher.v3 import regex_pb2
+from envoy.type.tracing.v3 import custom_tag_pb2
+from envoy.type.v3 import percent_pb2
 from envoy.type.matcher.v3 import string_pb2 as string_matcher_pb2
-from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 
 # The type names are re-exported: callers spell them xds.CLUSTER beside the builders.
 from .types import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SCOPED_ROUTE, SECRET, Resource  # noqa: F401
@@ -316,11 +325,114 @@ def host_scope(host: str, route_configuration_name: str) -> Resource:
     return Resource.of(host, body, frozenset((route_configuration_name,)))
 
 
-def http_manager(mark: str = "public", *, stat_prefix: str = "ferry") -> hcm_pb2.HttpConnectionManager:
+# gateway.accessLog: one JSON line per request. Named fields only, never arbitrary headers: no Authorization, no
+# cookies, and the path without its query string (tokens travel there too).
+ACCESS_LOG_FORMAT: dict[str, str] = {
+    "time": "%START_TIME%",
+    "host": "%REQ(:AUTHORITY)%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%PATH(WQ:ORIG_OR_PATH)%",
+    "protocol": "%PROTOCOL%",
+    "status": "%RESPONSE_CODE%",
+    "duration_ms": "%DURATION%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "service": f"%REQ({SERVICE_HEADER})%",
+    "revision": f"%REQ({REVISION_HEADER})%",
+    "instance": "%UPSTREAM_HOST%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "response_flags": "%RESPONSE_FLAGS%",
+}
+OTLP_CLUSTER = "ferry_otlp"  # gateway.tracing's collector, published with the listeners
+TRACING_SERVICE_NAME = "ferry-gateway"
+# Span attributes from the headers the routes set: which service and revision served the request.
+TRACING_TAGS = (("ferry.service", SERVICE_HEADER), ("ferry.revision", REVISION_HEADER))
+
+
+@dataclass(frozen=True)
+class Observe:
+    """What the HTTP connection manager records besides stats (gateway.accessLog, gateway.tracing). The default,
+    nothing, leaves the manager as it was before either existed, byte for byte."""
+
+    access_log: str | None = None  # "stdout", or an absolute file path; None: no request logs
+    tracing: bool = False  # spans to OTLP_CLUSTER
+    sampling: float = 1.0  # the share of requests traced, 0..1
+
+
+NO_OBSERVE = Observe()
+
+
+def _access_log(target: str) -> accesslog_pb2.AccessLog:
+    fields = struct_pb2.Struct()
+    fields.update(ACCESS_LOG_FORMAT)
+    log_format = substitution_format_string_pb2.SubstitutionFormatString(json_format=fields)
+    if target == "stdout":
+        return accesslog_pb2.AccessLog(name="envoy.access_loggers.stdout", typed_config=_any(
+            "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+            stream_log_pb2.StdoutAccessLog(log_format=log_format)))
+    return accesslog_pb2.AccessLog(name="envoy.access_loggers.file", typed_config=_any(
+        "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        file_log_pb2.FileAccessLog(path=target, log_format=log_format)))
+
+
+def _tracing(sampling: float) -> hcm_pb2.HttpConnectionManager.Tracing:
+    provider = http_tracer_pb2.Tracing.Http(name="envoy.tracers.opentelemetry", typed_config=_any(
+        "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+        otel_tracer_pb2.OpenTelemetryConfig(
+            grpc_service=grpc_service_pb2.GrpcService(
+                envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=OTLP_CLUSTER)),
+            service_name=TRACING_SERVICE_NAME)))
+    return hcm_pb2.HttpConnectionManager.Tracing(
+        provider=provider,
+        random_sampling=percent_pb2.Percent(value=round(sampling * 100, 6)),
+        custom_tags=[custom_tag_pb2.CustomTag(tag=tag, request_header=custom_tag_pb2.CustomTag.Header(name=header))
+                     for tag, header in TRACING_TAGS],
+    )
+
+
+def otlp_cluster(host: str, port: int) -> Resource:
+    """gateway.tracing's collector: HTTP/2 (gRPC) to HOST:PORT, an IP address or a DNS name."""
+    try:
+        ipaddress.ip_address(host)
+        kind = cluster_pb2.Cluster.STATIC
+    except ValueError:
+        kind = cluster_pb2.Cluster.STRICT_DNS
+    message = cluster_pb2.Cluster(
+        name=OTLP_CLUSTER,
+        type=kind,
+        connect_timeout=_duration(1.0),
+        load_assignment=endpoint_pb2.ClusterLoadAssignment(
+            cluster_name=OTLP_CLUSTER,
+            endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[
+                endpoint_components_pb2.LbEndpoint(endpoint=endpoint_components_pb2.Endpoint(
+                    address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=host,
+                                                                                         port_value=port))))])]),
+        typed_extension_protocol_options={
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _any(
+                "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                http_options_pb2.HttpProtocolOptions(explicit_http_config=http_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+                    http2_protocol_options=protocol_pb2.Http2ProtocolOptions()))),
+        },
+    )
+    return Resource.of(OTLP_CLUSTER, message.SerializeToString())
+
+
+def http_manager(mark: str = "public", *, stat_prefix: str = "ferry",
+                 observe: Observe = NO_OBSERVE) -> hcm_pb2.HttpConnectionManager:
     """The HTTP connection manager every gateway listener runs: host scopes (SRDS) and route tables (RDS) over the
     same ADS stream, Envoy's edge settings, and `mark` in LISTENER_HEADER on every request before it is routed
     (whatever the client sent), so that a private service's routes match on the internal listener only. Its stats
-    are http.<stat_prefix>.*; the HTTPS listener's chains run the same (xds/https.py)."""
+    are http.<stat_prefix>.*; the HTTPS listener's chains run the same (xds/https.py). `observe`: request logs and
+    traces (gateway.accessLog, gateway.tracing)."""
+    manager = _http_manager(mark, stat_prefix)
+    if observe.access_log is not None:
+        manager.access_log.append(_access_log(observe.access_log))
+    if observe.tracing:
+        manager.tracing.CopyFrom(_tracing(observe.sampling))
+    return manager
+
+
+def _http_manager(mark: str, stat_prefix: str) -> hcm_pb2.HttpConnectionManager:
     return hcm_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,  # HTTP/1.1 and h2c; over TLS, what ALPN chose (h2, http/1.1)
@@ -398,13 +510,14 @@ def http_filter_chain(manager: hcm_pb2.HttpConnectionManager, **fields) -> liste
     )
 
 
-def listener(host: str, port: int, *, name: str = LISTENER_NAME, mark: str = "public") -> Resource:
+def listener(host: str, port: int, *, name: str = LISTENER_NAME, mark: str = "public",
+             observe: Observe = NO_OBSERVE) -> Resource:
     """A gateway's plain HTTP listener: `name` LISTENER_NAME for public services, INTERNAL_LISTENER_NAME (mark
     internal) for every service, private ones included."""
     message = listener_pb2.Listener(
         name=name,
         address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=host, port_value=port)),
-        filter_chains=[http_filter_chain(http_manager(mark))],
+        filter_chains=[http_filter_chain(http_manager(mark, observe=observe))],
     )
     return Resource.of(name, message.SerializeToString())
 
