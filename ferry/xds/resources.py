@@ -331,7 +331,7 @@ ACCESS_LOG_FORMAT: dict[str, str] = {
     "time": "%START_TIME%",
     "host": "%REQ(:AUTHORITY)%",
     "method": "%REQ(:METHOD)%",
-    "path": "%PATH(WQ:ORIG_OR_PATH)%",
+    "path": "%PATH(NQ:ORIG_OR_PATH)%",  # NQ: without the query string (tokens travel there)
     "protocol": "%PROTOCOL%",
     "status": "%RESPONSE_CODE%",
     "duration_ms": "%DURATION%",
