@@ -390,7 +390,7 @@ class Controller:
             )
             # A retiring revision is routed nowhere: nothing should wake it.
             runtime.activator_in_path = not runtime.retiring and rules.wants_activator(
-                runtime, self.autoscaler.activator_in_path(runtime.name, len(endpoints)))
+                runtime, self.autoscaler.must_hold(runtime.name, len(endpoints)))
             if endpoints:
                 runtime.proven = True
         self._stage_endpoints(runtime)
@@ -508,7 +508,7 @@ class Controller:
             await self.backend.scale(runtime.workload, step.scale)
         if runtime.retiring:  # retired while the backend was scaling
             return
-        in_path = rules.wants_activator(runtime, step.activator_in_path)
+        in_path = rules.wants_activator(runtime, step.holding)
         if in_path != runtime.activator_in_path:
             runtime.activator_in_path = in_path
             log.info("activator in path" if in_path else "activator out of path",
