@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import ssl
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -19,6 +20,13 @@ from ferry.xds.resources import ACTIVATOR_KEY_HEADER
 from .helpers import free_port, wait_until
 
 HELLO_APP = Path(__file__).resolve().parent.parent / "examples" / "hello" / "app.py"
+
+
+def ferry_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The `ferry` command as a user types it, in `cwd`, with `env` added to this process's environment (blocking:
+    wrap it in asyncio.to_thread from a test's event loop)."""
+    return subprocess.run([sys.executable, "-m", "ferry", *args], capture_output=True, text=True, cwd=cwd, timeout=60,
+                          env={**os.environ, **(env or {})})
 
 
 def hello(message: str = "hi", *, concurrency: int | None = None, timeout: str | None = None, scale: str | None = None,

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -18,14 +17,10 @@ import yaml
 from ferry.envoy.process import envoy_binary
 
 from . import ferry_process
-from .ferry_process import FerryProcess, get
+from .ferry_process import FerryProcess, ferry_cli, get
 from .helpers import wait_until
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def ferry_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ferry", *args], capture_output=True, text=True, cwd=cwd, timeout=60)
 
 
 def hello(message: str = "v1", initial: int = 1) -> str:
