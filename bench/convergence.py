@@ -200,6 +200,7 @@ class Bench:
         self.routes = workdir / "routes.yaml"
         self.gateway, self.api_port, self.xds, self.admin = free_port(), free_port(), free_port(), free_port()
         self.port_a, self.port_b = free_port(), free_port()
+        self.activator = free_port()  # not 8012: other ferries may run on this machine
         self.api = f"http://127.0.0.1:{self.api_port}"
         self.gateway_url = f"http://127.0.0.1:{self.gateway}/"
         self.log_path = workdir / "ferry.log"
@@ -381,7 +382,7 @@ class Bench:
             sys.executable, "-m", "ferry", "up", str(self.routes),
             "--state", str(self.workdir / "state.db"),
             "--api", f"127.0.0.1:{self.api_port}", "--xds", f"127.0.0.1:{self.xds}",
-            "--admin", f"127.0.0.1:{self.admin}", "--test-hooks",
+            "--admin", f"127.0.0.1:{self.admin}", "--activator", f"127.0.0.1:{self.activator}", "--test-hooks",
             # Nothing is retired here, but a 0 % revision must never have its cluster dropped mid-bench
             # (that would add CDS/EDS pushes to the numbers of steps 3 and 4).
             "--cluster-linger", "3600",

@@ -67,6 +67,10 @@ class Leading:
     def status(self, service: str | None) -> dict:
         return {"config": self._config(), **self.controller.status(service)}
 
+    def metrics_chunks(self) -> Iterator[bytes]:
+        """The per-revision series (reconcile/observe.py), as Prometheus text in pieces."""
+        return self.controller.observer.chunks()
+
     def status_chunks(self, service: str | None) -> Iterator[bytes]:
         """The same as JSON, in pieces (KeyError at once for an unknown service)."""
         return self.controller.status_chunks(service, {"config": self._config()})
@@ -154,7 +158,7 @@ async def lead(shared: Shared, loaded: LoadedRoutes, *, inherited: bool) -> Asyn
         shared.ready.set()
         if inherited:
             controller.drop_inherited_later()
-        background = [controller.autoscaler.run(), controller.rollout_runner.run()]
+        background = [controller.autoscaler.run(), controller.rollout_runner.run(), controller.observer.run()]
         if shared.survivors:
             background.append(controller.release_leftovers())
         if options.watch:
