@@ -53,8 +53,6 @@ class Leader(Protocol):
 
     def status_chunks(self, service: str | None) -> Iterator[bytes]: ...
 
-    def metrics_chunks(self) -> Iterator[bytes]: ...
-
     async def apply(self, label: str, text: str) -> None: ...
 
     def rollout_status(self, service: str) -> dict: ...
@@ -100,6 +98,7 @@ class ApiState:
     replica_certs: bool = False  # over mutual TLS: /replicas/... needs a client certificate of the CA (tls.py)
     test_hooks: Mapping[str, TestHook] = field(default_factory=dict)
     more_metrics: Callable[[], Awaitable[bytes]] | None = None  # another process's (the activator's)
+    revision_metrics: Callable[[], Iterable[bytes]] | None = None  # while leading: the per-revision series, in pieces
 
 
 def build_api(state: ApiState, *, middlewares: tuple = ()) -> web.Application:
@@ -128,11 +127,11 @@ def build_api(state: ApiState, *, middlewares: tuple = ()) -> web.Application:
         body = generate_latest(state.registry)
         if state.more_metrics is not None:
             body += await state.more_metrics()
-        leading = state.leading
-        if leading is None:
+        revisions = state.revision_metrics
+        if revisions is None:
             return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
         # The leader's per-revision series: made while sent, the event loop free between pieces (as /status).
-        return await stream(request, itertools.chain((body,), leading.metrics_chunks()), CONTENT_TYPE_LATEST)
+        return await stream(request, itertools.chain((body,), revisions()), CONTENT_TYPE_LATEST)
 
     @routes.get("/replica")
     async def replica(request: web.Request) -> web.Response:

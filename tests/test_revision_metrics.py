@@ -5,6 +5,7 @@ Grafana dashboard's queries against the series ferry declares."""
 from __future__ import annotations
 
 import json
+from array import array
 import math
 import re
 from pathlib import Path
@@ -56,16 +57,16 @@ def test_parse_reads_classes_durations_and_in_flight_of_revision_clusters_only()
     ))
     assert list(got) == ["hello-00001"]
     reading = got["hello-00001"]
-    assert reading[:5] == [0, 40, 0, 0, 2]
+    assert list(reading[:5]) == [0, 40, 0, 0, 2]
     # the kept bounds 1, 5, 10, 25, 50, ... 60000 ms and +Inf; 0.5 ms and those beyond a minute are not kept
-    assert reading[5:5 + len(BOUNDS_MS)] == [0, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 4]
+    assert list(reading[5:5 + len(BOUNDS_MS)]) == [0, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 4]
     assert reading[5 + len(BOUNDS_MS)] == 70046.0  # sum, ms
     assert reading[-1] == 4  # active + pending
 
 
-def reading(classes=(0, 0, 0, 0, 0), buckets=None, total_ms=0.0, in_flight=0) -> list:
+def reading(classes=(0, 0, 0, 0, 0), buckets=None, total_ms=0.0, in_flight=0) -> array:
     buckets = list(buckets or [0] * len(BOUNDS_MS))
-    return [*classes, *buckets, total_ms, in_flight]
+    return array("d", [*classes, *buckets, total_ms, in_flight])
 
 
 def hist(count: int) -> list[int]:
@@ -78,17 +79,17 @@ def test_book_sums_gateways_and_never_goes_back():
     book.add({"gw1": {"r1": reading((0, 10, 0, 0, 1), hist(11), 22.0, 2)},
               "gw2": {"r1": reading((0, 5, 0, 0, 0), hist(5), 5.0, 1), "r2": reading((0, 3, 0, 0, 0), hist(3))}},
              known)
-    assert book.totals["r1"][:5] == [0, 15, 0, 0, 1] and book.totals["r1"][5] == 16
+    assert list(book.totals["r1"][:5]) == [0, 15, 0, 0, 1] and book.totals["r1"][5] == 16
     assert book.in_flight == {"r1": 3}
     # gw2 restarted (every counter lower: counted from zero again); gw1 did not answer (keeps its last reading)
     changed = book.add({"gw2": {"r1": reading((0, 2, 0, 0, 0), hist(2), 1.0)}}, known)
     assert changed == {"r1"}
-    assert book.totals["r1"][:5] == [0, 17, 0, 0, 1] and book.totals["r1"][5] == 18 and book.totals["r1"][-1] == 28.0
-    assert book.totals["r2"][:5] == [0, 3, 0, 0, 0]  # gw2 does not report r2 this time: nothing taken away
+    assert list(book.totals["r1"][:5]) == [0, 17, 0, 0, 1] and book.totals["r1"][5] == 18 and book.totals["r1"][-1] == 28.0
+    assert list(book.totals["r2"][:5]) == [0, 3, 0, 0, 0]  # gw2 does not report r2 this time: nothing taken away
     assert book.in_flight == {}
     # gw1 answers again: only its increase counts
     book.add({"gw1": {"r1": reading((0, 12, 0, 0, 1), hist(13), 30.0)}}, known)
-    assert book.totals["r1"][:5] == [0, 19, 0, 0, 1] and book.totals["r1"][5] == 20
+    assert list(book.totals["r1"][:5]) == [0, 19, 0, 0, 1] and book.totals["r1"][5] == 20
     # the same answer twice counts once
     assert book.add({"gw1": {"r1": reading((0, 12, 0, 0, 1), hist(13), 30.0)}}, known) == set()
     assert book.totals["r1"][1] == 19
@@ -205,26 +206,28 @@ def test_nothing_runs_and_nothing_carried_requests_no_series():
     assert b"".join(observer(ctrl).chunks()) == b""
 
 
-def test_snapshot_fields_and_no_copy():
+def test_snapshot_fields_and_a_new_one_per_read():
     ctrl = controller()
     obs = observer(ctrl)
     held = {"hello-00002": SimpleNamespace(in_flight=9)}
     obs.activator = lambda: held
     obs.absorb({"gw1": {"hello-00002": reading((0, 7, 0, 2, 1), hist(10), 4.0, 1)}})
     snapshot = traffic_snapshot(ctrl)
-    assert snapshot is traffic_snapshot(ctrl)
+    assert snapshot is traffic_snapshot(ctrl)  # no copy per call
     assert snapshot["hello-00002"] == RevisionTraffic(
         service="hello", revision="hello-00002", tag="next", requests={"2xx": 7, "3xx": 0, "4xx": 2, "5xx": 1},
         duration_ms=tuple((b, 10) for b in BOUNDS_MS), in_flight=9)
     assert snapshot["hello-00002"].duration_ms[-1][0] == math.inf
     entry = snapshot["hello-00002"]
-    obs.absorb({"gw1": {"hello-00002": reading((0, 7, 0, 2, 1), hist(10), 4.0, 1)}})
-    assert snapshot["hello-00002"] is entry  # nothing changed: the same object
     held.clear()
     obs.absorb({"gw1": {"hello-00002": reading((0, 8, 0, 2, 1), hist(11), 4.5, 0)}})
-    assert snapshot["hello-00002"].requests["2xx"] == 8 and snapshot["hello-00002"].in_flight == 0
+    latest = traffic_snapshot(ctrl)
+    assert latest["hello-00002"].requests["2xx"] == 8 and latest["hello-00002"].in_flight == 0
+    assert snapshot["hello-00002"] == entry  # a snapshot taken before never changes under its reader
+    assert len(latest) == 1 and list(latest) == ["hello-00002"] and "hello-00001" not in latest
     obs.absorb({"gw1": {"hello-00001": reading(in_flight=3)}})
-    assert snapshot["hello-00001"] == RevisionTraffic("hello", "hello-00001", "", {}, None, 3)  # in flight, no answer
+    # in flight, no answer yet
+    assert traffic_snapshot(ctrl)["hello-00001"] == RevisionTraffic("hello", "hello-00001", "", {}, None, 3)
 
 
 async def test_read_once_asks_each_gateway_with_a_filtered_usedonly_query():

@@ -67,10 +67,6 @@ class Leading:
     def status(self, service: str | None) -> dict:
         return {"config": self._config(), **self.controller.status(service)}
 
-    def metrics_chunks(self) -> Iterator[bytes]:
-        """The per-revision series (reconcile/observe.py), as Prometheus text in pieces."""
-        return self.controller.observer.chunks()
-
     def status_chunks(self, service: str | None) -> Iterator[bytes]:
         """The same as JSON, in pieces (KeyError at once for an unknown service)."""
         return self.controller.status_chunks(service, {"config": self._config()})

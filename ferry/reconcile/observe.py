@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from array import array
 import math
+import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol
 
 from ..envoy import prometheus
@@ -44,20 +45,26 @@ CODE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 # at the bounds it keeps): 0.5 ms and those beyond a minute are dropped. The last is +Inf.
 BOUNDS_MS = (1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0,
              math.inf)
-# One reading (per gateway) and one total (per revision) are flat lists of numbers:
+# One reading (per gateway) and one total (per revision) are flat arrays of numbers:
 _CLASS0 = 0  # answers 1xx .. 5xx
 _BUCKET0 = 5  # cumulative bucket counts, BOUNDS_MS
 _SUM = _BUCKET0 + len(BOUNDS_MS)  # the durations' sum, ms
 COUNTERS = _SUM + 1  # the slots that are counters (summed over gateways, never going back)
 _IN_FLIGHT = COUNTERS  # a reading's requests in flight (active + pending): a gauge, not kept in totals
 _READING = _IN_FLIGHT + 1
+_NEW_READING = array("d", bytes(8 * _READING))  # zeros
 
 STATS_FILTER = r"^cluster\.[^./]+/[^.]+\.upstream_rq_([1-5]xx|active|pending_active|time)$"
-_PREFIX = b"envoy_cluster_upstream_rq_"
-_KINDS = {b"xx": 0, b"time_bucket": 1, b"time_sum": 2, b"active": 3, b"pending_active": 3}
-_CLUSTER = b'envoy_cluster_name="'
-_CLASS = b'envoy_response_code_class="'
-_LE = b'le="'
+# A sample line split at its double quotes: what comes before the first names the series and its first label.
+_CLASSES, _BUCKETS, _DURATION_SUM, _ACTIVE = range(4)
+_HEADS = {
+    b"envoy_cluster_upstream_rq_xx{envoy_response_code_class=": _CLASSES,  # "2" then the cluster
+    b"envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name=": _BUCKETS,  # the cluster, then le
+    b"envoy_cluster_upstream_rq_time_sum{envoy_cluster_name=": _DURATION_SUM,
+    b"envoy_cluster_upstream_rq_active{envoy_cluster_name=": _ACTIVE,
+    b"envoy_cluster_upstream_rq_pending_active{envoy_cluster_name=": _ACTIVE,
+}
+_PARTS = {_CLASSES: 5, _BUCKETS: 5, _DURATION_SUM: 3, _ACTIVE: 3}
 _BOUND_INDEX: dict[bytes, int] = {}  # Envoy's text of a bound -> its slot (-1: a bound not kept)
 
 
@@ -70,50 +77,65 @@ def _bound_slot(le: bytes) -> int:
     return slot
 
 
-def _label(labels: bytes, key: bytes) -> bytes | None:
-    at = labels.find(key)
-    if at < 0:
-        return None
-    at += len(key)
-    return labels[at:labels.find(b'"', at)]
+def _int(value: bytes) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        return int(float(value))
 
 
-def parse(body: bytes) -> dict[str, list]:
+def _lines(body: bytes, piece: int = 1 << 16) -> Iterator[bytes]:
+    """The body's lines, split a piece at a time: one split of a 20 MB answer is a single 30 ms call that a thread
+    running it would not let go of (the interpreter switches threads between bytecodes, not inside a call)."""
+    start, size = 0, len(body)
+    while start < size:
+        end = body.find(b"\n", start + piece)
+        if end < 0:
+            end = size
+        yield from body[start:end].split(b"\n")
+        start = end + 1
+
+
+def parse(body: bytes) -> dict[str, array]:
     """One gateway's answer to STATS_FILTER -> {revision: reading}. Revision clusters are "<service>/<revision>"
-    (ferry's own have no slash); names are DNS labels, so no escapes to undo. Pure, and the hot path of this module
-    (bench/metrics.py times it): bytes operations, no regex, no dict per line."""
-    found: dict[bytes, list] = {}
-    for line in body.split(b"\n"):
-        if not line.startswith(_PREFIX):
+    (ferry's own have no slash); names are DNS labels, so no quote or escape inside a value.
+
+    The hot path of this module (bench/metrics.py times it: 22 lines per busy revision per gateway): each line is
+    split once at its double quotes and recognized by what precedes the first, which relies on the order Envoy
+    writes the labels in (tests/test_revision_metrics_e2e.py reads a real Envoy's); a line of another shape is
+    skipped. Twice as fast as finding each label, and than a regex over the whole answer. A reading is an array of
+    floats (COUNTERS counters, then requests in flight): no object per number, nothing for the garbage collector."""
+    found: dict[bytes, array] = {}
+    heads, sizes = _HEADS, _PARTS
+    for line in _lines(body):
+        parts = line.split(b'"')
+        kind = heads.get(parts[0])
+        if kind is None or len(parts) != sizes[kind]:
             continue
-        head, _, value = line.rpartition(b" ")
-        name, _, labels = head.partition(b"{")
-        kind = _KINDS.get(name[len(_PREFIX):])
-        if kind is None:
-            continue
-        cluster = _label(labels, _CLUSTER)
-        if cluster is None:
-            continue
+        slot = 0
+        if kind == _BUCKETS:
+            slot = _bound_slot(parts[3])
+            if slot < 0:
+                continue
+        cluster = parts[3] if kind == _CLASSES else parts[1]
         slash = cluster.find(b"/")
         if slash < 0:
             continue
         revision = cluster[slash + 1:]
         reading = found.get(revision)
         if reading is None:
-            reading = found[revision] = [0] * _READING
-        if kind == 0:
-            code = _label(labels, _CLASS)
-            if code is not None and len(code) == 1 and 49 <= code[0] <= 53:  # "1" .. "5"
-                reading[_CLASS0 + code[0] - 49] = int(value)
-        elif kind == 1:
-            le = _label(labels, _LE)
-            slot = _bound_slot(le) if le is not None else -1
-            if slot >= 0:
-                reading[slot] = int(float(value))
-        elif kind == 2:
+            reading = found[revision] = _NEW_READING[:]
+        value = parts[4][2:] if kind != _DURATION_SUM and kind != _ACTIVE else parts[2][2:]
+        if kind == _BUCKETS:
+            reading[slot] = _int(value)
+        elif kind == _CLASSES:
+            code = parts[1]
+            if len(code) == 1 and 49 <= code[0] <= 53:  # "1" .. "5"
+                reading[_CLASS0 + code[0] - 49] = _int(value)
+        elif kind == _DURATION_SUM:
             reading[_SUM] = float(value)
         else:
-            reading[_IN_FLIGHT] += int(float(value))
+            reading[_IN_FLIGHT] += _int(value)
     return {revision.decode(): reading for revision, reading in found.items()}
 
 
@@ -123,35 +145,34 @@ class TrafficBook:
     a revision not in `known` is forgotten (the controller dropped it: its linger is over)."""
 
     def __init__(self) -> None:
-        self.totals: dict[str, list] = {}  # revision -> COUNTERS numbers
+        self.totals: dict[str, array] = {}  # revision -> COUNTERS numbers
         self.in_flight: dict[str, int] = {}  # revision -> requests in flight, summed over the gateways that answered
-        self._last: dict[str, dict[str, tuple]] = {}  # gateway -> revision -> its counters last read
+        self._last: dict[str, dict[str, array]] = {}  # gateway -> revision -> its counters last read
 
-    def add(self, gateways: Mapping[str, Mapping[str, list]], known: Mapping[str, object]) -> set[str]:
-        """One read of every gateway that answered; returns the revisions whose totals changed."""
+    def add(self, gateways: Mapping[str, Mapping[str, array]], known: Mapping[str, object]) -> set[str]:
+        """One read of every gateway that answered; returns the revisions whose totals changed. A total is replaced by
+        a new array, never changed in place: a reader in another thread sees the old one or the new one."""
         changed: set[str] = set()
         totals = self.totals
         in_flight: dict[str, int] = {}
         for source, readings in gateways.items():
             before = self._last.get(source, {})
-            now: dict[str, tuple] = {}
+            now: dict[str, array] = {}
             for revision, reading in readings.items():
                 if revision not in known:
                     continue
                 if reading[_IN_FLIGHT]:
-                    in_flight[revision] = in_flight.get(revision, 0) + reading[_IN_FLIGHT]
-                counters = tuple(reading[:COUNTERS])
+                    in_flight[revision] = in_flight.get(revision, 0) + int(reading[_IN_FLIGHT])
+                counters = reading[:COUNTERS]
                 now[revision] = counters
                 last = before.get(revision)
                 if last == counters or (last is None and not any(counters)):
                     continue  # nothing new (or only requests in flight, no answer yet)
-                total = totals.get(revision)
-                if total is None:
-                    total = totals[revision] = [0] * COUNTERS
-                if last is None or any(v < p for v, p in zip(counters, last)):
-                    last = (0,) * COUNTERS  # new to this gateway, or its counters restarted
-                for i in range(COUNTERS):
-                    total[i] += counters[i] - last[i]
+                total = totals.get(revision) or _ZERO
+                if last is None or any(map(operator.lt, counters, last)):  # new here, or the gateway restarted
+                    totals[revision] = array("d", map(operator.add, total, counters))
+                else:
+                    totals[revision] = array("d", [t + v - p for t, v, p in zip(total, counters, last)])
                 changed.add(revision)
             # a revision this gateway no longer reports keeps its last reading only while ferry knows it
             for revision, counters in before.items():
@@ -164,6 +185,9 @@ class TrafficBook:
                 last.pop(revision, None)
         self.in_flight = in_flight
         return changed
+
+
+_ZERO = array("d", bytes(8 * COUNTERS))
 
 
 class ActivatorCounts(Protocol):
@@ -193,8 +217,7 @@ class RevisionObserver:
         self.activator = activator
         self.interval_s = interval_s
         self.book = TrafficBook()
-        self._views: dict[str, RevisionTraffic] = {}
-        self.snapshot: Mapping[str, RevisionTraffic] = MappingProxyType(self._views)  # read-only, no copy
+        self.snapshot: Mapping[str, RevisionTraffic] = TrafficSnapshot(controller, {}, {})
         self.reads = 0
 
     async def read_once(self) -> None:
@@ -204,35 +227,32 @@ class RevisionObserver:
             return
         path = prometheus.path(STATS_FILTER)
         answers = await asyncio.gather(*(a.fetch(path, FETCH_TIMEOUT_S) for a in admins), return_exceptions=True)
-        gateways = {}
+        bodies = {}
         for admin, answer in zip(admins, answers, strict=True):
             if isinstance(answer, BaseException):
                 log.debug("gateway stats unavailable", extra={"admin": f"{admin.host}:{admin.port}",
                                                               "error": str(answer)})
                 continue
-            gateways[f"{admin.host}:{admin.port}"] = parse(answer)
-        self.absorb(gateways)
+            bodies[f"{admin.host}:{admin.port}"] = answer
+        held = self._held()
+        # Parsing and summing in a thread: at 10,000 busy revisions they take ~0.5 s of CPU (bench/metrics.py),
+        # which would hold the event loop; the thread lets it run between the interpreter's switches (5 ms). What
+        # it changes is swapped in whole (TrafficBook.add, absorb); the controller's state is only looked up.
+        await asyncio.to_thread(lambda: self.absorb({source: parse(body) for source, body in bodies.items()}, held))
 
-    def absorb(self, gateways: Mapping[str, Mapping[str, list]]) -> None:
-        """One read's parsed answers in (pure but for this object's state; tests feed it directly)."""
+    def _held(self) -> dict[str, int]:
+        return {r: c.in_flight for r, c in self.activator().items() if c.in_flight}
+
+    def absorb(self, gateways: Mapping[str, Mapping[str, array]], held: Mapping[str, int] | None = None) -> None:
+        """One read's parsed answers in, and the activator's requests in flight (`held`; None: asked now)."""
         known = self.controller.revisions
-        before_flight = self.book.in_flight
-        changed = self.book.add(gateways, known)
-        held = {r: c.in_flight for r, c in self.activator().items() if c.in_flight}
-        views = self._views
-        totals, in_flight = self.book.totals, self.book.in_flight
-        for revision in changed | set(in_flight) | set(before_flight) | set(held) | set(views):
-            total = totals.get(revision)
-            runtime = known.get(revision)
-            flight = max(in_flight.get(revision, 0), held.get(revision, 0))
-            if runtime is None or (total is None and not flight):
-                views.pop(revision, None)
-                continue
-            view = views.get(revision)
-            tag = tag_of(self.controller, runtime.revision.service, revision)
-            if view is not None and revision not in changed and view.in_flight == flight and view.tag == tag:
-                continue
-            views[revision] = _view(runtime.revision.service, revision, tag, total, flight)
+        self.book.add(gateways, known)
+        held = self._held() if held is None else held
+        in_flight = dict(self.book.in_flight)
+        for revision, count in held.items():
+            if revision in known and count > in_flight.get(revision, 0):
+                in_flight[revision] = count
+        self.snapshot = TrafficSnapshot(self.controller, dict(self.book.totals), in_flight)
         self.reads += 1
 
     async def run(self) -> None:
@@ -242,18 +262,47 @@ class RevisionObserver:
         return render(self.controller, self.book)
 
 
+class TrafficSnapshot(Mapping[str, RevisionTraffic]):
+    """One read's traffic, revision name -> RevisionTraffic, each entry made when asked for: a read costs two dict
+    copies of references (no object per revision, which at 10,000 busy revisions every 5 s kept the garbage collector
+    busy), and the totals it holds are never changed (TrafficBook.add swaps in new arrays)."""
+
+    __slots__ = ("_controller", "_totals", "_in_flight", "_services")
+
+    def __init__(self, controller: Controller, totals: dict[str, array], in_flight: dict[str, int]):
+        self._controller, self._totals, self._in_flight = controller, totals, in_flight
+        self._services: dict[str, str] = {}
+        if totals or in_flight:
+            known = controller.revisions
+            self._services = {name: known[name].revision.service for name in (*totals, *in_flight) if name in known}
+
+    def __getitem__(self, revision: str) -> RevisionTraffic:
+        service = self._services[revision]
+        return _view(service, revision, tag_of(self._controller, service, revision), self._totals.get(revision),
+                     self._in_flight.get(revision, 0))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._services)
+
+    def __len__(self) -> int:
+        return len(self._services)
+
+    def __contains__(self, revision: object) -> bool:
+        return revision in self._services
+
+
 def traffic_snapshot(controller: Controller) -> Mapping[str, RevisionTraffic]:
-    """Revision name -> its traffic at the last read (every READ_EVERY_S): every revision that carried requests
-    and that ferry still holds. A read-only view of the observer's own dict (no copy; entries are replaced, never
-    changed, at each read): iterate it at once or copy what you keep."""
+    """Revision name -> its traffic at the last read (every READ_EVERY_S): every revision ferry still holds that
+    carried requests or has some in flight then. The same object until the next read (no copy per call), and one
+    snapshot never changes under its reader: keep it while you use it, ask again for newer figures."""
     return controller.observer.snapshot
 
 
-def _view(service: str, revision: str, tag: str, total: list | None, in_flight: int) -> RevisionTraffic:
+def _view(service: str, revision: str, tag: str, total: array | None, in_flight: int) -> RevisionTraffic:
     if total is None:
         return RevisionTraffic(service, revision, tag, {}, None, in_flight)
-    requests = {name: total[_CLASS0 + i] for i, name in enumerate(CODE_CLASSES) if i or total[_CLASS0]}
-    buckets = total[_BUCKET0:_SUM]
+    requests = {name: int(total[_CLASS0 + i]) for i, name in enumerate(CODE_CLASSES) if i or total[_CLASS0]}
+    buckets = [int(count) for count in total[_BUCKET0:_SUM]]
     duration = tuple(zip(BOUNDS_MS, buckets)) if buckets[-1] else None
     return RevisionTraffic(service, revision, tag, requests, duration, in_flight)
 
@@ -311,7 +360,7 @@ def _num(value: float) -> str:
 def render(c: Controller, book: TrafficBook) -> Iterator[bytes]:
     """The per-revision series as Prometheus text, a family at a time, REVISIONS_PER_CHUNK revisions per piece.
     A family with no sample is left out (its HELP and TYPE too)."""
-    totals = book.totals
+    totals = dict(book.totals)  # one read's totals throughout (a read swaps arrays in from its thread)
     names = [name for name, runtime in list(c.revisions.items()) if runtime.managed or name in totals]
     yield b""  # the walk above was a step: the caller may hand the loop back here
     labels: dict[str, str] = {}
@@ -329,7 +378,7 @@ def render(c: Controller, book: TrafficBook) -> Iterator[bytes]:
     yield from _family(busy, "ferry_revision_requests_total", lambda name: _requests(labels[name], totals[name]))
     yield from _family([n for n in busy if totals[n][_SUM - 1]], "ferry_revision_request_duration_seconds",
                        lambda name: _histogram(labels[name], totals[name]))
-    yield from _gauges(c, book, live, labels)
+    yield from _gauges(c, book.in_flight, live, labels)
     yield from _rollouts(c)
 
 
@@ -341,41 +390,43 @@ def _family(names: list[str], name: str, lines: Callable[[str], str]) -> Iterato
         yield "".join(lines(n) for n in names[at:at + REVISIONS_PER_CHUNK]).encode()
 
 
-def _requests(labels: str, total: list) -> str:
-    return "".join(f'ferry_revision_requests_total{{{labels},code_class="{CODE_CLASSES[i]}"}} {total[_CLASS0 + i]}\n'
+def _requests(labels: str, total: array) -> str:
+    return "".join(f'ferry_revision_requests_total{{{labels},code_class="{CODE_CLASSES[i]}"}} {total[_CLASS0 + i]:.0f}\n'
                    for i in range(5) if total[_CLASS0 + i])
 
 
-def _histogram(labels: str, total: list) -> str:
-    lines = [f'ferry_revision_request_duration_seconds_bucket{{{labels},le="{le}"}} {total[_BUCKET0 + i]}\n'
+def _histogram(labels: str, total: array) -> str:
+    lines = [f'ferry_revision_request_duration_seconds_bucket{{{labels},le="{le}"}} {total[_BUCKET0 + i]:.0f}\n'
              for i, le in enumerate(_LE_TEXT)]
     lines.append(f"ferry_revision_request_duration_seconds_sum{{{labels}}} {_num(total[_SUM] / 1000)}\n")
-    lines.append(f"ferry_revision_request_duration_seconds_count{{{labels}}} {total[_SUM - 1]}\n")
+    lines.append(f"ferry_revision_request_duration_seconds_count{{{labels}}} {total[_SUM - 1]:.0f}\n")
     return "".join(lines)
 
 
-def _gauges(c: Controller, book: TrafficBook, names: list[str], labels: dict[str, str]) -> Iterator[bytes]:
+def _gauges(c: Controller, flight: Mapping[str, int], names: list[str], labels: dict[str, str]) -> Iterator[bytes]:
     """In-flight, the instances, panic and the activator: one pass over the revisions, then a family each."""
     autoscaler = c.autoscaler
-    states, loads, flight = autoscaler.states, autoscaler.last_load, book.in_flight
+    states, loads = autoscaler.states, autoscaler.last_load
     held = c.activator.stats()
     rows: list[tuple] = []  # (name, in flight, desired, ready, actual, panic, activator; the last two None: unmanaged)
-    for name in names:
-        runtime = c.revisions.get(name)
-        if runtime is None:
-            continue
-        load, counts = loads.get(name), held.get(name)
-        in_flight = max(flight.get(name, 0), int(load.concurrency) if load is not None else 0,
-                        counts.in_flight if counts is not None else 0)
-        ready = len(runtime.endpoints)
-        if runtime.managed:
-            state = states.get(name)
-            desired = 0 if runtime.retiring else state.scale if state is not None else runtime.instances
-            panic = 1 if state is not None and state.decider.panic_since is not None else 0
-            rows.append((name, in_flight, desired, ready, c.backend.counts(name).total, panic,
-                         1 if runtime.activator_in_path else 0))
-        else:
-            rows.append((name, in_flight, ready, ready, ready, None, None))
+    for at in range(0, len(names), REVISIONS_PER_CHUNK):
+        for name in names[at:at + REVISIONS_PER_CHUNK]:
+            runtime = c.revisions.get(name)
+            if runtime is None:
+                continue
+            load, counts = loads.get(name), held.get(name)
+            in_flight = max(flight.get(name, 0), int(load.concurrency) if load is not None else 0,
+                            counts.in_flight if counts is not None else 0)
+            ready = len(runtime.endpoints)
+            if runtime.managed:
+                state = states.get(name)
+                desired = 0 if runtime.retiring else state.scale if state is not None else runtime.instances
+                panic = 1 if state is not None and state.decider.panic_since is not None else 0
+                rows.append((name, in_flight, desired, ready, c.backend.counts(name).total, panic,
+                             1 if runtime.activator_in_path else 0))
+            else:
+                rows.append((name, in_flight, ready, ready, ready, None, None))
+        yield b""
     for column, series in enumerate(("ferry_revision_requests_in_flight", "ferry_revision_instances_desired",
                                      "ferry_revision_instances_ready", "ferry_revision_instances_actual",
                                      "ferry_revision_panic_mode", "ferry_revision_activator_in_path"), start=1):
