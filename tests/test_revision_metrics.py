@@ -279,3 +279,28 @@ def test_dashboard_queries_only_series_ferry_declares_and_has_the_panels():
                   "rollout step", "rollout weight"):
         assert words in titles, words
     assert any("histogram_quantile(0.99" in e for e in dashboard_exprs())
+
+
+async def test_counts_without_any_autoscaled_revision():
+    """Endpoints the file gives, nothing autoscaled (the autoscaler does not scrape then): the observer's own read
+    still counts their requests."""
+
+    class Admin:
+        host, port = "127.0.0.1", 9901
+
+        async def fetch(self, path, timeout):
+            return body(answer("hello/hello-00001", classes={"2": 4, "4": 1}, durations_ms=[2.0] * 5))
+
+    ctrl = controller()
+    del ctrl.revisions["hello-00002"]
+    ctrl.services["hello"].rollout = None
+    ctrl.autoscaler.states.clear()
+    ctrl.autoscaler.last_load.clear()
+    obs = observer(ctrl)
+    obs.admins = lambda: [Admin()]
+    await obs.read_once()
+    got = scrape(obs)
+    assert got[("ferry_revision_requests_total", (("code_class", "2xx"), *R1))] == 4
+    assert got[("ferry_revision_requests_total", (("code_class", "4xx"), *R1))] == 1
+    assert got[("ferry_revision_request_duration_seconds_count", R1)] == 5
+    assert got[("ferry_revision_instances_ready", R1)] == 2
