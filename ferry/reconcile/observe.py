@@ -397,8 +397,8 @@ def _family(names: list[str], name: str, lines: Callable[[str], str]) -> Iterato
 
 
 def _requests(labels: str, total: array) -> str:
-    return "".join(f'ferry_revision_requests_total{{{labels},code_class="{CODE_CLASSES[i]}"}} {total[_CLASS0 + i]:.0f}\n'
-                   for i in range(5) if total[_CLASS0 + i])
+    return "".join(f'ferry_revision_requests_total{{{labels},code_class="{CODE_CLASSES[i]}"}} '
+                   f"{total[_CLASS0 + i]:.0f}\n" for i in range(5) if total[_CLASS0 + i])
 
 
 def _histogram(labels: str, total: array) -> str:
