@@ -154,7 +154,7 @@ async def lead(shared: Shared, loaded: LoadedRoutes, *, inherited: bool) -> Asyn
         shared.ready.set()
         if inherited:
             controller.drop_inherited_later()
-        background = [controller.autoscaler.run(), controller.rollout_runner.run()]
+        background = [controller.autoscaler.run(), controller.rollout_runner.run(), controller.observer.run()]
         if shared.survivors:
             background.append(controller.release_leftovers())
         if options.watch:

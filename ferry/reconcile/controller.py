@@ -42,6 +42,7 @@ from .census import GatewayCensus
 from .certs import HttpsState
 from .config import Config
 from .model import ENDED_BADLY, RevisionRuntime, ServiceRuntime
+from .observe import RevisionObserver
 from .publisher import Publisher, RouteTables
 from .rollouts import Floor, LatestReady, RolloutBook
 
@@ -94,6 +95,7 @@ class Controller:
         self.autoscaler = Autoscaler(self, Sources(admins=census.admins, activator=activator.stats),
                                      tick_s=autoscale_tick_s)
         self.rollout_runner = RolloutRunner(self, census.admins)
+        self.observer = RevisionObserver(self, census.admins, activator.stats)  # per-revision series, traffic
         self.cluster_linger_s = cluster_linger_s
         self.retained_revisions = retained_revisions  # per service, for a backend that keeps stopped revisions
         self.sync_timeout_s = sync_timeout_s
