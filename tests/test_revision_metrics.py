@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 from array import array
 import math
-import re
-from pathlib import Path
 from types import SimpleNamespace
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -25,7 +23,8 @@ from ferry.reconcile.observe import (
     traffic_snapshot,
 )
 
-DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "ferry.json"
+from .helpers import DASHBOARD, dashboard_exprs, dashboard_series
+
 ENVOY_BOUNDS = ("0.5", "1", "5", "10", "25", "50", "100", "250", "500", "1000", "2500", "5000", "10000", "30000",
                 "60000", "300000", "600000", "1.8e+06", "3.6e+06", "+Inf")
 
@@ -255,20 +254,6 @@ async def test_read_once_asks_each_gateway_with_a_filtered_usedonly_query():
 
 
 # -- the Grafana dashboard ------------------------------------------------------------------------------------------
-
-_NAME = re.compile(r"\b(ferry_[a-z0-9_]+)\b")
-
-
-def dashboard_exprs() -> list[str]:
-    dashboard = json.loads(DASHBOARD.read_text())
-    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", ())]
-    exprs += [v["definition"] for v in dashboard["templating"]["list"] if "definition" in v]
-    return exprs
-
-
-def dashboard_series() -> set[str]:
-    return {name for expr in dashboard_exprs() for name in _NAME.findall(expr)}
-
 
 def test_dashboard_queries_only_series_ferry_declares_and_has_the_panels():
     assert dashboard_series() <= QUERYABLE

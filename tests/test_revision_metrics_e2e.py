@@ -9,8 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from . import ferry_process
-from .helpers import wait_until
-from .test_revision_metrics import dashboard_series
+from .helpers import dashboard_series, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
