@@ -6,6 +6,7 @@ than something to coerce. Every message says what was wrong and how to write it 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import re
@@ -189,6 +190,7 @@ def _endpoint(address: HostPort) -> HostPort:
     return address
 
 
+@functools.lru_cache(maxsize=4096)  # endpoints repeat hosts (20,000 endpoints at 10,000 services, few hosts)
 def ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The IP address `host` is, an IPv4-mapped IPv6 one (::ffff:a.b.c.d) as the IPv4 address it reaches; None for
     a name."""
