@@ -147,8 +147,19 @@ async def test_instances_get_only_the_basics_of_ferrys_environment(ferry, tmp_pa
     assert {k for k in env if not k.startswith("LC_")} <= allowed, set(env) - allowed
 
 
-@pytest.mark.parametrize("listener", ["api", "xds", "activator", "admin", "gateway"])
-async def test_an_endpoint_that_is_ferrys_own_listener_is_refused(ferry, listener):
+@pytest.mark.parametrize(("listener", "host", "says"), [
+    ("api", "localhost", "ferry's own listener"),
+    ("xds", "localhost", "ferry's own listener"),
+    ("activator", "localhost", "ferry's own listener"),
+    ("admin", "localhost", "ferry's own listener"),
+    ("gateway", "localhost", "ferry's own listener"),
+    # Linux connects 0.0.0.0 and :: to the local host: the audit read Envoy's admin /server_info this way.
+    ("admin", "0.0.0.0", "unspecified address"),
+    ("api", "[::]", "unspecified address"),
+    # an IPv4-mapped IPv6 address reaches the IPv4 one
+    ("api", "[::ffff:127.0.0.1]", "ferry's own listener"),
+])
+async def test_an_endpoint_that_is_ferrys_own_listener_is_refused(ferry, listener, host, says):
     """`endpoints: [127.0.0.1:<ferry's API>]` would publish ferry's API through the public gateway."""
     f = ferry()
     f.write_routes(hello())
@@ -156,24 +167,33 @@ async def test_an_endpoint_that_is_ferrys_own_listener_is_refused(ferry, listene
     await f.wait_converged()
     port = {"api": f.api_port, "xds": f.xds_port, "activator": f.activator_port, "admin": f.admin_port,
             "gateway": f.gateway_port}[listener]
-    text = f.routes.read_text() + f"  open:\n    template:\n      endpoints: [localhost:{port}]\n"
+    text = f.routes.read_text() + f"  open:\n    template:\n      endpoints: ['{host}:{port}']\n"
     code, answer = await f.post("/apply", {"content": text})
     assert code == 422, answer
     (problem,) = answer["problems"]
-    assert problem["path"] == "services.open.template.endpoints[0]" and "ferry's own listener" in problem["message"]
+    assert problem["path"] == "services.open.template.endpoints[0]" and says in problem["message"], problem
     assert problem["line"] is not None
     assert (await _get(f.gateway, Host="open.localhost"))[0] == 404  # nothing published
+    assert (await _get(f"{f.gateway}/server_info", Host="open.localhost"))[0] == 404
     assert (await _get(f.gateway, Host="hello.localhost"))[0] == 200  # the last good configuration serves on
 
 
-@pytest.mark.parametrize("endpoint", ["169.254.169.254:80", "[fe80::1]:80"])
+@pytest.mark.parametrize("endpoint", ["169.254.169.254:80", "[fe80::1]:80", "[::ffff:169.254.169.254]:80"])
 def test_link_local_endpoints_are_refused(tmp_path, endpoint):
     (problem,) = problems(tmp_path, f"services:\n  meta:\n    template:\n      endpoints: ['{endpoint}']\n")
     assert problem.path == "services.meta.template.endpoints[0]" and "link-local" in problem.message
 
 
-def test_loopback_endpoints_are_refused_on_kubernetes(tmp_path):
-    text = "backend: {kind: kubernetes}\nservices:\n  s:\n    template:\n      endpoints: [127.0.0.1:8090]\n"
+@pytest.mark.parametrize("endpoint", ["0.0.0.0:9901", "[::]:9901", "[::ffff:0.0.0.0]:9901", "[0:0::0]:9901"])
+def test_unspecified_endpoints_are_refused(tmp_path, endpoint):
+    (problem,) = problems(tmp_path, f"services:\n  any:\n    template:\n      endpoints: ['{endpoint}']\n")
+    assert problem.path == "services.any.template.endpoints[0]", problem
+    assert "unspecified address" in problem.message and "give the instance's own address" in problem.message
+
+
+@pytest.mark.parametrize("endpoint", ["127.0.0.1:8090", "'[::ffff:127.0.0.1]:8090'"])
+def test_loopback_endpoints_are_refused_on_kubernetes(tmp_path, endpoint):
+    text = f"backend: {{kind: kubernetes}}\nservices:\n  s:\n    template:\n      endpoints: [{endpoint}]\n"
     (problem,) = problems(tmp_path, text)
     assert problem.path == "services.s.template.endpoints[0]" and "loopback" in problem.message
 

@@ -53,7 +53,7 @@ class Shared:
     ready: asyncio.Event  # a whole state to serve (applied, or mirrored)
     register: dataplane.Register
     survivors: list[dataplane.Entry]  # what the last ferry left running, to adopt
-    activator_key: str  # gateways add it to every request; the activator serves none without it
+    activator_key: str  # gateways add it on the hop to the activator only; the activator serves none without it
 
 
 class Leading:
