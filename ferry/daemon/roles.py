@@ -27,6 +27,7 @@ from ..routing.loader import LoadedRoutes, load_routes
 from ..routing.revisions import RevisionStore
 from ..routing.schema import HostPort
 from ..tls import TlsFiles
+from ..ui.history import TrafficHistory, no_traffic
 from ..xds.cache import SnapshotCache
 from ..xds.server import GatewayRegistry
 from .watch import watch_file
@@ -59,10 +60,12 @@ class Shared:
 class Leading:
     """The replica that decides: the API's `Leader` (api.py)."""
 
-    def __init__(self, controller: Controller, source: ConfigSource, census: GatewayCensus):
+    def __init__(self, controller: Controller, source: ConfigSource, census: GatewayCensus,
+                 history: TrafficHistory | None = None):
         self.controller = controller
         self.source = source
         self.census = census
+        self.history = history or TrafficHistory()  # the dashboard's 15 minutes of traffic per revision
 
     def status(self, service: str | None) -> dict:
         return {"config": self._config(), **self.controller.status(service)}
@@ -70,6 +73,16 @@ class Leading:
     def status_chunks(self, service: str | None) -> Iterator[bytes]:
         """The same as JSON, in pieces (KeyError at once for an unknown service)."""
         return self.controller.status_chunks(service, {"config": self._config()})
+
+    def service_names(self) -> list[str]:
+        """Every service, sorted (the dashboard searches and pages them)."""
+        return sorted(self.controller.services)
+
+    def gateways_status(self) -> list[dict]:
+        return self.census.status()
+
+    def config_status(self) -> dict:
+        return self._config()
 
     def _config(self) -> dict:
         return {**self.source.status(), **self.controller.timings, **self.controller.https.status()}
@@ -154,7 +167,10 @@ async def lead(shared: Shared, loaded: LoadedRoutes, *, inherited: bool) -> Asyn
         shared.ready.set()
         if inherited:
             controller.drop_inherited_later()
-        background = [controller.autoscaler.run(), controller.rollout_runner.run()]
+        # WIRING (issue 16): the dashboard's history samples the per-revision traffic of reconcile/observe.py;
+        # pass its traffic_snapshot here instead of no_traffic (its charts are empty until then).
+        history = TrafficHistory(no_traffic)
+        background = [controller.autoscaler.run(), controller.rollout_runner.run(), history.run()]
         if shared.survivors:
             background.append(controller.release_leftovers())
         if options.watch:
@@ -169,7 +185,7 @@ async def lead(shared: Shared, loaded: LoadedRoutes, *, inherited: bool) -> Asyn
             await envoy.start()
             stack.push_async_callback(envoy.stop)
             _run_in_background(stack, envoy.supervise())
-        yield Leading(controller, source, census)
+        yield Leading(controller, source, census, history)
 
 
 def _run_in_background(stack: AsyncExitStack, coro) -> None:
