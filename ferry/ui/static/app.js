@@ -22,6 +22,10 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+function put(id, ...children) {
+  $(id).replaceChildren(...children.filter((c) => c !== null && c !== undefined));
+}
+
 function svg(tag, attrs, ...children) {
   const node = document.createElementNS(SVG, tag);
   for (const [key, value] of Object.entries(attrs || {})) if (value !== null && value !== undefined) node.setAttribute(key, value);
@@ -79,7 +83,7 @@ function renderList(page) {
   $("prev").disabled = page.offset === 0;
   $("next").disabled = page.offset + page.limit >= page.matched;
   if (!changed("list", [page.services, state.selected])) return;
-  $("services").replaceChildren(...page.services.map((s) => {
+  put("services", ...page.services.map((s) => {
     const health = s.ready === "True" ? "ok" : s.ready === "False" ? "bad" : "warn";
     const item = el("li", { "data-service": s.name, class: s.name === state.selected ? "selected" : null },
       el("div", { class: "name" }, el("span", { class: `dot ${health}` }), s.name,
@@ -115,7 +119,7 @@ function renderTraffic(service) {
     el("td", { text: t.tag ? `tag ${t.tag}` : "" }), el("td", { class: "muted", text: t.url || "" })));
   const owner = service.split_owner ? `split owned by ${service.split_owner}` : "";
   const waiting = service.waiting ? el("div", { class: "warn", text: `waiting: ${service.waiting}` }) : null;
-  $("traffic").replaceChildren(bar, table(["revision", "percent", "tag", "URL"], rows),
+  put("traffic", bar, table(["revision", "percent", "tag", "URL"], rows),
     el("div", { class: "muted", text: owner }), waiting);
   document.body.dataset.trafficShownAt = String(Date.now());  // benches time a traffic change to here
 }
@@ -135,15 +139,15 @@ function renderRevisions(revisions) {
       el("td", { text: a.panic_mode ? "panic" : a.tracked === false ? "" : a.metric ? "stable" : "" }),
       el("td", { text: a.activator_in_path ? "in path" : "" }));
   });
-  $("revisions").replaceChildren(table(["revision", "state", "ready/desired", "traffic", "tags", "created",
+  put("revisions", table(["revision", "state", "ready/desired", "traffic", "tags", "created",
     "rollout", "mode", "activator"], rows));
 }
 
 // A line chart of [[t, value], ...] over [from, to]; missing samples count as `gap` (0 for rates, none otherwise).
 function lineChart(points, from, to, unit, gap) {
-  const W = 300, H = 56, top = 10;
+  const W = 300, H = 48, top = 4;
   const values = points.map((p) => p[1]).filter((v) => v !== null);
-  const max = Math.max(1e-9, ...values);
+  const max = Math.max(1e-9, ...values) * 1.15;
   const x = (t) => ((t - from) / (to - from)) * W;
   const y = (v) => H - 2 - (v / max) * (H - top - 2);
   const chart = svg("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none" });
@@ -157,8 +161,8 @@ function lineChart(points, from, to, unit, gap) {
   }
   if (path) chart.append(svg("path", { class: "line", d: path }));
   const now = values.length ? values[values.length - 1] : null;
-  chart.append(svg("text", { x: 4, y: 10 }, `max ${fmt(max, 2)} ${unit} · now ${fmt(now, 2)}`));
-  return chart;
+  const peak = values.length ? Math.max(...values) : null;
+  return el("div", { class: "chart-box" }, el("div", { class: "caption", text: `max ${fmt(peak, 2)} · now ${fmt(now, 2)} ${unit}` }), chart);
 }
 
 function renderCharts(history) {
@@ -166,7 +170,7 @@ function renderCharts(history) {
   state.every = history.every_s;
   const names = Object.keys(history.revisions);
   if (!names.length) {
-    $("charts").replaceChildren(el("div", { class: "muted", text: "no requests in the last 15 minutes" }));
+    put("charts", el("div", { class: "muted", text: "no requests in the last 15 minutes" }));
     return;
   }
   const cells = [];
@@ -177,7 +181,7 @@ function renderCharts(history) {
       el("div", {}, lineChart(points.map((p) => [p[0], p[2]]), from, to, "% 5xx", null)),
       el("div", {}, lineChart(points.map((p) => [p[0], p[3]]), from, to, "ms p99", null)));
   }
-  $("charts").replaceChildren(el("div", { class: "charts" }, el("div"), el("div", { class: "muted", text: "requests/s" }),
+  put("charts", el("div", { class: "charts" }, el("div"), el("div", { class: "muted", text: "requests/s" }),
     el("div", { class: "muted", text: "5xx %" }), el("div", { class: "muted", text: "p99 ms" }), ...cells));
 }
 
@@ -185,7 +189,7 @@ function renderCharts(history) {
 function renderScaling(revisions) {
   const running = revisions.filter((r) => r.autoscaling && r.autoscaling.tracked !== false);
   if (!running.length) {
-    $("scaling").replaceChildren(el("div", { class: "muted", text: "no revision of this service is autoscaled by ferry now" }));
+    put("scaling", el("div", { class: "muted", text: "no revision of this service is autoscaled by ferry now" }));
     return;
   }
   const to = Date.now() / 1000, from = to - 900;
@@ -209,12 +213,12 @@ function renderScaling(revisions) {
       events.length ? table(["time", "from", "to", "why"], events.slice().reverse().map((e) =>
         el("tr", {}, el("td", { text: clock(e.at) }), el("td", { text: e.from }), el("td", { text: e.to }), el("td", { text: e.reason })))) : null));
   }
-  $("scaling").replaceChildren(...parts);
+  put("scaling", ...parts);
 }
 
 function renderRollout(rollout) {
   if (!rollout || !rollout.phase) {
-    $("rollout").replaceChildren(el("div", { class: "muted", text: "no rollout (a `rollout:` block starts one on a template change)" }));
+    put("rollout", el("div", { class: "muted", text: "no rollout (a `rollout:` block starts one on a template change)" }));
     return;
   }
   const phaseClass = ["rolled-back", "aborted"].includes(rollout.phase) ? "bad" : rollout.phase === "promoted" ? "ok" : "warn";
@@ -231,7 +235,7 @@ function renderRollout(rollout) {
       el("td", { text: v.latency_p99_ms !== undefined && v.latency_p99_ms !== null ? `${fmt(v.latency_p99_ms)} ms` : "" }),
       el("td", { text: v.message || h.note || "" }));
   });
-  $("rollout").replaceChildren(head, table(["time", "event", "step", "weight", "verdict", "requests", "success", "p99", "why"], rows));
+  put("rollout", head, table(["time", "event", "step", "weight", "verdict", "requests", "success", "p99", "why"], rows));
 }
 
 function renderDetail(detail) {
@@ -242,7 +246,7 @@ function renderDetail(detail) {
   }
   const s = detail.service;
   $("service-name").textContent = detail.name;
-  $("service-meta").replaceChildren(el("a", { href: s.url, text: s.url }),
+  put("service-meta", el("a", { href: s.url, text: s.url }),
     ` · latest created ${s.latest_created} · latest ready ${s.latest_ready ?? "-"} · ${s.visibility}`);
   if (changed("traffic", s.traffic.concat([s.waiting, s.split_owner]))) renderTraffic(s);
   if (changed("revisions", detail.revisions)) { renderRevisions(detail.revisions); renderScaling(detail.revisions); }
@@ -265,7 +269,7 @@ function renderOverview(o) {
     el("td", { class: "muted", text: Object.entries(g.acked || {}).map(([t, v]) => `${t} ${String(v).slice(0, 8)}`).join(" ") }),
     el("td", { class: g.last_nack ? "bad" : "", text: g.last_nack ? `${g.last_nack.type}: ${g.last_nack.message}` : "" }),
     el("td", { class: "muted", text: g.via ? `via ${g.via}` : "" })));
-  $("gateways").replaceChildren(rows.length ? table(["node", "group", "xDS", "connected", "in sync", "acked", "last NACK", ""], rows)
+  put("gateways", rows.length ? table(["node", "group", "xDS", "connected", "in sync", "acked", "last NACK", ""], rows)
     : el("div", { class: "muted", text: "no gateway connected" }));
 }
 
