@@ -90,17 +90,16 @@ class UiLeader:
         assert service is not None, "the dashboard never asks for every service at once"
         return [{"name": service, **self._view(service), "conditions": [{"type": "Ready", "status": "True"}]}]
 
-    def status(self, service):
-        assert service is not None
-        return {"services": {service: self._view(service)},
-                "revisions": {f"{service}-00002": {"autoscaling": {"desired": 2, "ready": 2, "scale_events": [
-                    {"at": time.time() - 30, "from": 1, "to": 2, "reason": "load"}]}, "endpoints": ["127.0.0.1:1"]}},
-                "gateways": self.gateways_status()}
+    def revision_status(self, name):
+        if not name.endswith("-00002"):
+            raise KeyError(name)  # stopped (revisions_status says so): never asked for
+        return {"name": name, "autoscaling": {"desired": 2, "ready": 2, "scale_events": [
+            {"at": time.time() - 30, "from": 1, "to": 2, "reason": "load"}]}, "endpoints": ["127.0.0.1:1"]}
 
     def revisions_status(self, service):
         self._view(service)
-        return [{"name": f"{service}-0000{g}", "state": "ready", "ready": 1, "desired": 1, "traffic": 50,
-                 "tags": [], "created_at": 0.0, "rollout": None} for g in (2, 1)]
+        return [{"name": f"{service}-0000{g}", "state": state, "ready": 1, "desired": 1, "traffic": 50,
+                 "tags": [], "created_at": 0.0, "rollout": None} for g, state in ((2, "ready"), (1, "stopped"))]
 
     async def apply(self, label, text):
         self.calls.append(("apply",))

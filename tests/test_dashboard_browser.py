@@ -54,9 +54,9 @@ def start_chromium(workdir: Path):
 
 def traffic_rows(driver) -> dict[str, str]:
     """The split the page shows: revision -> percent (main split rows only)."""
-    rows = driver.find_elements(By.CSS_SELECTOR, "#traffic tr[data-revision]")
-    return {r.get_attribute("data-revision"): r.get_attribute("data-percent") for r in rows
-            if r.get_attribute("data-percent")}
+    return driver.execute_script(  # in one step: the page redraws the table while it is read
+        "const r = {}; for (const tr of document.querySelectorAll('#traffic tr[data-revision]'))"
+        " if (tr.dataset.percent) r[tr.dataset.revision] = tr.dataset.percent; return r;")
 
 
 async def ferry_command(f, *args: str) -> str:

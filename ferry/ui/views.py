@@ -32,7 +32,7 @@ class UiLeader(Protocol):
 
     def config_status(self) -> dict: ...
 
-    def status(self, service: str | None) -> dict: ...
+    def revision_status(self, name: str) -> dict: ...
 
     def services_status(self, service: str | None) -> Iterable[dict]: ...
 
@@ -49,10 +49,10 @@ def page_bounds(query: dict) -> tuple[str, int, int]:
 
 def matching(names: list[str], q: str) -> list[str]:
     """Names containing every word of the search (sorted as given)."""
-    words = q.split()
-    if not words:
-        return names
-    return [name for name in names if all(word in name.lower() for word in words)]
+    found = names
+    for word in q.split():
+        found = [name for name in found if word in name.lower()]
+    return found
 
 
 def summaries(leader: UiLeader, names: list[str]) -> Iterator[dict]:
@@ -73,16 +73,20 @@ def summaries(leader: UiLeader, names: list[str]) -> Iterator[dict]:
 
 
 def service_detail(leader: UiLeader, name: str) -> dict:
-    """KeyError: no such service."""
-    status = leader.status(name)
-    view = status["services"][name]
+    """KeyError: no such service. Costs the same at any number of services: one service's view, its revisions'
+    entries, and the running ones' autoscaling (no walk over every revision, as /status?service= makes)."""
+    (view,) = leader.services_status(name)
     revisions = list(leader.revisions_status(name))
-    running = status["revisions"]
     for entry in revisions:
-        live = running.get(entry["name"])
+        live = None
+        if entry["state"] != "stopped":
+            try:
+                live = leader.revision_status(entry["name"])
+            except KeyError:
+                pass  # gone meanwhile
         entry["autoscaling"] = live.get("autoscaling") if live else None
         entry["endpoints"] = live.get("endpoints", []) if live else []
-    return {"name": name, "service": view, "revisions": revisions, "gateways": status.get("gateways", []),
+    return {"name": name, "service": view, "revisions": revisions, "gateways": leader.gateways_status(),
             "traffic_history": leader.history.for_service(name)}
 
 
