@@ -15,7 +15,7 @@ chromedriver) logged in with a one-time code.
    "data shown" (navigation start -> the first poll's answers drawn: the list, the first service, the gateways).
 3. Search: typing s9999 into the search box -> the list shows only it (150 ms of typing debounce included).
 4. Update latency: with s<k> shown, its split changed `repeat` times by saving the file (as editors do) and
-   `repeat` times by POST /traffic (what `ferry traffic` sends), each at a random moment of the page's 1 s poll;
+   `repeat` times by POST /traffic (what `ferry traffic` sends), each at a random moment of the page's 0.5 s poll;
    timed from os.replace() / the POST to the moment the page drew the new split (the page notes it; same clock).
 """
 
@@ -218,7 +218,7 @@ def run(n: int, repeat: int, workdir: Path, procs: Processes) -> tuple[list[tupl
         wait(lambda: page_split(driver) == {f"s{k}-a": "100"}, 30, f"s{k}'s split in the page")
         by_file, by_api = [], []
         for round_ in range(2 * repeat):
-            time.sleep(random.uniform(0, 1.0))  # any moment of the page's 1 s poll, as a real change would be
+            time.sleep(random.uniform(0, 0.5))  # any moment of the page's 0.5 s poll, as a real change would be
             want = f"s{k}-b" if f"s{k}-a" in page_split(driver) else f"s{k}-a"
             if round_ % 2 == 0:
                 switched.symmetric_difference_update({k})

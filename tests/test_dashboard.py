@@ -214,6 +214,8 @@ async def test_the_login_link_gives_a_strict_httponly_cookie_that_reads_the_dash
 
 async def test_a_used_code_and_an_expired_code_do_not_log_in(api, clock):
     code = await _code(api)
+    async with api.head(f"/ui/login?code={code}") as response:  # a link preview
+        assert response.status == 200 and "Set-Cookie" not in response.headers
     assert (await _login(api, code))[0] == 200
     status, cookie, body = await _login(api, code)
     assert status == 401 and cookie is None and "works once" in body

@@ -1,5 +1,5 @@
 """The dashboard's routes, added to the API's (api.py): the page and its two assets, the login exchange, and the
-JSON the page polls every second. Which requests reach these (the token, or a session cookie for GETs under
+JSON the page polls twice a second. Which requests reach these (the token, or a session cookie for GETs under
 /ui) is the API's guard's business; /ui/login alone is open, and it checks its code itself.
 
 Every answer carries a strict Content-Security-Policy (scripts and styles from this origin only, no inline
@@ -93,6 +93,8 @@ def add_routes(routes: web.RouteTableDef, leader: Callable[[], views.UiLeader], 
     async def login(request: web.Request) -> web.Response:
         """The code becomes a session cookie; the page then moves to /ui by itself (a same-site navigation, so
         the SameSite=Strict cookie goes with it even when the link was opened from another site)."""
+        if request.method == "HEAD":  # a link preview must not spend the code
+            return page("ferry dashboard", "Open this link to log in.")
         session = logins.redeem(request.query.get("code"))
         if session is None:
             return page("ferry dashboard: this link does not log in",

@@ -1,8 +1,8 @@
-// ferry's dashboard: polls ferry's API every second (same origin, session cookie) and redraws what changed.
+// ferry's dashboard: polls ferry's API twice a second (same origin, session cookie) and redraws what changed.
 // No library, no other origin; charts are SVG built here.
 "use strict";
 
-const POLL_MS = 1000;
+const POLL_MS = 500;
 const SVG = "http://www.w3.org/2000/svg";
 const COLORS = ["#2f6fd0", "#1f8a4c", "#b7791f", "#8e44ad", "#c0392b", "#16a085", "#7f8c8d"];
 const state = { q: "", offset: 0, limit: 50, selected: decodeURIComponent(location.hash.slice(1)) || null,
