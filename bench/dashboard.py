@@ -218,7 +218,11 @@ def run(n: int, repeat: int, workdir: Path, procs: Processes) -> tuple[list[tupl
         k = n // 2
         driver.get(api.base + f"/ui#s{k}")
         wait(lambda: page_split(driver) == {f"s{k}-a": "100"}, 30, f"s{k}'s split in the page")
-        by_file, by_api, applied_after_save, drawn_after_apply = [], [], [], []
+        by_file, by_api, applied_after_save, drawn_after_apply, api_after_change, drawn_after_api = [], [], [], [], [], []
+
+        def api_split() -> dict[str, str]:
+            traffic = api.json(f"/ui/api/services/s{k}")["service"]["traffic"]
+            return {t["revision"]: str(t["percent"]) for t in traffic if "percent" in t}
         for round_ in range(2 * repeat):
             time.sleep(random.uniform(0, 0.5))  # any moment of the page's 0.5 s poll, as a real change would be
             want = f"s{k}-b" if f"s{k}-a" in page_split(driver) else f"s{k}-a"
@@ -230,9 +234,13 @@ def run(n: int, repeat: int, workdir: Path, procs: Processes) -> tuple[list[tupl
                 at = time.time()
                 api.json(f"/traffic/s{k}", {"splits": [[want, 100]]})
                 samples = by_api
+            wait(lambda: api_split() == {want: "100"}, 30, f"{want} at 100 % in the API", every=0.01)
+            seen = time.time() * 1000  # the JSON the page polls says it (polled every 10 ms here: ~1 ms each)
             wait(lambda: page_split(driver) == {want: "100"}, 30, f"{want} at 100 % in the page")
             drawn = float(driver.execute_script("return document.body.dataset.trafficShownAt"))
             samples.append(drawn - at * 1000)
+            api_after_change.append(seen - at * 1000)
+            drawn_after_api.append(drawn - seen)
             if samples is by_file:  # ferry's part (watch, load, apply) and the page's part
                 applied = api.json("/ui/api/overview")["config"]["last_applied"] * 1000
                 applied_after_save.append(applied - at * 1000)
@@ -244,8 +252,10 @@ def run(n: int, repeat: int, workdir: Path, procs: Processes) -> tuple[list[tupl
         results.append(("file saved -> new split drawn", f"{mmm(by_file)} ms", max(by_file), TARGET_UPDATE_MS))
         results.append(("POST /traffic -> new split drawn", f"{mmm(by_api)} ms", max(by_api), TARGET_UPDATE_MS))
         rows.append(("of a save: saved -> ferry applied it (its watch, load, apply)", f"{mmm(applied_after_save)} ms"))
-        rows.append(("of a save: ferry applied it -> page drew it (the page's part)", f"{mmm(drawn_after_apply)} ms"))
-        shot = workdir / "dashboard-10k.png"
+        rows.append(("of a save: ferry applied it -> page drew it", f"{mmm(drawn_after_apply)} ms"))
+        rows.append(("any change -> ferry's JSON shows it (polled every 10 ms)", f"{mmm(api_after_change)} ms"))
+        rows.append(("ferry's JSON shows it -> page drew it (the page's part)", f"{mmm(drawn_after_api)} ms"))
+        shot = workdir / f"dashboard-{n}.png"
         driver.save_screenshot(str(shot))
         rows.append(("screenshot", str(shot)))
     finally:
