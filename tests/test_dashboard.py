@@ -421,11 +421,12 @@ async def test_a_follower_logs_a_browser_in_itself_and_reads_the_leaders_dashboa
     from ferry.xds.cache import SnapshotCache
     from ferry.xds.server import GatewayRegistry
 
-    from .test_replicas import FakeElector
+    leading = await _client(UiLeader())
 
-    leader = await _client(UiLeader())
-    follower = Follower(FakeElector("replica-a", {API_ANNOTATION: f"127.0.0.1:{leader.port}"}), SnapshotCache(),
-                        GatewayRegistry(), token=TOKEN)
+    class Elector:  # what Follower reads of the Lease: replica-a leads, its API is the in-process leader's
+        identity, leader, leader_annotations = "replica-b", "replica-a", {API_ANNOTATION: f"127.0.0.1:{leading.port}"}
+
+    follower = Follower(Elector(), SnapshotCache(), GatewayRegistry(), token=TOKEN)
     follower._session = aiohttp.ClientSession()  # run() makes it; the forwarding alone is under test
     state = ApiState(CollectorRegistry(), replica=dict, token=TOKEN)  # leading None: it follows
     server = TestServer(build_api(state, middlewares=(follower.forward,)), host="127.0.0.1")
@@ -445,4 +446,4 @@ async def test_a_follower_logs_a_browser_in_itself_and_reads_the_leaders_dashboa
     finally:
         await follower._session.close()
         await client.close()
-        await leader.close()
+        await leading.close()
