@@ -21,7 +21,7 @@ from ferry import statedir
 from ferry.envoy.bootstrap import BootstrapOptions, bootstrap
 from ferry.envoy.process import envoy_binary
 
-from .ferry_process import FerryProcess, hello
+from .ferry_process import FerryProcess, ferry_cli, hello
 from .helpers import free_port, problems, wait_until
 from .load import Load
 
@@ -48,11 +48,6 @@ ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forev
 
 def _mode(path: Path) -> str:
     return oct(stat.S_IMODE(os.lstat(path).st_mode))
-
-
-def _ferry_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ferry", *args], capture_output=True, text=True, timeout=60, cwd=cwd,
-                          env={**os.environ, **(env or {})})
 
 
 async def _get(url: str, **headers) -> tuple[int, str]:
@@ -86,15 +81,15 @@ async def test_state_is_private_and_the_api_wants_its_token(ferry, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     noted = {"XDG_RUNTIME_DIR": f.env["XDG_RUNTIME_DIR"]}
-    assert _ferry_cli("status", *api, cwd=elsewhere, env=noted).returncode == 0
+    assert ferry_cli("status", *api, cwd=elsewhere, env=noted).returncode == 0
     assert oct(stat.S_IMODE(os.stat(Path(noted["XDG_RUNTIME_DIR"]) / "ferry" / "apis").st_mode)) == "0o700"
     nothing = {"XDG_RUNTIME_DIR": str(elsewhere)}
-    assert _ferry_cli("status", *api, cwd=tmp_path, env=nothing).returncode == 0
-    refused = _ferry_cli("status", *api, cwd=elsewhere, env=nothing)
+    assert ferry_cli("status", *api, cwd=tmp_path, env=nothing).returncode == 0
+    refused = ferry_cli("status", *api, cwd=elsewhere, env=nothing)
     assert refused.returncode != 0 and "token" in (refused.stdout + refused.stderr).lower()
     token = f.token_file.read_text().strip()
-    assert _ferry_cli("status", *api, cwd=elsewhere, env={**nothing, "FERRY_TOKEN": token}).returncode == 0
-    assert _ferry_cli("apply", str(f.routes), *api, cwd=elsewhere, env=nothing).returncode == 0  # beside the file
+    assert ferry_cli("status", *api, cwd=elsewhere, env={**nothing, "FERRY_TOKEN": token}).returncode == 0
+    assert ferry_cli("apply", str(f.routes), *api, cwd=elsewhere, env=nothing).returncode == 0  # beside the file
 
 
 async def test_apply_reads_no_file_and_commands_resolve_beside_the_routes_file(ferry, tmp_path):
@@ -191,7 +186,7 @@ def test_loopback_endpoints_are_refused_on_kubernetes(tmp_path):
 def test_values_the_os_refuses_fail_validation_with_their_path(tmp_path, fields, value):
     routes = tmp_path / "routes.yaml"
     routes.write_text(f"services:\n  hello:\n    template:\n      {fields}\n")
-    result = _ferry_cli("validate", str(routes), cwd=tmp_path)
+    result = ferry_cli("validate", str(routes), cwd=tmp_path)
     assert result.returncode == 1
     assert f"services.hello.template.{value}" in result.stderr and "NUL" in result.stderr
 
@@ -251,7 +246,7 @@ async def test_up_refuses_a_state_folder_that_is_a_symlink(tmp_path):
     (tmp_path / ".ferry").symlink_to(other)
     f = FerryProcess(tmp_path)
     f.write_routes(hello())
-    result = _ferry_cli("up", str(f.routes), "--api", f"127.0.0.1:{f.api_port}", cwd=tmp_path)
+    result = ferry_cli("up", str(f.routes), "--api", f"127.0.0.1:{f.api_port}", cwd=tmp_path)
     assert result.returncode == 1 and "not a plain folder" in result.stderr
     assert not any(other.iterdir())
 
@@ -260,7 +255,7 @@ def test_envoys_admin_stays_on_loopback(tmp_path):
     with pytest.raises(ValueError, match="keep it on 127.0.0.1"):
         bootstrap(BootstrapOptions(node_id="g", admin_host="0.0.0.0"))
     for command in (["bootstrap", "--admin", "0.0.0.0:9901"], ["up", "routes.yaml", "--admin", "10.0.0.1:9901"]):
-        result = _ferry_cli(*command, cwd=tmp_path)
+        result = ferry_cli(*command, cwd=tmp_path)
         assert result.returncode == 2 and "loopback" in result.stderr
 
 
@@ -294,7 +289,7 @@ async def test_a_remote_gateways_stats_are_read_through_its_read_only_listener(f
     f.write_routes(hello(scale="{min: 1}"))
     await f.start()
     admin, stats = free_port(), free_port()
-    bootstrap = _ferry_cli("bootstrap", "--node-id", "remote", "--xds", f"127.0.0.1:{f.xds_port}",
+    bootstrap = ferry_cli("bootstrap", "--node-id", "remote", "--xds", f"127.0.0.1:{f.xds_port}",
                            "--admin", f"127.0.0.1:{admin}", "--stats", f"127.0.0.1:{stats}",
                            "--listen", f"127.0.0.1:{f.gateway_port}", cwd=tmp_path)
     assert bootstrap.returncode == 0, bootstrap.stderr

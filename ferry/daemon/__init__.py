@@ -203,6 +203,7 @@ class Daemon:
                 loaded = load_routes(options.routes, overrides=options.overrides)  # it may have changed meanwhile
             async with lead(shared, loaded, inherited=inherited) as leading:
                 state.leading = leading
+                state.revision_metrics = leading.controller.observer.chunks  # on /metrics (reconcile/observe.py)
                 try:
                     if follower is None:
                         await _started(site.start(), message)
@@ -215,6 +216,7 @@ class Daemon:
                         raise RuntimeError("lost the leader lease: stopping so that only the new leader writes")
                 finally:
                     state.leading = None  # the API answers 503 from here on: nothing reaches a closing controller
+                    state.revision_metrics = None
 
     def _elector(self, loaded: LoadedRoutes, lost: asyncio.Event):
         """--leader-elect: the Lease in the backend's namespace, advertising where this replica serves."""

@@ -22,12 +22,13 @@ from ..reconcile.census import GatewayCensus
 from ..reconcile.certs import watch_certificates
 from ..reconcile.config import ConfigSource
 from ..reconcile.controller import BackendFactory, Controller
+from ..reconcile.observe import traffic_snapshot
 from ..routing.errors import ConfigError
 from ..routing.loader import LoadedRoutes, load_routes
 from ..routing.revisions import RevisionStore
 from ..routing.schema import HostPort
 from ..tls import TlsFiles
-from ..ui.history import TrafficHistory, no_traffic
+from ..ui.history import TrafficHistory
 from ..xds.cache import SnapshotCache
 from ..xds.server import GatewayRegistry
 from .watch import watch_file
@@ -167,10 +168,10 @@ async def lead(shared: Shared, loaded: LoadedRoutes, *, inherited: bool) -> Asyn
         shared.ready.set()
         if inherited:
             controller.drop_inherited_later()
-        # WIRING (issue 16): the dashboard's history samples the per-revision traffic of reconcile/observe.py;
-        # pass its traffic_snapshot here instead of no_traffic (its charts are empty until then).
-        history = TrafficHistory(no_traffic)
-        background = [controller.autoscaler.run(), controller.rollout_runner.run(), history.run()]
+        # The dashboard's 15 minutes of traffic per revision, sampled from reconcile/observe.py's snapshot.
+        history = TrafficHistory(lambda: traffic_snapshot(controller))
+        background = [controller.autoscaler.run(), controller.rollout_runner.run(), controller.observer.run(),
+                      history.run()]
         if shared.survivors:
             background.append(controller.release_leftovers())
         if options.watch:

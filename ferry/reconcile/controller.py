@@ -42,6 +42,7 @@ from .census import GatewayCensus
 from .certs import HttpsState
 from .config import Config
 from .model import ENDED_BADLY, RevisionRuntime, ServiceRuntime
+from .observe import RevisionObserver
 from .publisher import Publisher, RouteTables
 from .rollouts import Floor, LatestReady, RolloutBook
 
@@ -94,6 +95,7 @@ class Controller:
         self.autoscaler = Autoscaler(self, Sources(admins=census.admins, activator=activator.stats),
                                      tick_s=autoscale_tick_s)
         self.rollout_runner = RolloutRunner(self, census.admins)
+        self.observer = RevisionObserver(self, census.admins, activator.stats)  # per-revision series, traffic
         self.cluster_linger_s = cluster_linger_s
         self.retained_revisions = retained_revisions  # per service, for a backend that keeps stopped revisions
         self.sync_timeout_s = sync_timeout_s
@@ -390,7 +392,7 @@ class Controller:
             )
             # A retiring revision is routed nowhere: nothing should wake it.
             runtime.activator_in_path = not runtime.retiring and rules.wants_activator(
-                runtime, self.autoscaler.activator_in_path(runtime.name, len(endpoints)))
+                runtime, self.autoscaler.must_hold(runtime.name, len(endpoints)))
             if endpoints:
                 runtime.proven = True
         self._stage_endpoints(runtime)
@@ -508,7 +510,7 @@ class Controller:
             await self.backend.scale(runtime.workload, step.scale)
         if runtime.retiring:  # retired while the backend was scaling
             return
-        in_path = rules.wants_activator(runtime, step.activator_in_path)
+        in_path = rules.wants_activator(runtime, step.holding)
         if in_path != runtime.activator_in_path:
             runtime.activator_in_path = in_path
             log.info("activator in path" if in_path else "activator out of path",

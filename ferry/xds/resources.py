@@ -385,6 +385,9 @@ def _tracing(sampling: float) -> hcm_pb2.HttpConnectionManager.Tracing:
     return hcm_pb2.HttpConnectionManager.Tracing(
         provider=provider,
         random_sampling=percent_pb2.Percent(value=round(sampling * 100, 6)),
+        # Envoy's default (100%) traces every request that carries x-client-trace-id, whatever random_sampling
+        # says: any client could make the gateway export its spans at sampling 0. `sampling` alone decides.
+        client_sampling=percent_pb2.Percent(value=0),
         custom_tags=[custom_tag_pb2.CustomTag(tag=tag, request_header=custom_tag_pb2.CustomTag.Header(name=header))
                      for tag, header in TRACING_TAGS],
     )
