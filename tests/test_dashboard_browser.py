@@ -1,6 +1,6 @@
 """The dashboard in a real headless browser: Debian's chromium driven by Selenium (through chromedriver), against a
 real `ferry up` with its Envoy and the example service. The login link comes from the real `ferry dashboard`;
-the page must show the example service and its split, then a `ferry traffic` change within 2 s, with no
+the page must show the example service and its split, chart its requests, then a `ferry traffic` change within 2 s, with no
 Content-Security-Policy violation; a screenshot is saved under the test's tmp path and its path printed (and
 recorded as the test's `screenshot` property in JUnit XML).
 
@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from .ferry_process import hello
@@ -98,6 +99,16 @@ async def test_the_dashboard_shows_the_service_and_a_traffic_change_within_2s(fe
         assert "hello-00002" in driver.find_element(By.ID, "revisions").text
         await wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, "#gateways tr[data-node]"), 5, "a gateway row")
         assert "yes" in driver.find_element(By.ID, "gateways").text  # connected and in sync
+
+        async with aiohttp.ClientSession() as client:  # requests for the charts (observe.py reads every 5 s)
+            async def answered() -> bool:
+                for _ in range(5):
+                    async with client.get(f.gateway, headers={"Host": "hello.localhost"}) as response:
+                        assert response.status == 200
+                return bool(driver.find_elements(By.CSS_SELECTOR, '#charts [data-revision="hello-00001"]'))
+
+            await wait_until(answered, 40, "hello-00001's requests charted", interval=0.2)
+        assert "req/s" in driver.find_element(By.ID, "charts").text
 
         await ferry_command(f, "traffic", "hello", "hello-00001=50", "hello-00002=50")
         changed_at = time.monotonic()
