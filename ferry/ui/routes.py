@@ -47,7 +47,8 @@ def page(title: str, text: str, status: int = 200, *, refresh: str | None = None
     """A small HTML page (no script) for the login's outcomes and the 401 a browser sees without a session."""
     head = f'<meta http-equiv="refresh" content="0;url={refresh}">' if refresh else ""
     body = (f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>{head}'
-            f'<link rel="stylesheet" href="/ui/app.css"></head><body class="notice"><h1>{title}</h1><p>{text}</p>'
+            f'<link rel="icon" href="data:,"><link rel="stylesheet" href="/ui/app.css"></head>'
+            f'<body class="notice"><h1>{title}</h1><p>{text}</p>'
             "</body></html>")
     return web.Response(status=status, body=body.encode(), content_type="text/html", charset="utf-8",
                         headers=HEADERS)

@@ -6,7 +6,7 @@ const POLL_MS = 500;
 const SVG = "http://www.w3.org/2000/svg";
 const COLORS = ["#2f6fd0", "#1f8a4c", "#b7791f", "#8e44ad", "#c0392b", "#16a085", "#7f8c8d"];
 const state = { q: "", offset: 0, limit: 50, selected: decodeURIComponent(location.hash.slice(1)) || null,
-                seen: {}, page: null };
+                seen: {}, page: null, every: 5 };
 
 const $ = (id) => document.getElementById(id);
 
@@ -158,6 +158,11 @@ function lineChart(points, from, to, unit, gap) {
     if (gap === 0 && last !== null && t - last > 1.5 * state.every) path += `L${x(last + state.every)},${y(0)}L${x(t - state.every)},${y(0)}`;
     path += `${path && (last !== null || gap === 0) ? "L" : "M"}${x(t).toFixed(1)},${y(v).toFixed(1)}`;
     last = t;
+  }
+  const drawn = points.filter((p) => p[1] !== null);
+  if (drawn.length === 1) {  // one sample: a stroke over its interval, so that it shows
+    const [t, v] = drawn[0];
+    path = `M${x(t - state.every).toFixed(1)},${y(v).toFixed(1)}L${x(t).toFixed(1)},${y(v).toFixed(1)}`;
   }
   if (path) chart.append(svg("path", { class: "line", d: path }));
   const now = values.length ? values[values.length - 1] : null;
