@@ -447,3 +447,19 @@ async def test_a_follower_logs_a_browser_in_itself_and_reads_the_leaders_dashboa
         await follower._session.close()
         await client.close()
         await leading.close()
+
+
+@pytest.mark.parametrize("before, after", [
+    ((), ((10.0, 50), (100.0, 99), (1000.0, 100), (math.inf, 100))),
+    (((10.0, 5), (100.0, 9), (1000.0, 10), (math.inf, 10)), ((10.0, 55), (100.0, 108), (1000.0, 110), (math.inf, 110))),
+    (((10.0, 5), (100.0, 9), (1000.0, 10), (math.inf, 10)), ((10.0, 5), (100.0, 9), (1000.0, 10), (math.inf, 10))),
+    (((1.0, 0), (math.inf, 0)), ((1.0, 0), (math.inf, 7))),  # all beyond the last finite bound
+    (((10.0, 5), (100.0, 9)), ((10.0, 4), (100.0, 19))),  # sums over gateways read apart: not monotonic
+])
+def test_history_p99_agrees_with_the_rollout_analysis(before, after):
+    from ferry.rollout.analysis import quantile
+    from ferry.ui.history import _p99
+
+    previous = dict(before)
+    expected = quantile(0.99, tuple((bound, count - previous.get(bound, 0)) for bound, count in after))
+    assert _p99(before, after) == expected

@@ -6,7 +6,7 @@ RevisionTraffic (service, revision, tag, requests: {"2xx": n, ...} cumulative, d
 cumulative_count), ...) or None, in_flight); the daemon passes the real one (daemon/roles.py, "WIRING").
 
 Bounded at any number of services: a point is kept only for a sample in which the revision answered or held
-requests; points live in fixed rings of compact arrays (SLOTS points of 4 floats, ~4.4 KB a revision), at most
+requests; points live in fixed rings of compact arrays (180 points of 4 floats, ~4.3 KB a revision), at most
 MAX_SERIES revisions (the least recently busy go first); the previous counters are kept for the revisions of
 the last snapshot only. A pass hands the event loop back every SLICE items.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from array import array
 from collections.abc import Callable, Iterable, Mapping
@@ -27,7 +28,7 @@ log = logging.getLogger("ferry.ui")
 EVERY_S = 5.0
 WINDOW_S = 900.0
 MAX_SERIES = 2000
-SLICE = 500  # revisions per step of a pass, between two hand-backs of the event loop
+SLICE = 200  # revisions per step of a pass, between two hand-backs of the event loop
 FIELDS = 4  # rps, error percent (NaN: no answers), p99 ms (NaN: unknown), in flight
 
 
@@ -193,11 +194,33 @@ class TrafficHistory:
 
 
 def _p99(before: Any, after: Any) -> float | None:
-    """The p99 of what the histogram counted between two cumulative readings."""
+    """The p99 of what the histogram counted between two cumulative readings (Prometheus' histogram_quantile, as
+    rollout/analysis.py's `quantile`; inline when both readings have the same bounds, as a gateway's always do)."""
     if not after:
         return None
-    previous = dict(before)
-    return quantile(0.99, tuple((bound, count - previous.get(bound, 0)) for bound, count in after))
+    if len(before) != len(after) or any(b[0] != a[0] for b, a in zip(before, after)):
+        previous = dict(before)
+        return quantile(0.99, tuple((bound, count - previous.get(bound, 0)) for bound, count in after))
+    counts = []
+    running = 0
+    for (_, was), (_, now) in zip(before, after):
+        running = max(running, now - was)  # cumulative counts cannot fall (sums read at different moments can)
+        counts.append(running)
+    total = counts[-1]
+    if total <= 0:
+        return None
+    rank = 0.99 * total
+    for at, count in enumerate(counts):
+        if count >= rank:
+            break
+    upper = after[at][0]
+    if math.isinf(upper):
+        finite = [bound for bound, _ in after if not math.isinf(bound)]
+        return finite[-1] if finite else None
+    if at == 0 and upper <= 0:
+        return upper
+    lower, below = (0.0, 0) if at == 0 else (after[at - 1][0], counts[at - 1])
+    return lower + (upper - lower) * (rank - below) / (count - below)
 
 
 def _round(value: float) -> float | None:
