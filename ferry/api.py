@@ -9,6 +9,9 @@ across origins without asking first); bound to loopback, only loopback Host name
 rebinding). Over mutual TLS (tls.py) the replica routes also need a client certificate. A replica that does not
 lead (yet) answers the leader's routes with 503; a follower forwards them to
 the leader (replicas.py) before they get here.
+
+The dashboard (ui/) adds /ui: a browser logs in with a one-time code from `ferry dashboard` and then holds a
+session cookie, which this guard accepts for GET /ui and /ui/* only (never for a route that changes anything).
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from .routing.errors import ConfigError
 from .tls import has_client_certificate
+from .ui import routes as ui
+from .ui.sessions import COOKIE, Logins
 
 log = logging.getLogger("ferry.api")
 
 # Answered by every replica itself; everything else is the leader's business.
-LOCAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/replica"})
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # no token: probes and Prometheus
+LOCAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/replica", *ui.ASSETS, ui.LOGIN_PATH, ui.CODE_PATH})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", ui.LOGIN_PATH})  # no token: probes, Prometheus, a login code
 REPLICA_PREFIX = "/replicas/"  # followers' reports to the leader
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a routes file of 10,000 services is about 1 MB
 MAX_REPORT_TTL_S = 60.0  # how long a follower's report of its gateways may count
@@ -99,6 +104,7 @@ class ApiState:
     test_hooks: Mapping[str, TestHook] = field(default_factory=dict)
     more_metrics: Callable[[], Awaitable[bytes]] | None = None  # another process's (the activator's)
     revision_metrics: Callable[[], Iterable[bytes]] | None = None  # while leading: the per-revision series, in pieces
+    logins: Logins = field(default_factory=Logins)  # the dashboard's login codes and sessions (per replica)
 
 
 def build_api(state: ApiState, *, middlewares: tuple = ()) -> web.Application:
@@ -285,6 +291,8 @@ def build_api(state: ApiState, *, middlewares: tuple = ()) -> web.Application:
         leader().report_gateways(request.match_info["replica"], gateways, min(ttl_s, MAX_REPORT_TTL_S))
         return web.json_response({"leader": state.leader_identity()})
 
+    ui.add_routes(routes, leader, state.logins)  # type: ignore[arg-type] - the leader's dashboard calls (ui.views)
+
     for name, hook in state.test_hooks.items():
 
         async def run_hook(request: web.Request, hook=hook, name=name) -> web.Response:
@@ -300,7 +308,12 @@ def build_api(state: ApiState, *, middlewares: tuple = ()) -> web.Application:
                                      status=403)
         if state.token is not None and request.path not in PUBLIC_PATHS:
             scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), state.token.encode()):
+            if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), state.token.encode()):
+                pass
+            elif request.method in ("GET", "HEAD") and ui.is_ui_path(request.path):
+                if not state.logins.valid(request.cookies.get(COOKIE)):
+                    return ui.unauthorized()
+            else:
                 return web.json_response(
                     {"error": "this API needs Authorization: Bearer <token>; the token is the file api-token in "
                               "ferry's state folder (.ferry/ beside the routes file), which the ferry command reads "

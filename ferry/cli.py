@@ -1,4 +1,4 @@
-"""ferry's command line: up, down, apply, validate, status, rollout, revisions, traffic, manifests, bootstrap (kn's verbs: kn.py)."""
+"""ferry's command line: up, down, apply, validate, status, rollout, revisions, traffic, manifests, bootstrap (kn's verbs: kn.py; dashboard: dashboard_cli.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import kn, knative_cli
+from . import dashboard_cli, kn, knative_cli
 from .routing.errors import ConfigError
 from .routing.fields import is_loopback
 from .statedir import token_file_for
@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     revisions.add_argument("-o", "--output", choices=kn.OUTPUTS)
     kn.add_parsers(sub, client)  # service list|describe, revision list|describe, wait
     knative_cli.add_parsers(sub, client)  # export, convert
+    dashboard_cli.add_parser(sub, client)
 
     traffic = sub.add_parser("traffic", parents=[client],
                              help="set a service's split by hand (kept until the file agrees or --reset)")
@@ -235,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     boot.add_argument("--format", choices=["yaml", "json"], default="yaml")
 
     args = parser.parse_args(argv)
-    if args.command in ("apply", "status", "rollout", "revisions", "traffic", *kn.COMMANDS, *knative_cli.NEEDS_API):
+    if args.command in ("apply", "status", "rollout", "revisions", "traffic", *kn.COMMANDS, *knative_cli.NEEDS_API,
+                        *dashboard_cli.COMMANDS):
         try:
             args.api = Api(args.api, find_token(args.token_file, getattr(args, "routes", None), args.api), args.ca)
         except OSError as err:
@@ -243,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"up": _up, "down": _down, "activator": _activator, "apply": _apply, "validate": _validate, "status": _status, "bootstrap": _bootstrap,
                 "rollout": _rollout, "revisions": _revisions, "traffic": _traffic,
                 "manifests": _manifests, "certs": _certs, **dict.fromkeys(kn.COMMANDS, _kn),
-                **dict.fromkeys(knative_cli.COMMANDS, lambda a: knative_cli.run(a, _call))}
+                **dict.fromkeys(knative_cli.COMMANDS, lambda a: knative_cli.run(a, _call)),
+                "dashboard": lambda a: dashboard_cli.run(a, _call)}
     return commands[args.command](args)
 
 

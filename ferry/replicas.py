@@ -21,6 +21,7 @@ from aiohttp import web
 from .api import LOCAL_PATHS
 from .tasks import every
 from .tls import SERVER_NAME, TlsFiles
+from .ui.routes import is_ui_path
 from .xds.cache import SnapshotCache
 from .xds.mirror import XdsMirror
 from .xds.server import GatewayRegistry, Tls
@@ -158,11 +159,13 @@ class Follower:
             return web.json_response(
                 {"error": f"replica {self.identity} follows a leader, and none holds the lease now: "
                           "try again in a few seconds (GET /replica shows what this replica sees)"}, status=503)
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "authorization")}
+        if request.method in ("GET", "HEAD") and is_ui_path(request.path):
+            headers.update(self._auth)  # the dashboard's reads, let through here by the token or this replica's session
         try:
             async with self._session.request(
                 request.method, f"{self._scheme}://{api}{request.path_qs}", data=await request.read(),
-                ssl=self._ssl, **self._tls_name,
-                headers={k: v for k, v in request.headers.items() if k.lower() in ("content-type", "authorization")},
+                ssl=self._ssl, **self._tls_name, headers=headers,
                 timeout=aiohttp.ClientTimeout(total=300),
             ) as upstream:
                 body = await upstream.read()

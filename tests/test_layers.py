@@ -37,13 +37,16 @@ ALLOWED = {
     "kn": {"routing"},
     "knative_cli": {"routing"},
     "manifests": {"backends", "envoy"},
+    "dashboard_cli": set(),
     "testhooks": {"routing", "xds"},
-    "api": {"routing", "tls"},
-    "replicas": {"api", "tasks", "tls", "xds"},
+    "ui": {"rollout"},  # the dashboard reads the leader through the API's calls; rollout: the p99 arithmetic
+    "api": {"routing", "tls", "ui"},
+    "replicas": {"api", "tasks", "tls", "xds", "ui"},
     # the reconciler, the daemon and the CLI may use everything below them, and nothing above
     "reconcile": _BELOW_RECONCILE,
-    "daemon": _BELOW_RECONCILE | {"reconcile", "api", "replicas"},
-    "cli": _BELOW_RECONCILE | {"reconcile", "api", "replicas", "daemon", "kn", "knative_cli", "manifests"},
+    "daemon": _BELOW_RECONCILE | {"reconcile", "api", "replicas", "ui"},
+    "cli": _BELOW_RECONCILE | {"reconcile", "api", "replicas", "daemon", "kn", "knative_cli", "manifests",
+                               "dashboard_cli"},
     "__main__": {"cli"},
 }
 

@@ -22,11 +22,13 @@ from ..reconcile.census import GatewayCensus
 from ..reconcile.certs import watch_certificates
 from ..reconcile.config import ConfigSource
 from ..reconcile.controller import BackendFactory, Controller
+from ..reconcile.observe import traffic_snapshot
 from ..routing.errors import ConfigError
 from ..routing.loader import LoadedRoutes, load_routes
 from ..routing.revisions import RevisionStore
 from ..routing.schema import HostPort
 from ..tls import TlsFiles
+from ..ui.history import TrafficHistory
 from ..xds.cache import SnapshotCache
 from ..xds.server import GatewayRegistry
 from .watch import watch_file
@@ -59,10 +61,12 @@ class Shared:
 class Leading:
     """The replica that decides: the API's `Leader` (api.py)."""
 
-    def __init__(self, controller: Controller, source: ConfigSource, census: GatewayCensus):
+    def __init__(self, controller: Controller, source: ConfigSource, census: GatewayCensus,
+                 history: TrafficHistory | None = None):
         self.controller = controller
         self.source = source
         self.census = census
+        self.history = history or TrafficHistory()  # the dashboard's 15 minutes of traffic per revision
 
     def status(self, service: str | None) -> dict:
         return {"config": self._config(), **self.controller.status(service)}
@@ -70,6 +74,16 @@ class Leading:
     def status_chunks(self, service: str | None) -> Iterator[bytes]:
         """The same as JSON, in pieces (KeyError at once for an unknown service)."""
         return self.controller.status_chunks(service, {"config": self._config()})
+
+    def service_names(self) -> list[str]:
+        """Every service, sorted (the dashboard searches and pages them)."""
+        return sorted(self.controller.services)
+
+    def gateways_status(self) -> list[dict]:
+        return self.census.status()
+
+    def config_status(self) -> dict:
+        return self._config()
 
     def _config(self) -> dict:
         return {**self.source.status(), **self.controller.timings, **self.controller.https.status()}
@@ -154,7 +168,10 @@ async def lead(shared: Shared, loaded: LoadedRoutes, *, inherited: bool) -> Asyn
         shared.ready.set()
         if inherited:
             controller.drop_inherited_later()
-        background = [controller.autoscaler.run(), controller.rollout_runner.run(), controller.observer.run()]
+        # The dashboard's 15 minutes of traffic per revision, sampled from reconcile/observe.py's snapshot.
+        history = TrafficHistory(lambda: traffic_snapshot(controller))
+        background = [controller.autoscaler.run(), controller.rollout_runner.run(), controller.observer.run(),
+                      history.run()]
         if shared.survivors:
             background.append(controller.release_leftovers())
         if options.watch:
@@ -169,7 +186,7 @@ async def lead(shared: Shared, loaded: LoadedRoutes, *, inherited: bool) -> Asyn
             await envoy.start()
             stack.push_async_callback(envoy.stop)
             _run_in_background(stack, envoy.supervise())
-        yield Leading(controller, source, census)
+        yield Leading(controller, source, census, history)
 
 
 def _run_in_background(stack: AsyncExitStack, coro) -> None:
