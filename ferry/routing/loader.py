@@ -83,7 +83,7 @@ def load_routes(path: Path | str, text: str | None = None, previous: LoadedRoute
                                     _certificates(spec, path, file, text, previous))
         claims: HostClaims = {}
         try:
-            spec, raw_services = _validate(text, file, previous, claims, overrides)
+            spec, raw_services = _validate(text, file, previous, claims, overrides, split)
         except RecursionError:
             raise ConfigError(file, [Problem("", "the document is nested too deeply: flatten it")]) from None
     certificates = _certificates(spec, path, file, text, previous)
@@ -214,15 +214,9 @@ def _load_changed_blocks(
     if previous.blocks is None or split.rest != previous.blocks.rest:
         return None
     changed = [block for block in split.blocks if block not in previous.block_names]
-    parsed: dict[str, Any] = {}
-    if changed:
-        try:
-            data, _ = yamlsource.parse("services:\n" + "".join(changed))
-        except yamlsource.YamlError:
-            return None
-        parsed = data.get("services") if isinstance(data, dict) else None
-        if not isinstance(parsed, dict) or len(parsed) != len(changed):
-            return None
+    parsed = _parse_blocks(changed)
+    if parsed is None:
+        return None
     fresh = iter(parsed)
     names = [previous.block_names.get(block) or next(fresh) for block in split.blocks]
     if len(set(names)) != len(names):
@@ -240,6 +234,46 @@ def _load_changed_blocks(
         return None
     raw = {n: parsed[n] if n in parsed else previous.raw_services[n] for n in names}
     return RoutesFile.model_construct(gateway=validated.gateway, backend=validated.backend, services=services), raw, names
+
+
+# Services parsed per libyaml call: a node tree costs ~8 KB per service (~80 MiB for a 10,000-service file, next
+# to ~20 MiB for the data built from it), so a whole file's tree was the peak of ferry's memory. In chunks, one
+# chunk's tree is alive at a time; the data is the same (each block is one key of `services:`).
+_BLOCKS_PER_PARSE = 500
+
+
+def _parse_blocks(blocks: list[str] | tuple[str, ...]) -> dict[str, Any] | None:
+    """The services of these blocks, parsed a chunk at a time; None if any chunk does not parse to exactly its
+    blocks' services (a YAML error, a duplicate name): the caller then takes the full path, which says where."""
+    parsed: dict[str, Any] = {}
+    for start in range(0, len(blocks), _BLOCKS_PER_PARSE):
+        chunk = blocks[start:start + _BLOCKS_PER_PARSE]
+        try:
+            data, _ = yamlsource.parse("services:\n" + "".join(chunk))
+        except yamlsource.YamlError:
+            return None
+        services = data.get("services") if isinstance(data, dict) else None
+        del data, _  # this chunk's node tree, before the next one is made
+        if not isinstance(services, dict) or len(services) != len(chunk) or not parsed.keys().isdisjoint(services):
+            return None
+        parsed.update(services)
+    return parsed
+
+
+def _parse_split(split: ServiceBlocks) -> dict[str, Any] | None:
+    """The whole file's data from its blocks (see _parse_blocks); None: parse it whole."""
+    try:
+        data, _ = yamlsource.parse(split.rest)
+    except yamlsource.YamlError:
+        return None
+    if not isinstance(data, dict) or data.get("services") is not None:
+        return None
+    if split.blocks:
+        services = _parse_blocks(split.blocks)
+        if services is None:
+            return None
+        data["services"] = services
+    return data
 
 
 def validate(
@@ -290,18 +324,21 @@ def _read(path: Path) -> str:
 
 
 def _validate(text: str, file: str, previous: LoadedRoutes | None, claims: HostClaims | None = None,
-              overrides: Overrides | None = None) -> tuple[RoutesFile, dict[str, Any]]:
-    try:
-        data, root = yamlsource.parse(text)
-    except yamlsource.YamlError as exc:
-        raise ConfigError(file, [Problem(format_path(exc.loc), exc.message, exc.line)]) from None
+              overrides: Overrides | None = None, split: ServiceBlocks | None = None) -> tuple[RoutesFile, dict[str, Any]]:
+    data = _parse_split(split) if split is not None else None
+    root: Node | None = None  # the whole file's node tree: made only to give problems their lines
+    if data is None:
+        try:
+            data, root = yamlsource.parse(text)
+        except yamlsource.YamlError as exc:
+            raise ConfigError(file, [Problem(format_path(exc.loc), exc.message, exc.line)]) from None
     if data is None:  # an empty file: no services yet
         data = {}
     if overrides:
         data = overrides.apply(data)
     if not isinstance(data, dict):
         problem = Problem("", f"the top level must be a mapping with gateway: and services:, got {describe(data)}")
-        raise ConfigError(file, _locate([problem], root))
+        raise ConfigError(file, _locate([problem], root or yamlsource.compose(text)))
     raw_services = data.get("services") if isinstance(data.get("services"), dict) else {}
     try:
         spec = (_validate_changed(data, raw_services, previous) if previous is not None and previous.format == "routes"
@@ -311,7 +348,7 @@ def _validate(text: str, file: str, previous: LoadedRoutes | None, claims: HostC
     else:
         problems = check_routes(spec.gateway, spec.services, claims)
     if problems:
-        raise ConfigError(file, _locate(problems, root))
+        raise ConfigError(file, _locate(problems, root or yamlsource.compose(text)))
     return spec, raw_services
 
 
