@@ -40,6 +40,7 @@ from ..testhooks import HOOKS
 from ..tls import TlsFiles
 from ..xds.cache import SnapshotCache
 from ..xds.server import AdsServicer, GatewayRegistry, Tls, XdsMetrics, start_xds_server
+from .memory import tune_malloc
 from .roles import Shared, _run_in_background, lead
 
 log = logging.getLogger("ferry")
@@ -127,6 +128,7 @@ class Daemon:
                 loop.add_signal_handler(sig, stop.set)
             except (NotImplementedError, RuntimeError):
                 pass
+        tune_malloc()  # before the first file is loaded: its blocks must not set glibc's thresholds
         # a bad file at start-up is the user's first error: fail loudly (passed on, not kept in this frame: the
         # first file's objects must not outlive the next apply; at 10,000 services they are ~50 MiB)
         await self._serve([load_routes(self.options.routes, overrides=self.options.overrides)], stop)
