@@ -70,6 +70,7 @@ class RouteTables:
         self._tables: set[str] = set()
         self._scopes: dict[str, set[str]] = {}  # service -> hosts scoped to its route table
         self._scope_owner: dict[str, str] = {}  # host -> the service its scope points at
+        self._scope_refs: dict[str, frozenset[str]] = {}  # service -> what its scopes refer to: its route table
 
     def put(self, service: str, routes: tuple[xds.HostRoute, ...]) -> None:
         """The service's route table, and a host scope for each of its hosts."""
@@ -78,13 +79,18 @@ class RouteTables:
         self._tables.add(service)
         hosts = {host for r in routes for host in r.domains}
         self._release(service, self._scopes.get(service, set()) - hosts)
-        for host in hosts - self._scopes.get(service, set()):
-            self._scope_owner[host] = service
-            self._publisher.put(xds.SCOPED_ROUTE, xds.host_scope(host, service))
+        added = hosts - self._scopes.get(service, set())
+        if added:
+            # the service's scopes share one set of references (a set of one is 216 bytes; 2-3 scopes a service)
+            refs = self._scope_refs.setdefault(service, frozenset((service,)))
+            for host in added:
+                self._scope_owner[host] = service
+                self._publisher.put(xds.SCOPED_ROUTE, xds.host_scope(host, service, refs))
         self._scopes[service] = hosts
 
     def remove(self, service: str) -> None:
         self._release(service, self._scopes.pop(service, set()))
+        self._scope_refs.pop(service, None)
         if service in self._tables:
             self._tables.discard(service)
             self._publisher.delete(xds.ROUTE, service)
