@@ -178,6 +178,8 @@ class Result:
     push_endpoints: dict = field(default_factory=dict)
     status_ms: list[float] = field(default_factory=list)
     status_bytes: int = 0
+    metrics_ms: float | None = None  # GET /metrics at the end (after every step: the busy services' series)
+    metrics_bytes: int = 0
     status_stalls: int | None = None  # samples of ferry's event-loop lag over 20 ms while /status was answered
     status_lag_le: str = ""  # the smallest lag bucket that held every sample then
     ferry_hwm_after_start_kib: int | None = None
@@ -200,6 +202,7 @@ class Bench:
         self.routes = workdir / "routes.yaml"
         self.gateway, self.api_port, self.xds, self.admin = free_port(), free_port(), free_port(), free_port()
         self.port_a, self.port_b = free_port(), free_port()
+        self.activator = free_port()  # not 8012: other ferries may run on this machine
         self.api = f"http://127.0.0.1:{self.api_port}"
         self.gateway_url = f"http://127.0.0.1:{self.gateway}/"
         self.log_path = workdir / "ferry.log"
@@ -381,7 +384,7 @@ class Bench:
             sys.executable, "-m", "ferry", "up", str(self.routes),
             "--state", str(self.workdir / "state.db"),
             "--api", f"127.0.0.1:{self.api_port}", "--xds", f"127.0.0.1:{self.xds}",
-            "--admin", f"127.0.0.1:{self.admin}", "--test-hooks",
+            "--admin", f"127.0.0.1:{self.admin}", "--activator", f"127.0.0.1:{self.activator}", "--test-hooks",
             # Nothing is retired here, but a 0 % revision must never have its cluster dropped mid-bench
             # (that would add CDS/EDS pushes to the numbers of steps 3 and 4).
             "--cluster-linger", "3600",
@@ -505,6 +508,9 @@ class Bench:
             m2 = await self.metrics(api)
             r.push_endpoints = push_delta(m1, m2)
             await self.wait_converged(api, 60 + n / 100)
+            t = time.perf_counter()
+            text = await self.metrics_text(api)
+            r.metrics_ms, r.metrics_bytes = (time.perf_counter() - t) * 1000, len(text.encode())
             if load is not None:
                 load.cancel()
                 await asyncio.gather(load, return_exceptions=True)
@@ -572,6 +578,8 @@ def report(results: list[Result], info: list[tuple[str, str]], repeat: int, poll
     row("   Envoy RSS / VmHWM (MiB)", (f"{mib(r.envoy_rss_kib)} / {mib(r.envoy_hwm_kib)}" for r in results), "info")
     row("   GET /status x3 (ms max / MB)", (f"{max(r.status_ms):.0f} / {r.status_bytes / 1e6:.1f}"
                                          if r.status_ms else "-" for r in results), "<=200 ms @10k")
+    row("   GET /metrics at the end (ms / KiB)", (f"{r.metrics_ms:.1f} / {r.metrics_bytes / 1024:.1f}"
+                                              if r.metrics_ms is not None else "-" for r in results), "info")
     row("   loop stalls > 20 ms during /status", (f"{r.status_stalls} (all <= {r.status_lag_le} s)" if r.status_stalls is not None else "n/a"
                                                    for r in results),
         "0")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
@@ -97,6 +98,7 @@ class ApiState:
     replica_certs: bool = False  # over mutual TLS: /replicas/... needs a client certificate of the CA (tls.py)
     test_hooks: Mapping[str, TestHook] = field(default_factory=dict)
     more_metrics: Callable[[], Awaitable[bytes]] | None = None  # another process's (the activator's)
+    revision_metrics: Callable[[], Iterable[bytes]] | None = None  # while leading: the per-revision series, in pieces
 
 
 def build_api(state: ApiState, *, middlewares: tuple = ()) -> web.Application:
@@ -125,7 +127,11 @@ def build_api(state: ApiState, *, middlewares: tuple = ()) -> web.Application:
         body = generate_latest(state.registry)
         if state.more_metrics is not None:
             body += await state.more_metrics()
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        revisions = state.revision_metrics
+        if revisions is None:
+            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        # The leader's per-revision series: made while sent, the event loop free between pieces (as /status).
+        return await stream(request, itertools.chain((body,), revisions()), CONTENT_TYPE_LATEST)
 
     @routes.get("/replica")
     async def replica(request: web.Request) -> web.Response:
@@ -143,9 +149,10 @@ def build_api(state: ApiState, *, middlewares: tuple = ()) -> web.Application:
             return web.json_response({"error": f"no service {request.query['service']!r}"}, status=404)
         return await stream(request, chunks)
 
-    async def stream(request: web.Request, chunks: Iterable[bytes]) -> web.StreamResponse:
-        """A JSON body made while it is sent, in pieces of at most STATUS_SLICE_S of work each."""
-        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    async def stream(request: web.Request, chunks: Iterable[bytes],
+                     content_type: str = "application/json") -> web.StreamResponse:
+        """A body made while it is sent, in pieces of at most STATUS_SLICE_S of work each."""
+        response = web.StreamResponse(headers={"Content-Type": content_type})
         await response.prepare(request)
         await asyncio.sleep(0)
         loop = asyncio.get_running_loop()

@@ -6,8 +6,10 @@ import asyncio
 import os
 import signal
 import ssl
+import subprocess
 import sys
 import textwrap
+import urllib.parse
 from pathlib import Path
 
 import aiohttp
@@ -19,6 +21,13 @@ from ferry.xds.resources import ACTIVATOR_KEY_HEADER
 from .helpers import free_port, wait_until
 
 HELLO_APP = Path(__file__).resolve().parent.parent / "examples" / "hello" / "app.py"
+
+
+def ferry_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The `ferry` command as a user types it, in `cwd`, with `env` added to this process's environment (blocking:
+    wrap it in asyncio.to_thread from a test's event loop)."""
+    return subprocess.run([sys.executable, "-m", "ferry", *args], capture_output=True, text=True, cwd=cwd, timeout=60,
+                          env={**os.environ, **(env or {})})
 
 
 def hello(message: str = "hi", *, concurrency: int | None = None, timeout: str | None = None, scale: str | None = None,
@@ -67,10 +76,18 @@ class FerryProcess:
         return aiohttp.ClientSession(headers=self.headers, connector=aiohttp.TCPConnector(ssl=ssl_context), **kwargs)
 
     @property
+    def state_folder(self) -> Path:
+        """Where this ferry keeps its state and its data plane's register: that of --state (a state.db), else .ferry
+        beside the routes file."""
+        if "--state" in self.extra:
+            return Path(self.extra[self.extra.index("--state") + 1]).parent
+        return self.routes.parent / ".ferry"
+
+    @property
     def token_file(self) -> Path:
         if "--token-file" in self.extra:  # replicas share one (a Secret, in Kubernetes)
             return Path(self.extra[self.extra.index("--token-file") + 1])
-        return self.routes.parent / ".ferry" / "api-token"  # the state folder beside the routes file
+        return self.state_folder / "api-token"
 
     @property
     def headers(self) -> dict[str, str]:
@@ -80,7 +97,7 @@ class FerryProcess:
     @property
     def activator_key(self) -> dict[str, str]:
         """What a gateway adds to requests for ferry's activator (ferry made the key at start)."""
-        key = (self.routes.parent / ".ferry" / "activator-key").read_text().strip()
+        key = (self.state_folder / "activator-key").read_text().strip()
         return {ACTIVATOR_KEY_HEADER: key}
 
     @property
@@ -176,14 +193,15 @@ class FerryProcess:
             except asyncio.TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
+        where = ("--state", str(self.state_folder)) if "--state" in self.extra else (str(self.routes),)
         down = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ferry", "down", str(self.routes), stdout=asyncio.subprocess.DEVNULL,
+            sys.executable, "-m", "ferry", "down", *where, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL)
         await down.wait()
 
     def dataplane(self) -> dict[str, int]:
         """What ferry recorded of its data plane: "<kind> <key>" -> pid."""
-        register = Register(self.workdir / ".ferry")
+        register = Register(self.state_folder)
         try:
             return {f"{e.kind} {e.key}": e.proc.pid for e in register.entries()}
         finally:
@@ -203,9 +221,22 @@ async def get(session: aiohttp.ClientSession, url: str, host: str, **headers) ->
         return response.status, response.headers.get("x-revision", "")
 
 
+# Every config ferry pushes, by the counter Envoy keeps for it: CDS, LDS, EDS (per cluster), RDS (per route table)
+# and SRDS (the host scopes, `scoped_rds.ferry_hosts`). update_attempt and update_failure also count reconnections.
+UPDATE_COUNTERS = (r"^(cluster_manager\.cds|listener_manager\.lds|cluster\.[^.]+|http\.[^.]+\.(rds|scoped_rds)\.[^.]+)"
+                   r"\.update_(success|rejected)$")
+
+
 async def update_counts(admin: EnvoyAdmin) -> dict[str, int]:
-    """A gateway's accepted and refused configs per xDS type: unchanged across a resync means nothing was re-sent."""
-    _, body = await admin.get("/stats?filter=(cds|lds|srds|rds\\.[a-z]+)\\.update_(success|rejected)$")
-    counts = dict(line.split(": ") for line in body.decode().strip().splitlines())
-    assert {"cluster_manager.cds.update_success", "http.ferry.rds.hello.update_success"} <= set(counts), counts
+    """A gateway's accepted and refused configs per xDS resource: unchanged across a resync means nothing was
+    re-sent. EDS counters are per cluster, which Envoy keeps only with all its stats (routes.yaml `gateway.stats:
+    all`, or BootstrapOptions(all_stats=True)): without them this fails rather than compare less than it says."""
+    _, body = await admin.get(f"/stats?filter={urllib.parse.quote(UPDATE_COUNTERS)}")
+    counts = {name: int(value) for name, value in (line.split(": ") for line in body.decode().strip().splitlines())}
+    assert {"cluster_manager.cds.update_success", "listener_manager.lds.update_success",
+            "http.ferry.rds.hello.update_success", "http.ferry.scoped_rds.ferry_hosts.update_success"} <= set(counts), \
+        counts
+    eds = [n for name, n in counts.items()  # cluster.ferry_xds is static: it never counts an update
+           if name.startswith("cluster.") and not name.startswith("cluster.ferry_") and name.endswith("update_success")]
+    assert any(eds), f"no EDS update counted (does this Envoy keep all its stats?): {counts}"
     return counts

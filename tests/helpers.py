@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import re
 import socket
 import textwrap
 import time
@@ -117,3 +119,22 @@ def only(tmp_path: Path, text: str) -> Problem:
     found = problems(tmp_path, text)
     assert len(found) == 1, found
     return found[0]
+
+
+# -- the Grafana dashboard in deploy/ -------------------------------------------------------------------------------
+
+DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "ferry.json"
+_SERIES_NAME = re.compile(r"\b(ferry_[a-z0-9_]+)\b")
+
+
+def dashboard_exprs() -> list[str]:
+    """Every PromQL expression of the Grafana dashboard: panel targets and template variables."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", ())]
+    exprs += [v["definition"] for v in dashboard["templating"]["list"] if "definition" in v]
+    return exprs
+
+
+def dashboard_series() -> set[str]:
+    """The ferry series the dashboard queries."""
+    return {name for expr in dashboard_exprs() for name in _SERIES_NAME.findall(expr)}

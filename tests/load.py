@@ -8,6 +8,8 @@ import time
 
 import aiohttp
 
+from .helpers import wait_until
+
 
 class Load:
     def __init__(self, url: str, host: str, *, concurrency: int = 8, max_seconds: float = 120.0):
@@ -59,11 +61,10 @@ class Load:
     async def wait_for(self, requests: int, timeout: float = 60.0) -> None:
         """Until `requests` more requests have completed."""
         target = self.total + requests
-        deadline = time.monotonic() + timeout
-        while self.total < target:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"load made no progress: {self.total}/{target}")
-            await asyncio.sleep(0.01)
+        try:
+            await wait_until(lambda: self.total >= target, timeout, f"{requests} more requests", interval=0.01)
+        except AssertionError as err:
+            raise AssertionError(f"{err}: load at {self.total}/{target}, {self.failures} failed {self.bad[:3]}") from None
 
 
 async def count_revisions(url: str, host: str, requests: int, concurrency: int = 16) -> collections.Counter[str]:

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -18,14 +17,10 @@ import yaml
 from ferry.envoy.process import envoy_binary
 
 from . import ferry_process
-from .ferry_process import FerryProcess, get
+from .ferry_process import FerryProcess, ferry_cli, get
 from .helpers import wait_until
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def ferry_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ferry", *args], capture_output=True, text=True, cwd=cwd, timeout=60)
 
 
 def hello(message: str = "v1", initial: int = 1) -> str:
@@ -147,6 +142,37 @@ async def test_stopping_ferry_leaves_no_process(ferry, sig):
         down = await asyncio.to_thread(ferry_cli, "down", str(f.routes))
         assert down.returncode == 0 and down.stdout.count("stopped") == 4, down.stdout + down.stderr
     await wait_until(lambda: not any(_alive(p) for p in children), 15, f"children {children} to exit")
+
+
+async def test_down_given_only_the_state_folder_stops_a_data_plane_whose_ferry_is_gone(ferry, tmp_path):
+    """`ferry up --state` elsewhere, then ferry SIGKILLed: its data plane serves on, and `ferry down --state DIR`,
+    run from a folder that has nothing to do with it and without the routes file, stops all of it."""
+    state = tmp_path / "elsewhere" / "state.db"
+    f = ferry(extra=("--state", str(state)))
+    f.write_routes(hello(initial=2))
+    await f.start()
+    await f.wait_converged()
+    await wait_until(lambda: _ready(f, "hello-00001", 2), 30, "two ready instances")
+    running = f.dataplane()
+    assert sorted(running) == ["activator activator", "envoy ferry-local", "instance hello-00001/1",
+                               "instance hello-00001/2"], running
+    assert not (f.routes.parent / ".ferry").exists()  # nothing beside the routes file: only the state folder knows
+    await f.kill()
+    assert all(_alive(p) for p in running.values()), running
+
+    unrelated = tmp_path / "unrelated"
+    unrelated.mkdir()
+    here = await asyncio.to_thread(ferry_cli, "down", cwd=unrelated)  # no --state: .ferry here, where nothing runs
+    assert here.returncode == 0 and here.stdout.strip() == f"nothing runs from {unrelated / '.ferry'}", here
+    assert all(_alive(p) for p in running.values()), running
+
+    down = await asyncio.to_thread(ferry_cli, "down", "--state", str(state.parent), cwd=unrelated)
+    assert down.returncode == 0, down.stderr
+    assert sorted(down.stdout.splitlines()) == sorted(f"stopped {what} (pid {pid})" for what, pid in running.items())
+    await wait_until(lambda: not any(_alive(p) for p in running.values()), 15, f"{running} to exit")
+    assert f.dataplane() == {}
+    again = await asyncio.to_thread(ferry_cli, "down", "--state", str(state), cwd=unrelated)  # state.db names it too
+    assert again.returncode == 0 and again.stdout.strip() == f"nothing runs from {state.parent}", again
 
 
 async def test_restart_keeps_revision_history(ferry):

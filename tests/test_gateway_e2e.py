@@ -190,7 +190,8 @@ async def test_killing_ferry_under_load_keeps_envoy_serving_and_resync_changes_n
     await f.wait_converged(gateways=0)
     admin_port = free_port()
     envoy = EnvoyProcess(
-        BootstrapOptions(node_id="edge-1", xds_port=f.xds_port, admin_port=admin_port, delta=delta), tmp_path / "envoy"
+        BootstrapOptions(node_id="edge-1", xds_port=f.xds_port, admin_port=admin_port, delta=delta, all_stats=True),
+        tmp_path / "envoy",  # all its stats: the EDS update counters are per cluster
     )
     await envoy.start()
     try:

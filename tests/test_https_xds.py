@@ -18,9 +18,7 @@ from ferry.xds import resources as xds
 from ferry.xds.cache import InconsistentChanges, SnapshotCache
 from ferry.xds.mirror import decode
 
-from .test_xds_mirror import Follower, Leader
-from .test_xds_protocol import Harness
-from .xds_client import delta, merged, node, read, service, sotw
+from .xds_client import Follower, Harness, Leader, delta, merged, node, read, service, sotw
 
 pytestmark = pytest.mark.timeout(60)
 

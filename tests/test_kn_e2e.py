@@ -14,8 +14,7 @@ import pytest
 import yaml
 
 from . import ferry_process
-from .ferry_process import FerryProcess, get
-from .test_cli_and_lifecycle import ferry_cli
+from .ferry_process import FerryProcess, ferry_cli, get
 
 pytestmark = pytest.mark.timeout(180)
 

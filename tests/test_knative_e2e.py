@@ -15,10 +15,9 @@ from ferry.routing import HostPort, load_routes
 from ferry.routing.overrides import Overrides
 from ferry.routing.revisions import template_digest
 
-from .ferry_process import HELLO_APP, FerryProcess, get
+from .ferry_process import HELLO_APP, FerryProcess, ferry_cli, get
 from .helpers import wait_until
 from .load import count_revisions
-from .test_cli_and_lifecycle import ferry_cli
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -8,6 +8,7 @@ stop all of it.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import signal
 import sqlite3
@@ -28,14 +29,15 @@ pytestmark = pytest.mark.timeout(240)
 
 HOST = "hello.localhost"
 ROLLOUT = "rollout: {strategy: canary, steps: [50, 100], interval: 1s, analysis: {minRequests: 5}}"
+ALL_STATS = "stats: all"  # Envoy keeps its per-cluster stats, EDS's update counters among them
 
 
 def hello(message: str = "v1", scale: str = "{min: 1}", rollout: str = "") -> str:
     return ferry_process.hello(message, scale=scale, extra=(rollout,))
 
 
-async def running(f: FerryProcess, routes: str) -> dict[str, int]:
-    f.write_routes(routes)
+async def running(f: FerryProcess, routes: str, gateway: str = "") -> dict[str, int]:
+    f.write_routes(routes, gateway=gateway)
     await f.start()
     await f.wait_converged()
     await wait_until(lambda: _instances_ready(f), 30, "instances ready")
@@ -57,9 +59,9 @@ def _alive(pid: int) -> bool:
 
 async def test_a_crash_and_a_restart_under_load_lose_no_request_and_replace_nothing(ferry):
     f = ferry()
-    before = await running(f, hello())
+    before = await running(f, hello(), gateway=ALL_STATS)
     assert sorted(before) == ["activator activator", "envoy ferry-local", "instance hello-00001/1"], before
-    updates = await f.envoy_updates()
+    updates = await f.envoy_updates()  # CDS, LDS, EDS, RDS and SRDS
     async with Load(f.gateway, HOST, concurrency=8) as load:
         await load.wait_for(200)
         await f.kill()  # SIGKILL: no chance to clean up
@@ -74,7 +76,7 @@ async def test_a_crash_and_a_restart_under_load_lose_no_request_and_replace_noth
     status = await f.status()
     assert status["revisions"]["hello-00001"]["instances_started"] in (None, 0)  # this ferry started none
     # The adopted data plane still takes changes.
-    f.write_routes(hello("v2"))
+    f.write_routes(hello("v2"), gateway=ALL_STATS)
     await wait_until(lambda: _serves(f, "hello-00002"), 30, "v2")
 
 
@@ -148,7 +150,7 @@ async def test_an_instance_killed_while_ferry_is_down_is_replaced(ferry):
 async def test_twenty_crashes_at_random_moments_lose_nothing(ferry, tmp_path):
     """SIGKILL during applies, a canary rollout and scaling, under load, each followed by a restart: no failed
     request, and after every round one revision per template written, latest-ready a revision that is ready,
-    a rollout that resumes where it was."""
+    a rollout that resumes at the step and weight the state folder held when ferry died."""
     rng = random.Random(20)
     f = ferry()
     message, scale = "v0", "{min: 1}"
@@ -166,9 +168,13 @@ async def test_twenty_crashes_at_random_moments_lose_nothing(ferry, tmp_path):
             f.write_routes(hello(message, scale, ROLLOUT))
             await asyncio.sleep(rng.uniform(0.0, 1.5))
             await f.kill()
+            at_death = _stored_rollout(f)  # what the next ferry reads: nothing writes the state while it is down
             await f.start()
             await f.wait_converged()
             _check_state(f, templates)
+            status = await f.status()
+            _check_rollout_resumed(at_death, status["services"]["hello"]["rollout"])
+            await wait_until(lambda: _latest_ready_is_ready(f), 30, f"latest-ready to name a ready revision ({round_})")
         await wait_until(lambda: _rollout_done(f), 60, "the last rollout to end")
         await load.wait_for(100)
     if load.failures:  # say where Envoy's 503s came from
@@ -193,6 +199,56 @@ def _check_state(f: FerryProcess, templates: int) -> None:
             assert '"candidate"' in row[0]
     finally:
         db.close()
+
+
+def _stored_rollout(f: FerryProcess) -> dict | None:
+    """The rollout's state as the state folder holds it (the engine's JSON), None before the first rollout."""
+    db = sqlite3.connect(f"file:{f.workdir / '.ferry' / 'state.db'}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT state FROM rollouts WHERE service = 'hello'").fetchone()
+        return json.loads(row[0]) if row is not None else None
+    finally:
+        db.close()
+
+
+ROLLOUT_FIELDS = ("stable", "candidate", "strategy", "phase", "step", "weight", "started_at", "reason")
+
+
+def _check_rollout_resumed(at_death: dict | None, now: dict | None) -> None:
+    """The restarted ferry carries on the rollout it found: the same one, its history extended and nothing of it
+    lost, an active one resumed at the very step and weight it was at (then free to step on, since its clock runs
+    while we look), an ended one unchanged; or, if the file has moved on to a newer template meanwhile, a rollout
+    of that newer candidate."""
+    if at_death is None:
+        return  # no rollout had started: the new ferry may start one, from scratch
+    assert now is not None, f"the rollout in the state folder was lost: {at_death}"
+    if now["candidate"] != at_death["candidate"]:
+        assert _generation(now["candidate"]) > _generation(at_death["candidate"]), (at_death, now)
+        return
+    recorded = at_death["history"]
+    assert now["history"][:len(recorded)] == recorded, (at_death, now)  # nothing recorded is lost or rewritten
+    assert {k: now[k] for k in ("stable", "strategy", "started_at")} == \
+        {k: at_death[k] for k in ("stable", "strategy", "started_at")}  # the same rollout, not a new one
+    if at_death["phase"] in ("progressing", "awaiting-promotion"):
+        resumed = now["history"][len(recorded)]
+        assert (resumed["event"], resumed["step"], resumed["weight"]) == \
+            ("resumed", at_death["step"], at_death["weight"]), (at_death, now)
+        assert now["step"] >= at_death["step"], (at_death, now)
+    else:  # ended: a restart changes nothing of it
+        assert {k: now[k] for k in ROLLOUT_FIELDS} == {k: at_death[k] for k in ROLLOUT_FIELDS}, (at_death, now)
+        assert now["history"] == recorded
+
+
+def _generation(revision: str) -> int:
+    return int(revision.rpartition("-")[2])
+
+
+async def _latest_ready_is_ready(f: FerryProcess) -> bool:
+    """The service's latest-ready revision is one the status shows ready (with ready instances)."""
+    status = await f.status()
+    latest = status["services"]["hello"]["latest_ready"]
+    assert latest is not None and latest in status["revisions"], (latest, sorted(status["revisions"]))
+    return status["revisions"][latest]["state"] == "ready"
 
 
 async def _rollout_done(f: FerryProcess) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +20,8 @@ from ferry.manifests import InstallSecrets, manifests, render, server_names
 from ferry.routing.loader import load_routes, validate
 from ferry.routing.revisions import RevisionStore
 
+from . import ferry_process
+
 pytestmark = pytest.mark.timeout(120)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +30,7 @@ LEASES = {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs"
 
 
 def ferry_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ferry", *args], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    return ferry_process.ferry_cli(*args, cwd=ROOT)
 
 
 INSTALL = InstallSecrets(token="t0ken", activator_key="k3y", certs=generate(hosts=server_names("ferry")))

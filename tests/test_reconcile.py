@@ -257,6 +257,36 @@ async def test_ready_instances_take_the_activator_out_of_the_path_when_no_burst_
     assert world.activator.revisions["hello-00001"] == (("127.0.0.1", 9001),)
 
 
+@pytest.mark.parametrize("burst", ["211", "-1"])
+async def test_without_a_concurrency_limit_a_short_burst_capacity_leaves_the_activator_out(world: World, burst: str):
+    # Knative would keep its activator in the path here (the KPA's word below), only to proxy: ferry lets
+    # Envoy balance the ready instances itself.
+    await world.apply(f"hello: {{template: {app(scale=f'{{burstCapacity: {burst}}}')}}}")
+    world.backend.ready("hello-00001", 9001)
+    world.controller.autoscaler.observe(world.controller.autoscaler.clock(), {"hello-00001": Load(5.0, 5.0)})
+    await world.controller.autoscaler.tick_once()
+    assert world.controller.autoscaler.decisions["hello-00001"][1].activator_in_path is True  # the KPA's word
+    assert world.eds("hello", "hello-00001") == [9001]
+
+
+async def test_scaling_to_zero_puts_the_activator_back_before_the_instances_go(world: World):
+    scaler = world.controller.autoscaler
+    now = [1000.0]
+    scaler.clock = lambda: now[0]
+    await world.apply(f"hello: {{template: {app(scale='{initial: 1, zeroGracePeriod: 0s, stableWindow: 6s}')}}}")
+    world.backend.ready("hello-00001", 9001)
+    await world.settle()
+    assert world.eds("hello", "hello-00001") == [9001]
+    for _ in range(20):  # idle: deactivated after a stable window, then asked to scale to zero
+        now[0] += 1.0
+        scaler.observe(now[0], {})
+        await scaler.tick_once()
+        if world.backend.scaled.get("hello-00001") == 0:
+            break
+    assert world.backend.scaled.get("hello-00001") == 0
+    assert world.eds("hello", "hello-00001") == [world.activator.port]
+
+
 async def test_a_concurrency_limit_keeps_the_activator_in_the_path(world: World):
     await world.apply(f"hello: {{template: {app(concurrency=2, scale='{burstCapacity: 0}')}}}")
     world.backend.ready("hello-00001", 9001)

@@ -21,7 +21,7 @@ from ferry import statedir
 from ferry.envoy.bootstrap import BootstrapOptions, bootstrap
 from ferry.envoy.process import envoy_binary
 
-from .ferry_process import FerryProcess, hello
+from .ferry_process import FerryProcess, ferry_cli, hello
 from .helpers import free_port, problems, wait_until
 from .load import Load
 
@@ -48,11 +48,6 @@ ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forev
 
 def _mode(path: Path) -> str:
     return oct(stat.S_IMODE(os.lstat(path).st_mode))
-
-
-def _ferry_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ferry", *args], capture_output=True, text=True, timeout=60, cwd=cwd,
-                          env={**os.environ, **(env or {})})
 
 
 async def _get(url: str, **headers) -> tuple[int, str]:
@@ -86,15 +81,15 @@ async def test_state_is_private_and_the_api_wants_its_token(ferry, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     noted = {"XDG_RUNTIME_DIR": f.env["XDG_RUNTIME_DIR"]}
-    assert _ferry_cli("status", *api, cwd=elsewhere, env=noted).returncode == 0
+    assert ferry_cli("status", *api, cwd=elsewhere, env=noted).returncode == 0
     assert oct(stat.S_IMODE(os.stat(Path(noted["XDG_RUNTIME_DIR"]) / "ferry" / "apis").st_mode)) == "0o700"
     nothing = {"XDG_RUNTIME_DIR": str(elsewhere)}
-    assert _ferry_cli("status", *api, cwd=tmp_path, env=nothing).returncode == 0
-    refused = _ferry_cli("status", *api, cwd=elsewhere, env=nothing)
+    assert ferry_cli("status", *api, cwd=tmp_path, env=nothing).returncode == 0
+    refused = ferry_cli("status", *api, cwd=elsewhere, env=nothing)
     assert refused.returncode != 0 and "token" in (refused.stdout + refused.stderr).lower()
     token = f.token_file.read_text().strip()
-    assert _ferry_cli("status", *api, cwd=elsewhere, env={**nothing, "FERRY_TOKEN": token}).returncode == 0
-    assert _ferry_cli("apply", str(f.routes), *api, cwd=elsewhere, env=nothing).returncode == 0  # beside the file
+    assert ferry_cli("status", *api, cwd=elsewhere, env={**nothing, "FERRY_TOKEN": token}).returncode == 0
+    assert ferry_cli("apply", str(f.routes), *api, cwd=elsewhere, env=nothing).returncode == 0  # beside the file
 
 
 async def test_apply_reads_no_file_and_commands_resolve_beside_the_routes_file(ferry, tmp_path):
@@ -152,8 +147,19 @@ async def test_instances_get_only_the_basics_of_ferrys_environment(ferry, tmp_pa
     assert {k for k in env if not k.startswith("LC_")} <= allowed, set(env) - allowed
 
 
-@pytest.mark.parametrize("listener", ["api", "xds", "activator", "admin", "gateway"])
-async def test_an_endpoint_that_is_ferrys_own_listener_is_refused(ferry, listener):
+@pytest.mark.parametrize(("listener", "host", "says"), [
+    ("api", "localhost", "ferry's own listener"),
+    ("xds", "localhost", "ferry's own listener"),
+    ("activator", "localhost", "ferry's own listener"),
+    ("admin", "localhost", "ferry's own listener"),
+    ("gateway", "localhost", "ferry's own listener"),
+    # Linux connects 0.0.0.0 and :: to the local host: the audit read Envoy's admin /server_info this way.
+    ("admin", "0.0.0.0", "unspecified address"),
+    ("api", "[::]", "unspecified address"),
+    # an IPv4-mapped IPv6 address reaches the IPv4 one
+    ("api", "[::ffff:127.0.0.1]", "ferry's own listener"),
+])
+async def test_an_endpoint_that_is_ferrys_own_listener_is_refused(ferry, listener, host, says):
     """`endpoints: [127.0.0.1:<ferry's API>]` would publish ferry's API through the public gateway."""
     f = ferry()
     f.write_routes(hello())
@@ -161,24 +167,33 @@ async def test_an_endpoint_that_is_ferrys_own_listener_is_refused(ferry, listene
     await f.wait_converged()
     port = {"api": f.api_port, "xds": f.xds_port, "activator": f.activator_port, "admin": f.admin_port,
             "gateway": f.gateway_port}[listener]
-    text = f.routes.read_text() + f"  open:\n    template:\n      endpoints: [localhost:{port}]\n"
+    text = f.routes.read_text() + f"  open:\n    template:\n      endpoints: ['{host}:{port}']\n"
     code, answer = await f.post("/apply", {"content": text})
     assert code == 422, answer
     (problem,) = answer["problems"]
-    assert problem["path"] == "services.open.template.endpoints[0]" and "ferry's own listener" in problem["message"]
+    assert problem["path"] == "services.open.template.endpoints[0]" and says in problem["message"], problem
     assert problem["line"] is not None
     assert (await _get(f.gateway, Host="open.localhost"))[0] == 404  # nothing published
+    assert (await _get(f"{f.gateway}/server_info", Host="open.localhost"))[0] == 404
     assert (await _get(f.gateway, Host="hello.localhost"))[0] == 200  # the last good configuration serves on
 
 
-@pytest.mark.parametrize("endpoint", ["169.254.169.254:80", "[fe80::1]:80"])
+@pytest.mark.parametrize("endpoint", ["169.254.169.254:80", "[fe80::1]:80", "[::ffff:169.254.169.254]:80"])
 def test_link_local_endpoints_are_refused(tmp_path, endpoint):
     (problem,) = problems(tmp_path, f"services:\n  meta:\n    template:\n      endpoints: ['{endpoint}']\n")
     assert problem.path == "services.meta.template.endpoints[0]" and "link-local" in problem.message
 
 
-def test_loopback_endpoints_are_refused_on_kubernetes(tmp_path):
-    text = "backend: {kind: kubernetes}\nservices:\n  s:\n    template:\n      endpoints: [127.0.0.1:8090]\n"
+@pytest.mark.parametrize("endpoint", ["0.0.0.0:9901", "[::]:9901", "[::ffff:0.0.0.0]:9901", "[0:0::0]:9901"])
+def test_unspecified_endpoints_are_refused(tmp_path, endpoint):
+    (problem,) = problems(tmp_path, f"services:\n  any:\n    template:\n      endpoints: ['{endpoint}']\n")
+    assert problem.path == "services.any.template.endpoints[0]", problem
+    assert "unspecified address" in problem.message and "give the instance's own address" in problem.message
+
+
+@pytest.mark.parametrize("endpoint", ["127.0.0.1:8090", "'[::ffff:127.0.0.1]:8090'"])
+def test_loopback_endpoints_are_refused_on_kubernetes(tmp_path, endpoint):
+    text = f"backend: {{kind: kubernetes}}\nservices:\n  s:\n    template:\n      endpoints: [{endpoint}]\n"
     (problem,) = problems(tmp_path, text)
     assert problem.path == "services.s.template.endpoints[0]" and "loopback" in problem.message
 
@@ -191,7 +206,7 @@ def test_loopback_endpoints_are_refused_on_kubernetes(tmp_path):
 def test_values_the_os_refuses_fail_validation_with_their_path(tmp_path, fields, value):
     routes = tmp_path / "routes.yaml"
     routes.write_text(f"services:\n  hello:\n    template:\n      {fields}\n")
-    result = _ferry_cli("validate", str(routes), cwd=tmp_path)
+    result = ferry_cli("validate", str(routes), cwd=tmp_path)
     assert result.returncode == 1
     assert f"services.hello.template.{value}" in result.stderr and "NUL" in result.stderr
 
@@ -251,7 +266,7 @@ async def test_up_refuses_a_state_folder_that_is_a_symlink(tmp_path):
     (tmp_path / ".ferry").symlink_to(other)
     f = FerryProcess(tmp_path)
     f.write_routes(hello())
-    result = _ferry_cli("up", str(f.routes), "--api", f"127.0.0.1:{f.api_port}", cwd=tmp_path)
+    result = ferry_cli("up", str(f.routes), "--api", f"127.0.0.1:{f.api_port}", cwd=tmp_path)
     assert result.returncode == 1 and "not a plain folder" in result.stderr
     assert not any(other.iterdir())
 
@@ -260,7 +275,7 @@ def test_envoys_admin_stays_on_loopback(tmp_path):
     with pytest.raises(ValueError, match="keep it on 127.0.0.1"):
         bootstrap(BootstrapOptions(node_id="g", admin_host="0.0.0.0"))
     for command in (["bootstrap", "--admin", "0.0.0.0:9901"], ["up", "routes.yaml", "--admin", "10.0.0.1:9901"]):
-        result = _ferry_cli(*command, cwd=tmp_path)
+        result = ferry_cli(*command, cwd=tmp_path)
         assert result.returncode == 2 and "loopback" in result.stderr
 
 
@@ -294,7 +309,7 @@ async def test_a_remote_gateways_stats_are_read_through_its_read_only_listener(f
     f.write_routes(hello(scale="{min: 1}"))
     await f.start()
     admin, stats = free_port(), free_port()
-    bootstrap = _ferry_cli("bootstrap", "--node-id", "remote", "--xds", f"127.0.0.1:{f.xds_port}",
+    bootstrap = ferry_cli("bootstrap", "--node-id", "remote", "--xds", f"127.0.0.1:{f.xds_port}",
                            "--admin", f"127.0.0.1:{admin}", "--stats", f"127.0.0.1:{stats}",
                            "--listen", f"127.0.0.1:{f.gateway_port}", cwd=tmp_path)
     assert bootstrap.returncode == 0, bootstrap.stderr

@@ -17,13 +17,15 @@ from ferry.envoy.bootstrap import BootstrapOptions
 from ferry.envoy.process import EnvoyProcess
 from ferry.xds import resources as xds
 from ferry.xds.cache import SnapshotCache
-from ferry.xds.mirror import XdsMirror, decode
-from ferry.xds.server import AdsServicer, GatewayRegistry, start_xds_server
+from ferry.xds.mirror import decode
 from ferry.xds.types import Resource
 
 from .helpers import free_port, wait_until
 from .xds_client import cla as endpoints
 from .xds_client import (
+    MIRROR_TIMEOUT,
+    Follower,
+    Leader,
     contents,
     delta,
     gateway_listener,
@@ -36,67 +38,7 @@ from .xds_client import (
 
 pytestmark = pytest.mark.timeout(120)
 
-TIMEOUT = 10.0
-
-
-# -- building blocks --------------------------------------------------------------------------------------
-
-
-class Leader:
-    """A leader's serving half: cache, ADS server on a loopback port; stop() and start() again to restart it."""
-
-    def __init__(self, port: int | None = None):
-        self.cache = SnapshotCache()
-        self.gateways = GatewayRegistry()
-        self.port = port or free_port()
-        self.server = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    async def start(self) -> "Leader":
-        servicer = AdsServicer(self.cache, self.gateways)
-        self.server = await start_xds_server(servicer, self.address)
-        return self
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            await self.server.stop(0)
-            self.server = None
-
-
-class Follower:
-    """A follower replica: its own cache and ADS server, filled by an XdsMirror of whatever `upstream` names."""
-
-    def __init__(self, upstream: str | None):
-        self.upstream = upstream
-        self.cache = SnapshotCache()
-        self.gateways = GatewayRegistry()
-        self.port = free_port()
-        self.mirror = XdsMirror(self.cache, lambda: self.upstream, node_id="replica-2", backoff_max_s=0.5)
-        self.server = None
-        self.task: asyncio.Task | None = None
-
-    def point_at(self, upstream: str | None) -> None:
-        self.upstream = upstream
-        self.mirror.notify_upstream_changed()
-
-    async def __aenter__(self) -> "Follower":
-        servicer = AdsServicer(self.cache, self.gateways)
-        self.server = await start_xds_server(servicer, f"127.0.0.1:{self.port}")
-        self.task = asyncio.create_task(self.mirror.run())
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
-        if self.server is not None:
-            await self.server.stop(0)
-
-    async def mirrors(self, leader: Leader) -> None:
-        await wait_until(lambda: contents(self.cache) == contents(leader.cache), TIMEOUT, "the follower to mirror")
+TIMEOUT = MIRROR_TIMEOUT
 
 
 # -- mirroring ---------------------------------------------------------------------------------------------

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from ferry.xds import resources as xds
 from ferry.xds.cache import SnapshotCache
-from ferry.xds.server import AdsServicer, GatewayRegistry, start_xds_server
 
-from .helpers import free_port, wait_until
+from .helpers import wait_until
 from .xds_client import (
     READ_TIMEOUT,
+    Harness,
     cla,
     cluster,
     delta,
@@ -23,26 +21,6 @@ from .xds_client import (
     route_table,
     sotw,
 )
-
-
-class Harness:
-    def __init__(self, cache: SnapshotCache, ready: asyncio.Event | None = None):
-        self.cache = cache
-        self.gateways = GatewayRegistry()
-        self.servicer = AdsServicer(cache, self.gateways, ready=ready)
-        self.server = None
-        self.channel = None
-
-    async def __aenter__(self):
-        port = free_port()
-        self.server = await start_xds_server(self.servicer, f"127.0.0.1:{port}")
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        self.stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
-        return self
-
-    async def __aexit__(self, *exc):
-        await self.channel.close()
-        await self.server.stop(0)
 
 
 async def test_sotw_ack_then_push_only_on_change():

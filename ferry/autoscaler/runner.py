@@ -21,7 +21,7 @@ from .scaler import (
     Load,
     ScalerState,
     Step,
-    in_path_now,
+    must_hold,
     new_state,
     record,
     tick,
@@ -102,9 +102,10 @@ class Autoscaler:
         if task is not None:
             task.cancel()
 
-    def activator_in_path(self, revision: str, ready: int) -> bool:
+    def must_hold(self, revision: str, ready: int) -> bool:
+        """Whether the activator must hold this revision's requests (no instance to send them to)."""
         state = self.states.get(revision)
-        return True if state is None else in_path_now(state, ready)
+        return True if state is None else must_hold(ready, state.scale, state.active_since)
 
     # -- observations ---------------------------------------------------------------------------------
 

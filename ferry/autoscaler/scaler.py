@@ -120,6 +120,9 @@ class Step(NamedTuple):
     scale: int | None
     """Instances to ask the backend for, or None: leave them as they are."""
     activator_in_path: bool
+    """Knative's rule: the activator fronts the revision (it holds requests, or the burst needs buffering)."""
+    holding: bool
+    """The part of that rule that holds requests (see must_hold)."""
     decision: Decision | None = None
     applied: Applied | None = None
 
@@ -136,7 +139,7 @@ def tick(state: ScalerState, now: float, *, ready: int, reachable: bool) -> Step
     settings = state.settings
     observed = stable_and_panic(state.stable, state.panic, now)
     if observed is None:  # nothing observed yet (Knative: an invalid scale result changes nothing)
-        return Step(state, None, in_path_now(state, ready))
+        return Step(state, None, in_path_now(state, ready), must_hold(ready, state.scale, state.active_since))
     stable, panic = observed
     decision = decide(now, stable, panic, ready, settings, state.decider, reachable=reachable)
     initialized = state.initialized or ready >= settings.initial_scale
@@ -168,13 +171,20 @@ def tick(state: ScalerState, now: float, *, ready: int, reachable: bool) -> Step
         last_panic=panic,
     )
     in_path = activator_in_path(ready, scale, active_since, decision.excess_burst_capacity)
-    return Step(new, scale if scale != state.scale else None, in_path, decision, applied)
+    holding = must_hold(ready, scale, active_since)
+    return Step(new, scale if scale != state.scale else None, in_path, holding, decision, applied)
 
 
 def activator_in_path(ready: int, scale: int, active_since: float | None, excess_burst_capacity: int) -> bool:
     """Knative's rule (the activator leaves only when want > 0 and EBC >= 0), plus ferry's: with no
     ready instance the activator holds requests rather than Envoy answering 503."""
-    return ready == 0 or scale == 0 or active_since is None or excess_burst_capacity < 0
+    return must_hold(ready, scale, active_since) or excess_burst_capacity < 0
+
+
+def must_hold(ready: int, scale: int, active_since: float | None) -> bool:
+    """Whether requests would find no instance to go to: none ready, scaling to zero, or inactive. The part of
+    Knative's rule that holds requests, without the part that buffers bursts."""
+    return ready == 0 or scale == 0 or active_since is None
 
 
 def in_path_now(state: ScalerState, ready: int) -> bool:

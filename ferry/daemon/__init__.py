@@ -209,6 +209,7 @@ class Daemon:
             async with lead(shared, [loaded], inherited=inherited) as leading:
                 del loaded  # the controller holds what it applied; nothing else may hold the first file
                 state.leading = leading
+                state.revision_metrics = leading.controller.observer.chunks  # on /metrics (reconcile/observe.py)
                 try:
                     if follower is None:
                         await _started(site.start(), message)
@@ -221,6 +222,7 @@ class Daemon:
                         raise RuntimeError("lost the leader lease: stopping so that only the new leader writes")
                 finally:
                     state.leading = None  # the API answers 503 from here on: nothing reaches a closing controller
+                    state.revision_metrics = None
 
     def _elector(self, loaded: LoadedRoutes, lost: asyncio.Event):
         """--leader-elect: the Lease in the backend's namespace, advertising where this replica serves."""

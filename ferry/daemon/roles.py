@@ -53,7 +53,7 @@ class Shared:
     ready: asyncio.Event  # a whole state to serve (applied, or mirrored)
     register: dataplane.Register
     survivors: list[dataplane.Entry]  # what the last ferry left running, to adopt
-    activator_key: str  # gateways add it to every request; the activator serves none without it
+    activator_key: str  # gateways add it on the hop to the activator only; the activator serves none without it
 
 
 class Leading:
@@ -158,7 +158,7 @@ async def lead(shared: Shared, first: list[LoadedRoutes], *, inherited: bool) ->
         shared.ready.set()
         if inherited:
             controller.drop_inherited_later()
-        background = [controller.autoscaler.run(), controller.rollout_runner.run()]
+        background = [controller.autoscaler.run(), controller.rollout_runner.run(), controller.observer.run()]
         if shared.survivors:
             background.append(controller.release_leftovers())
         if options.watch:

@@ -7,5 +7,7 @@ Modules: `config` (load, validate and commit a routes file: what the controller 
 state it keeps), `publisher` (stages xDS resources and publishes them; route tables and host scopes),
 `rollouts` (rollout bookkeeping, latest-ready, the stable revision's floor), `census` (the gateways and where
 their stats are read), `status` (the views behind `ferry status`, `revisions`, `rollout status`, `service` and
-`revision`), `conditions` (pure: Knative's Ready, ConfigurationsReady, RoutesReady... from those views).
+`revision`), `conditions` (pure: Knative's Ready, ConfigurationsReady, RoutesReady... from those views),
+`observe` (every gateway's per-revision traffic, summed: the per-revision series on /metrics and
+`traffic_snapshot`).
 """

@@ -42,6 +42,7 @@ from .census import GatewayCensus
 from .certs import HttpsState
 from .config import Config
 from .model import ENDED_BADLY, RevisionRuntime, ServiceRuntime
+from .observe import RevisionObserver
 from .publisher import Publisher, RouteTables
 from .rollouts import Floor, LatestReady, RolloutBook
 
@@ -94,12 +95,14 @@ class Controller:
         self.autoscaler = Autoscaler(self, Sources(admins=census.admins, activator=activator.stats),
                                      tick_s=autoscale_tick_s)
         self.rollout_runner = RolloutRunner(self, census.admins)
+        self.observer = RevisionObserver(self, census.admins, activator.stats)  # per-revision series, traffic
         self.cluster_linger_s = cluster_linger_s
         self.retained_revisions = retained_revisions  # per service, for a backend that keeps stopped revisions
         self.sync_timeout_s = sync_timeout_s
         self.config: Config | None = None
         self.publisher = Publisher(cache)
-        self.tables = RouteTables(self.publisher, activator_key=activator_key)
+        self.activator_key = activator_key  # on the activator's EDS endpoint: gateways send it there only
+        self.tables = RouteTables(self.publisher)
         self.https = HttpsState(self.publisher)  # gateway.tls: the HTTPS listener and its certificates (SDS)
         self.latest_ready = LatestReady(store)
         self.floor = Floor(self._floor_changed)
@@ -135,7 +138,7 @@ class Controller:
             previous, self.config = self.config, config
             spec = config.loaded.spec
             gateway_changed = previous is None or previous.loaded.spec.gateway != spec.gateway
-            self.tables.strip_headers = (xds.LISTENER_HEADER,) + (() if spec.gateway.tagHeader else xds.TAG_HEADERS)
+            self.tables.strip_headers = RouteTables.ALWAYS_STRIPPED + (() if spec.gateway.tagHeader else xds.TAG_HEADERS)
             before = previous.loaded.spec.gateway if previous is not None else None
             # Every listener runs the same HTTP connection manager: what it records (gateway.accessLog,
             # gateway.tracing) changing re-puts them all.
@@ -289,7 +292,8 @@ class Controller:
             )
         runtime = RevisionRuntime(revision, workload, instances=template.scale.initial)
         self.revisions[name] = runtime
-        self.publisher.put(xds.CLUSTER, xds.cluster(runtime.cluster, http2=template.protocol == "h2c"))
+        self.publisher.put(xds.CLUSTER, xds.cluster(runtime.cluster, http2=template.protocol == "h2c",
+                                                    keyed=workload is not None and self.activator_key is not None))
         if workload is None:
             self._take_endpoints(runtime, tuple(Endpoint(h, p) for h, p in template.endpoints))
         else:
@@ -395,7 +399,7 @@ class Controller:
             )
             # A retiring revision is routed nowhere: nothing should wake it.
             runtime.activator_in_path = not runtime.retiring and rules.wants_activator(
-                runtime, self.autoscaler.activator_in_path(runtime.name, len(endpoints)))
+                runtime, self.autoscaler.must_hold(runtime.name, len(endpoints)))
             if endpoints:
                 runtime.proven = True
         self._stage_endpoints(runtime)
@@ -408,10 +412,14 @@ class Controller:
 
     def _stage_endpoints(self, runtime: RevisionRuntime) -> None:
         """The revision's EDS entry: its ready instances, or the activator (one address for http1 and h2c revisions:
-        the activator tells an h2c cluster's HTTP/2 connections from HTTP/1.1 ones by their first bytes)."""
-        address = self.activator_address
-        endpoints = (Endpoint(address.host, address.port),) if runtime.activator_in_path else runtime.endpoints
-        self.publisher.put(xds.ENDPOINT, xds.load_assignment(runtime.cluster, endpoints))
+        the activator tells an h2c cluster's HTTP/2 connections from HTTP/1.1 ones by their first bytes). The
+        activator's carries its key, which the cluster's filter sends to it alone (xds.cluster)."""
+        if runtime.activator_in_path:
+            address = self.activator_address
+            self.publisher.put(xds.ENDPOINT, xds.load_assignment(
+                runtime.cluster, (Endpoint(address.host, address.port),), key=self.activator_key))
+        else:
+            self.publisher.put(xds.ENDPOINT, xds.load_assignment(runtime.cluster, runtime.endpoints))
 
     def _became_ready(self, runtime: RevisionRuntime) -> None:
         """A newer ready revision is what latestRevision means now; a route waiting for this one may move."""
@@ -516,7 +524,7 @@ class Controller:
             await self.backend.scale(runtime.workload, step.scale)
         if runtime.retiring:  # retired while the backend was scaling
             return
-        in_path = rules.wants_activator(runtime, step.activator_in_path)
+        in_path = rules.wants_activator(runtime, step.holding)
         if in_path != runtime.activator_in_path:
             runtime.activator_in_path = in_path
             log.info("activator in path" if in_path else "activator out of path",

@@ -61,11 +61,14 @@ class RouteTables:
     """Per service, one route table and a host scope per host (SRDS), so that a change to one service is one
     small RDS push at any number of services. A host may move from one service to another in one edit."""
 
-    def __init__(self, publisher: Publisher, *, activator_key: str | None = None):
+    # never from a client: the activator's key (gateways add it on the hop to the activator only, see xds.cluster)
+    # and the listener's mark (for routing only)
+    ALWAYS_STRIPPED = (xds.ACTIVATOR_KEY_HEADER, xds.LISTENER_HEADER)
+
+    def __init__(self, publisher: Publisher):
         self._publisher = publisher
-        self.add_headers = {xds.ACTIVATOR_KEY_HEADER: activator_key} if activator_key else {}
-        # the listener's mark is for routing only; tag headers too, unless the gateway routes on them (tagHeader)
-        self.strip_headers: tuple[str, ...] = (xds.LISTENER_HEADER, *xds.TAG_HEADERS)
+        # tag headers too, unless the gateway routes on them (tagHeader)
+        self.strip_headers: tuple[str, ...] = (*self.ALWAYS_STRIPPED, *xds.TAG_HEADERS)
         self.https_redirect: xds.HttpsRedirect | None = None  # gateway.tls.redirect
         self._tables: set[str] = set()
         self._scopes: dict[str, set[str]] = {}  # service -> hosts scoped to its route table
@@ -74,8 +77,8 @@ class RouteTables:
 
     def put(self, service: str, routes: tuple[xds.HostRoute, ...]) -> None:
         """The service's route table, and a host scope for each of its hosts."""
-        self._publisher.put(xds.ROUTE, xds.route_table(service, routes, add=self.add_headers,
-                                                        remove=self.strip_headers, https_redirect=self.https_redirect))
+        self._publisher.put(xds.ROUTE, xds.route_table(service, routes, remove=self.strip_headers,
+                                                        https_redirect=self.https_redirect))
         self._tables.add(service)
         hosts = {host for r in routes for host in r.domains}
         self._release(service, self._scopes.get(service, set()) - hosts)

@@ -116,10 +116,17 @@ def reachable(runtime: RevisionRuntime, service: ServiceRuntime | None) -> bool:
     return name == service.current.name and (traffic is None or any(t.latestRevision for t in traffic))
 
 
-def wants_activator(runtime: RevisionRuntime, autoscaler_says: bool) -> bool:
-    """Whether the revision's EDS names the activator. A revision with a concurrency limit keeps it at every
-    scale: only the activator sees every gateway's requests, so only it can hold each instance to the limit
-    (Knative puts a queue-proxy beside each instance for that; ferry has none). So does one whose response must
-    start sooner than its timeout: Envoy has no time-to-first-byte timer (Knative's queue-proxy keeps it)."""
+def wants_activator(runtime: RevisionRuntime, holding: bool) -> bool:
+    """Whether the revision's EDS names the activator: while it must hold requests (no ready instance, scaling to
+    zero, inactive: `holding`, from the autoscaler), and at every scale for a revision with a concurrency limit:
+    only the activator sees every gateway's requests, so only it can hold each instance to the limit (Knative puts
+    a queue-proxy beside each instance for that; ferry has none). So does one whose response must start sooner
+    than its timeout: Envoy has no time-to-first-byte timer (Knative's queue-proxy keeps it).
+
+    Knative also keeps the activator in the path while the ready instances cannot absorb the target burst
+    (burstCapacity). For a revision without a concurrency limit ferry does not: there Knative's activator only
+    proxies (an infinite breaker, and power-of-two-choices balancing), which is what Envoy's least-request
+    balancing already does, in C++ and without a second hop (bench/autoscaling.py: the hop cost about three
+    quarters of the throughput)."""
     template = runtime.revision.template
-    return autoscaler_says or template.concurrency > 0 or template.response_start_timeout < template.timeout
+    return holding or template.concurrency > 0 or template.response_start_timeout < template.timeout

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from .errors import Problem, format_path
-from .fields import HostPort, is_loopback
+from .fields import HostPort, ip_of, is_loopback
 from .schema import (
     PREVIEW_TAG,
     Gateway,
@@ -231,12 +231,27 @@ _ANY_HOST = ("0.0.0.0", "::", "")
 
 
 def _is_listener(endpoint: HostPort, listener: HostPort) -> bool:
-    """Whether connecting to `endpoint` reaches `listener` (a wildcard listener is reached on loopback too)."""
+    """Whether connecting to `endpoint` reaches `listener` (a wildcard listener is reached on loopback too). Addresses
+    are compared as IP addresses (::ffff:127.0.0.1 is 127.0.0.1, 0:0::1 is ::1), names as written."""
     if endpoint.port != listener.port:
         return False
-    if endpoint.host == listener.host or (is_loopback(endpoint.host) and is_loopback(listener.host)):
+    if _same_host(endpoint.host, listener.host) or (is_loopback(endpoint.host) and is_loopback(listener.host)):
         return True
-    return listener.host in _ANY_HOST and (is_loopback(endpoint.host) or endpoint.host in _ANY_HOST)
+    return _is_any(listener.host) and (is_loopback(endpoint.host) or _is_any(endpoint.host))
+
+
+def _same_host(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    ip_a, ip_b = ip_of(a), ip_of(b)
+    return ip_a is not None and ip_a == ip_b
+
+
+def _is_any(host: str) -> bool:
+    if host in _ANY_HOST:
+        return True
+    ip = ip_of(host)
+    return ip is not None and ip.is_unspecified
 
 
 def check_own_listeners(gateway: Gateway | None, services: Mapping[str, ServiceSpec],

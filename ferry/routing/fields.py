@@ -6,6 +6,7 @@ than something to coerce. Every message says what was wrong and how to write it 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import re
@@ -170,12 +171,18 @@ def _no_nul(text: str) -> str:
 
 
 def _endpoint(address: HostPort) -> HostPort:
-    """Link-local addresses (cloud metadata services live at 169.254.169.254) are never a revision's instance:
-    publishing one through the gateway would hand them to anyone who can reach it."""
-    try:
-        ip = ipaddress.ip_address(address.host)
-    except ValueError:
+    """An endpoint names one instance. Unspecified addresses (0.0.0.0, ::) are not one: Linux connects them to the
+    local host, so any of ferry's listeners, Envoy's admin included, would be published. Link-local addresses
+    (cloud metadata services live at 169.254.169.254) are never a revision's instance: publishing one through the
+    gateway would hand them to anyone who can reach it. An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is judged as
+    the IPv4 address it reaches."""
+    ip = ip_of(address.host)
+    if ip is None:
         return address
+    if ip.is_unspecified:
+        raise ValueError(f"endpoint {address} is an unspecified address (0.0.0.0, ::): connecting to it reaches this "
+                         "machine itself, ferry's own listeners included, and the gateway would publish them to its "
+                         "clients; give the instance's own address")
     if ip.is_link_local:
         raise ValueError(f"endpoint {address} is a link-local address (169.254.0.0/16, fe80::/10: cloud metadata "
                          "services live there): the gateway would publish it to its clients; give the instance's "
@@ -183,13 +190,23 @@ def _endpoint(address: HostPort) -> HostPort:
     return address
 
 
+@functools.lru_cache(maxsize=4096)  # endpoints repeat hosts (20,000 endpoints at 10,000 services, few hosts)
+def ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address `host` is, an IPv4-mapped IPv6 one (::ffff:a.b.c.d) as the IPv4 address it reaches; None for
+    a name."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    mapped = ip.ipv4_mapped if ip.version == 6 else None
+    return mapped if mapped is not None else ip
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    ip = ip_of(host)
+    return ip is not None and ip.is_loopback
 
 
 def _env_name(name: str) -> str:

@@ -26,6 +26,8 @@ from envoy.config.trace.v3 import opentelemetry_pb2 as otel_tracer_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2 as file_log_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2 as stream_log_pb2
 from envoy.extensions.filters.http.grpc_stats.v3 import config_pb2 as grpc_stats_pb2
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
+from envoy.extensions.filters.http.upstream_codec.v3 import upstream_codec_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
@@ -54,7 +56,10 @@ SERVICE_HEADER = "ferry-service"
 TAG_HEADER = "ferry-tag"  # on a service's main host, selects that tag's revision (Knative's tag header routing)
 KNATIVE_TAG_HEADER = "knative-serving-tag"  # Knative's name for the same (its tag-header-based-routing)
 TAG_HEADERS = (TAG_HEADER, KNATIVE_TAG_HEADER)
-ACTIVATOR_KEY_HEADER = "ferry-activator-key"  # gateways add it; the activator serves no request without it
+# Gateways add it on the hop to the activator only (see `cluster`); the activator serves no request without it.
+ACTIVATOR_KEY_HEADER = "ferry-activator-key"
+# The activator's EDS endpoint carries the key as metadata ({"ferry": {"key": KEY}}); an instance's carries none.
+KEY_METADATA = ("ferry", "key")
 # Which listener a request came in on, set by the listener itself before routing (whatever the client sent):
 # a private service's routes match only requests with LISTENER_HEADER: internal.
 LISTENER_HEADER = "ferry-listener"
@@ -388,6 +393,9 @@ def _tracing(sampling: float) -> hcm_pb2.HttpConnectionManager.Tracing:
     return hcm_pb2.HttpConnectionManager.Tracing(
         provider=provider,
         random_sampling=percent_pb2.Percent(value=round(sampling * 100, 6)),
+        # Envoy's default (100%) traces every request that carries x-client-trace-id, whatever random_sampling
+        # says: any client could make the gateway export its spans at sampling 0. `sampling` alone decides.
+        client_sampling=percent_pb2.Percent(value=0),
         custom_tags=[custom_tag_pb2.CustomTag(tag=tag, request_header=custom_tag_pb2.CustomTag.Header(name=header))
                      for tag, header in TRACING_TAGS],
     )
@@ -528,8 +536,31 @@ def listener(host: str, port: int, *, name: str = LISTENER_NAME, mark: str = "pu
 _UNLIMITED = wrappers_pb2.UInt32Value(value=1_000_000)
 
 
-def cluster(name: str, connect_timeout_s: float = 1.0, *, http2: bool = False) -> Resource:
-    """An EDS cluster for one revision; `http2`: HTTP/2 without TLS to its instances (h2c, gRPC).
+# On a revision cluster that can point at the activator: an upstream filter sets ACTIVATOR_KEY_HEADER from the chosen
+# endpoint's metadata, so the key goes on the hop to the activator and nowhere else (an instance's endpoint has no
+# metadata: the value is empty, and Envoy adds no header with an empty value). Evaluated per upstream request, after
+# the endpoint is chosen (the route table's own headers are not: there the metadata always reads empty).
+_KEY_FROM_ENDPOINT = hcm_pb2.HttpFilter(
+    name="envoy.filters.http.header_mutation",
+    typed_config=_any(
+        "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+        header_mutation_pb2.HeaderMutation(mutations=header_mutation_pb2.Mutations(request_mutations=[
+            mutation_rules_pb2.HeaderMutation(append=_header(
+                ACTIVATOR_KEY_HEADER, f"%UPSTREAM_METADATA({':'.join(KEY_METADATA)})%"))])),
+    ),
+)
+_UPSTREAM_CODEC = hcm_pb2.HttpFilter(
+    name="envoy.filters.http.upstream_codec",
+    typed_config=_any("type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec",
+                      upstream_codec_pb2.UpstreamCodec()),
+)
+
+
+def cluster(name: str, connect_timeout_s: float = 1.0, *, http2: bool = False, keyed: bool = False) -> Resource:
+    """An EDS cluster for one revision; `http2`: HTTP/2 without TLS to its instances (h2c, gRPC); `keyed`: a
+    revision ferry runs, whose EDS may name the activator: requests to an endpoint with the key in its metadata
+    (`load_assignment(key=...)`) carry it in ACTIVATOR_KEY_HEADER. Revisions of `endpoints:` never point at the
+    activator, and get no filter (at 10,000 services they are 20,000 clusters).
 
     Circuit breakers are opened wide: queueing belongs to the autoscaler and the activator, and Envoy's
     default of 1,024 would hide the real concurrency from both.
@@ -561,6 +592,7 @@ def cluster(name: str, connect_timeout_s: float = 1.0, *, http2: bool = False) -
                     # Below typical app keep-alive timeouts, so Envoy closes idle connections before the app does.
                     common_http_protocol_options=protocol_pb2.HttpProtocolOptions(idle_timeout=_duration(4)),
                     explicit_http_config=explicit,
+                    http_filters=[_KEY_FROM_ENDPOINT, _UPSTREAM_CODEC] if keyed else [],
                 ),
             )
         },
@@ -568,7 +600,13 @@ def cluster(name: str, connect_timeout_s: float = 1.0, *, http2: bool = False) -
     return Resource.of(name, message.SerializeToString())
 
 
-def load_assignment(cluster_name_: str, endpoints: Sequence[tuple[str, int]]) -> Resource:
+def load_assignment(cluster_name_: str, endpoints: Sequence[tuple[str, int]], *, key: str | None = None) -> Resource:
+    """A revision's endpoints; `key`: they are the activator, and requests to them carry it (see `cluster`)."""
+    metadata = None
+    if key is not None:
+        namespace, field = KEY_METADATA
+        metadata = base_pb2.Metadata()
+        metadata.filter_metadata[namespace].update({field: key})
     message = endpoint_pb2.ClusterLoadAssignment(
         cluster_name=cluster_name_,
         endpoints=[
@@ -579,7 +617,8 @@ def load_assignment(cluster_name_: str, endpoints: Sequence[tuple[str, int]]) ->
                             address=address_pb2.Address(
                                 socket_address=address_pb2.SocketAddress(address=host, port_value=port)
                             )
-                        )
+                        ),
+                        metadata=metadata,
                     )
                     for host, port in endpoints
                 ]

@@ -1,9 +1,11 @@
 """An HTTP/2-only revision (h2c with prior knowledge, python-hyper's h2; no HTTP/1.1 at all) on 127.0.0.1:$PORT:
-GET /healthz answers $HEALTHZ (default 200); anything else answers 200 "<revision>: <method> <path> <body bytes>"."""
+GET /healthz answers $HEALTHZ (default 200), GET /headers the request's headers as JSON; anything else answers 200
+"<revision>: <method> <path> <body bytes>"."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 
@@ -47,6 +49,8 @@ class Server(asyncio.Protocol):
         path = head.get(b":path", b"/")
         if path == b"/healthz":
             status, body = HEALTHZ, b"ok\n"
+        elif path == b"/headers":
+            status, body = b"200", json.dumps({k.decode(): v.decode() for k, v in head.items()}).encode()
         else:
             status, body = b"200", REVISION.encode() + b": " + head[b":method"] + b" " + path + b" %d\n" % size
         self.conn.send_headers(stream_id, [(b":status", status), (b"content-length", str(len(body)).encode())])
