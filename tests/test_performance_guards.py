@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import platform
 import re
+import subprocess
+import sys
 import time
 
 import aiohttp
@@ -238,3 +241,37 @@ envoy_cluster_upstream_rq_time_count{envoy_cluster_name="hello/hello-00002"} 100
     assert samples["hello/hello-00002"].latency_buckets == ((0.5, 10), (1.0, 60), (float("inf"), 100))
     assert samples["hello/hello-00001"].requests == 0 and samples["hello/hello-00001"].latency_buckets == ()
     assert stats_path(["hello/hello-00002"]).startswith("/stats/prometheus?usedonly&filter=")
+
+
+# -- ferry's own memory ---------------------------------------------------------------------------------------
+
+_FREED_BLOCK_IS_MMAPPED = r"""
+import ctypes, sys
+from ferry.daemon.memory import tune_malloc
+
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+tuned = sys.argv[1] == "tuned" and tune_malloc()
+size = 8 * 1024 * 1024
+block = bytes(size)
+del block  # glibc, untuned: its mmap threshold is now ~8 MiB, so the next block of that size comes from the heap
+before = libc.mallinfo2().hblkhd
+block = bytes(size)
+print(tuned, libc.mallinfo2().hblkhd - before >= size)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_big_blocks_go_back_to_the_system_once_malloc_is_tuned():
+    """ferry up fixes glibc's mmap threshold (ferry/daemon/memory.py): a big block freed once must not move it, or
+    later big blocks come from the heap and stay in ferry's resident memory after they are freed."""
+    def run(mode: str) -> str:
+        return subprocess.run([sys.executable, "-c", _FREED_BLOCK_IS_MMAPPED, mode], capture_output=True, text=True,
+                              check=True, timeout=60).stdout.split()
+
+    assert run("tuned") == ["True", "True"]
+    assert run("untuned") == ["False", "False"]  # what glibc does by itself: the reason for tuning it

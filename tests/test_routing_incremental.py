@@ -148,7 +148,8 @@ def test_the_block_fast_path_equals_a_full_parse(tmp_path: Path, edit) -> None:
     full = load_routes(path, text)
     assert incremental.spec == full.spec
     assert list(incremental.spec.services) == list(full.spec.services)
-    assert incremental.raw_services == full.raw_services
+    assert incremental.raw_services == full.raw_services  # (empty when blocks are kept: they find what changed)
+    assert (incremental.blocks is None) == bool(incremental.raw_services)
 
 
 def test_a_duplicate_name_across_blocks_is_reported_with_its_line(tmp_path: Path) -> None:
@@ -175,3 +176,60 @@ def test_a_one_service_edit_parses_only_that_service(tmp_path: Path, monkeypatch
                       "      - 127.0.0.1:9002\n      timeout: 45s\n  # a trailing comment\n"]
     assert second.spec.services["web"] is first.spec.services["web"]
     assert second.spec.services["api"].template.timeout == 45.0
+
+
+def test_a_large_file_is_parsed_a_chunk_of_services_at_a_time(tmp_path: Path, monkeypatch) -> None:
+    """A whole file's YAML node tree was ferry's memory peak (~80 MiB at 10,000 services): services are parsed
+    in chunks, at start and on edits, to the same data as one parse of the whole file."""
+    from ferry.routing import loader, yamlsource
+    from ferry.routing.schema import RoutesFile
+
+    monkeypatch.setattr(loader, "_BLOCKS_PER_PARSE", 2)
+    parsed: list[str] = []
+    real_parse = yamlsource.parse
+    monkeypatch.setattr(yamlsource, "parse", lambda text: parsed.append(text) or real_parse(text))
+    path = tmp_path / "routes.yaml"
+    text = "gateway: {domain: example.org}\n" + routes({f"s{i}": f"m{i}" for i in range(5)}).replace(
+        "  s2:\n", "  # a comment between services\n  s2:\n")
+    first = load_routes(path, text)
+    whole, _ = real_parse(text)
+    assert first.spec == RoutesFile.model_validate(whole)
+    assert list(first.spec.services) == [f"s{i}" for i in range(5)]
+    assert first.spec.gateway.domain == "example.org"
+    chunks = [t for t in parsed if t.startswith("services:\n  ")]
+    assert [t.count("template:") for t in chunks] == [2, 2, 1]
+
+    parsed.clear()
+    edited = text.replace("m0", "changed").replace("m1", "changed").replace("m4", "changed")
+    second = load_routes(path, edited, previous=first)
+    assert [t.count("template:") for t in parsed] == [2, 1]
+    assert second.spec.services["s2"] is first.spec.services["s2"]
+    assert second.spec.services["s4"].template.env == {"MESSAGE": "changed"}
+
+
+def test_a_duplicate_name_in_another_chunk_is_reported_with_its_line(tmp_path: Path, monkeypatch) -> None:
+    from ferry.routing import loader
+    from ferry.routing.errors import ConfigError
+
+    monkeypatch.setattr(loader, "_BLOCKS_PER_PARSE", 2)
+    text = routes({"a": "1", "b": "2", "c": "3"}) + "  a:\n    template: {command: [other]}\n"
+    with pytest.raises(ConfigError) as caught:
+        load_routes(tmp_path / "routes.yaml", text)
+    assert any("duplicate key 'a'" in p.message and p.line == 8 for p in caught.value.problems), caught.value
+
+
+def test_a_gateway_edit_keeps_the_objects_of_unchanged_services(tmp_path: Path) -> None:
+    """The full path (the part outside `services:` changed) still finds unchanged services by their text, though
+    their parsed data is not kept."""
+    path = tmp_path / "routes.yaml"
+    first = load_routes(path, RICH)
+    assert first.raw_services == {}  # the blocks say what changed
+    second = load_routes(path, RICH.replace("domain: localhost", "domain: example.org"),
+                         previous=first)
+    assert second.spec.gateway.domain == "example.org"
+    assert second.spec.services["web"] is first.spec.services["web"]
+    third = load_routes(path, second.text.replace("timeout: 30s", "timeout: 45s").replace("example.org", "x.org"),
+                        previous=second)
+    assert third.spec.services["web"] is first.spec.services["web"]
+    assert third.spec.services["api"] is not second.spec.services["api"]
+    assert third.spec.services["api"].template.timeout == 45.0

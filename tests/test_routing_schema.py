@@ -373,3 +373,19 @@ def test_a_rollout_block_is_service_level_and_keeps_the_pinned_digest(tmp_path: 
     spec = load_routes(tmp_path / "r.yaml", text=base + "    rollout: {strategy: canary}\n").spec
     assert spec.services["hello"] == ServiceSpec(template=Template(command=("a",)), rollout=Rollout(strategy="canary"))
     assert spec.services["hello"].rollout == Rollout(strategy="canary", steps=(5, 25, 50, 100), analysis=Analysis())
+
+
+def test_models_with_the_same_fields_given_share_one_set_of_their_names() -> None:
+    """Memory: pydantic keeps a set of the fields given per model; the models are frozen, so equal sets are
+    shared, and what pydantic reports and copies is unchanged."""
+    from ferry.routing.schema import ServiceSpec
+
+    a = ServiceSpec.model_validate({"template": {"command": ["x"]}})
+    b = ServiceSpec.model_validate({"template": {"command": ["y"], "env": {"A": "1"}}})
+    assert a.__pydantic_fields_set__ is b.__pydantic_fields_set__
+    assert a.model_fields_set == {"template"}
+    assert a.template.model_fields_set == {"command"} and b.template.model_fields_set == {"command", "env"}
+    copied = a.model_copy(update={"hosts": ("h.example.com",)})
+    assert copied.model_fields_set == {"template", "hosts"} and a.model_fields_set == {"template"}
+    assert b.model_fields_set == {"template"}
+    assert a.model_dump(exclude_unset=True) == {"template": {"command": ("x",)}}

@@ -338,3 +338,42 @@ async def test_a_reconnecting_gateway_drops_a_cluster_only_once_its_routes_no_lo
         removals = {(r.type_url, tuple(r.removed_resources)) for r in (await read(call), await read(call))}
         assert removals == {(xds.CLUSTER, ("old",)), (xds.ENDPOINT, ("old",))}
         call.cancel()
+
+
+async def test_a_large_delta_change_goes_out_in_parts_each_after_the_last_is_acked(monkeypatch):
+    """Memory: a Delta response carries at most MAX_RESPONSE_BYTES of resources; the rest follows once the part
+    before is ACKed, and route tables still wait until every cluster (all parts) is ACKed with its endpoints."""
+    from ferry.xds import stream as stream_module
+
+    names = [f"c{i}" for i in range(10)]
+    clusters = {n: cluster(n) for n in names}
+    monkeypatch.setattr(stream_module, "MAX_RESPONSE_BYTES", 3 * len(clusters["c0"].body))
+    cache = SnapshotCache()
+    cache.update({xds.CLUSTER: clusters, xds.ENDPOINT: {n: cla(n, 1000 + i) for i, n in enumerate(names)},
+                  xds.ROUTE: {"svc": route_table("svc", *names)}})
+    async with Harness(cache) as h:
+        call = h.stub.DeltaAggregatedResources()
+        await call.write(delta(xds.CLUSTER, node_=node("gw")))
+        await call.write(delta(xds.ENDPOINT, subscribe=names))
+        await call.write(delta(xds.ROUTE, subscribe=["svc"]))
+        got: dict[str, list[str]] = {xds.CLUSTER: [], xds.ENDPOINT: []}
+        parts = 0
+        while True:
+            response = await read(call)
+            assert response.type_url != xds.ROUTE or sorted(got[xds.CLUSTER]) == sorted(names), \
+                "a route table went out before all its clusters"
+            if response.type_url == xds.ROUTE:
+                break
+            part = [r.name for r in response.resources]
+            assert part and (response.type_url != xds.CLUSTER or len(part) <= 3)
+            parts += response.type_url == xds.CLUSTER
+            # each cluster once (endpoints are sent again after their cluster: a new cluster warms only on EDS)
+            assert response.type_url != xds.CLUSTER or not set(part) & set(got[xds.CLUSTER])
+            got[response.type_url] += part
+            await call.write(delta(response.type_url, nonce=response.nonce))
+        assert sorted(got[xds.CLUSTER]) == sorted(names) and set(got[xds.ENDPOINT]) == set(names)
+        assert parts >= 4  # 10 clusters, at most 3 a part
+        assert [r.name for r in response.resources] == ["svc"]
+        await call.write(delta(xds.ROUTE, nonce=response.nonce))
+        assert await h.gateways.wait_in_sync(READ_TIMEOUT, 1)
+        call.cancel()

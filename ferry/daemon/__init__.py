@@ -40,6 +40,7 @@ from ..testhooks import HOOKS
 from ..tls import TlsFiles
 from ..xds.cache import SnapshotCache
 from ..xds.server import AdsServicer, GatewayRegistry, Tls, XdsMetrics, start_xds_server
+from .memory import tune_malloc
 from .roles import Shared, _run_in_background, lead
 
 log = logging.getLogger("ferry")
@@ -127,11 +128,14 @@ class Daemon:
                 loop.add_signal_handler(sig, stop.set)
             except (NotImplementedError, RuntimeError):
                 pass
-        # a bad file at start-up is the user's first error: fail loudly
-        loaded = load_routes(self.options.routes, overrides=self.options.overrides)
-        await self._serve(loaded, stop)
+        tune_malloc()  # before the first file is loaded: its blocks must not set glibc's thresholds
+        # a bad file at start-up is the user's first error: fail loudly (passed on, not kept in this frame: the
+        # first file's objects must not outlive the next apply; at 10,000 services they are ~50 MiB)
+        await self._serve([load_routes(self.options.routes, overrides=self.options.overrides)], stop)
 
-    async def _serve(self, loaded: LoadedRoutes, stop: asyncio.Event) -> None:
+    async def _serve(self, first: list[LoadedRoutes], stop: asyncio.Event) -> None:
+        """`first`: the routes file as loaded at start, handed over (the list is emptied) to the leader."""
+        loaded = first.pop()
         options = self.options
         folder = statedir.prepare(options.state_path.parent)
         token = statedir.secret(folder, statedir.API_TOKEN, options.token_file)
@@ -201,7 +205,9 @@ class Daemon:
                     return  # asked to stop while following
                 inherited = follower.mirror.synced.is_set()
                 loaded = load_routes(options.routes, overrides=options.overrides)  # it may have changed meanwhile
-            async with lead(shared, loaded, inherited=inherited) as leading:
+            gateway = str(loaded.spec.gateway.listen) if options.run_envoy else "external"
+            async with lead(shared, [loaded], inherited=inherited) as leading:
+                del loaded  # the controller holds what it applied; nothing else may hold the first file
                 state.leading = leading
                 state.revision_metrics = leading.controller.observer.chunks  # on /metrics (reconcile/observe.py)
                 try:
@@ -209,7 +215,7 @@ class Daemon:
                         await _started(site.start(), message)
                     log.info("ferry is up", extra={
                         "routes": str(options.routes), "xds": str(options.xds), "api": str(options.api),
-                        "gateway": str(loaded.spec.gateway.listen) if options.run_envoy else "external"})
+                        "gateway": gateway})
                     await _first(stop.wait(), lost.wait())
                     if lost.is_set() and not stop.is_set():
                         # client-go's advice: a replica that lost the lease stops, and comes back as a follower.

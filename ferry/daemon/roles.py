@@ -126,10 +126,13 @@ class Leading:
 
 
 @asynccontextmanager
-async def lead(shared: Shared, loaded: LoadedRoutes, *, inherited: bool) -> AsyncIterator[Leading]:
+async def lead(shared: Shared, first: list[LoadedRoutes], *, inherited: bool) -> AsyncIterator[Leading]:
     """Lead until the block exits, then stop in reverse: the local Envoy, the watch and loops, the controller
-    (and with it the backend). `inherited`: the cache was filled by a mirror of the previous leader."""
+    (and with it the backend). `inherited`: the cache was filled by a mirror of the previous leader. `first` holds
+    the routes file to apply first, handed over: this frame lives as long as the leader, and must not keep it
+    (it is emptied)."""
     options = shared.options
+    loaded = first.pop()
     async with AsyncExitStack() as stack:
         envoy = None
         if options.run_envoy:
@@ -165,6 +168,7 @@ async def lead(shared: Shared, loaded: LoadedRoutes, *, inherited: bool) -> Asyn
         if shared.survivors:
             await _serve_what_survived(source, shared.store, loaded)
         await source.apply(loaded=loaded)
+        del loaded  # the controller's config holds it until the next apply replaces it
         shared.ready.set()
         if inherited:
             controller.drop_inherited_later()

@@ -111,6 +111,7 @@ class Controller:
         self.revisions: dict[str, RevisionRuntime] = {}
         self.views = status.Views()  # the status's JSON views, kept while their inputs stay the same
         self.timings: dict[str, float] = {}  # how long the last apply took, for status and the bench
+        self._resolving: ServiceRuntime | None = None  # whose revisions _reconcile is starting (under the lock)
         self._lock = asyncio.Lock()
         self._background = Background(log)
         self._closing = False
@@ -204,7 +205,11 @@ class Controller:
         self.publisher.publish()
 
     async def _reconcile(self, service: ServiceRuntime) -> None:
-        resolved = await self._run_wanted(service)
+        self._resolving = service
+        try:
+            resolved = await self._run_wanted(service)
+        finally:
+            self._resolving = None
         service.wanted = resolved.revisions() if isinstance(resolved, ResolvedTraffic) else frozenset()
         if service.override is not None and isinstance(resolved, ResolvedTraffic):
             steady = resolve_traffic(service.spec, self.latest_ready.get(service.name))
@@ -431,7 +436,10 @@ class Controller:
                 rollout = service.rollout
                 if rollout is None or not rollout.active or rollout.candidate != revision.name:
                     self.rollouts.start(service, stable=latest, candidate=revision.name)
-        if service is not None and not runtime.retiring and (newer or service.waiting is not None):
+        # Not for the service being resolved: what it routes is decided after its revisions started, from their
+        # readiness then (a new file of 10,000 services made 10,000 tasks here, each reconciling again for nothing).
+        if service is not None and not runtime.retiring and (newer or service.waiting is not None) \
+                and service is not self._resolving:
             self._background.spawn(self._reconcile_now(service), f"route {service.name}")
 
     async def _reconcile_now(self, service: ServiceRuntime) -> None:

@@ -66,7 +66,7 @@ class ServiceRuntime:
     revisions: set[str] = field(default_factory=set)  # revisions this service keeps running
     wanted: frozenset[str] = frozenset()  # what the file's traffic names now, routed or still becoming ready
     rollout: machine.Rollout | None = None  # in progress, or the last one (for status)
-    failed: set[str] = field(default_factory=set)  # revisions whose rollout was rolled back or aborted
+    failed: frozenset[str] = frozenset()  # revisions whose rollout was rolled back or aborted (shared when none)
     override: tuple[Split, ...] | None = None  # `ferry traffic`: an imperative main split, until the file agrees
     rollback_ms: float | None = None  # the last rollback: failing check -> every gateway in sync
 

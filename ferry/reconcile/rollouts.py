@@ -98,7 +98,7 @@ class RolloutBook:
         """After a restart: which revisions failed, any `ferry traffic` override, and a rollout to resume at
         the step it had reached (its analysis window starts afresh: the gateways' counters did too)."""
         results = self._store.results(service.name)
-        service.failed = {revision for revision, (result, _, _) in results.items() if result in ENDED_BADLY}
+        service.failed = frozenset(revision for revision, (result, _, _) in results.items() if result in ENDED_BADLY)
         override = self._store.traffic_override(service.name)
         service.override = tuple(Split(r, p) for r, p in override) if override else None
         text = self._store.rollout(service.name)
@@ -151,7 +151,7 @@ class RolloutBook:
         self._floor.release(rollout.stable)
         self._store.set_result(rollout.candidate, rollout.phase, rollout.reason)
         if rollout.phase in ENDED_BADLY:
-            service.failed.add(rollout.candidate)
+            service.failed = service.failed | {rollout.candidate}
             if self._latest.get(service.name) == rollout.candidate:
                 self._latest.set(service.name, rollout.stable)
             log.warning("rollout %s", rollout.phase, extra={
@@ -172,7 +172,7 @@ class RolloutBook:
                                  "a template change starts a fresh rollout by itself")
             following = machine.retry(rollout, self.spec(service), now=now)
             self._store.clear_result(rollout.candidate)
-            service.failed.discard(rollout.candidate)
+            service.failed = service.failed - {rollout.candidate}
             service.rollback_ms = None
             self._floor.protect(following.stable, self._instances(following.stable))
             service.rollout = following

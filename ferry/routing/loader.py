@@ -9,7 +9,7 @@ problems are reported at their place in it); command-line Overrides hold over wh
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,7 +36,9 @@ class LoadedRoutes:
     spec: RoutesFile
     label: str = field(default="", compare=False)  # what messages call the file (`ferry apply` sends its own name)
     text: str = field(default="", repr=False, compare=False)  # the content validated, to locate later problems
-    raw_services: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # as parsed, for reuse
+    # as parsed, for reuse by a load that cannot split the file into blocks; empty when `blocks` are kept (the
+    # blocks find what changed, and the parsed data of 10,000 services is ~15 MiB)
+    raw_services: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     blocks: ServiceBlocks | None = field(default=None, repr=False, compare=False)  # per-service text, for reuse
     block_names: dict[str, str] = field(default_factory=dict, repr=False, compare=False)  # block text -> service
     host_claims: HostClaims = field(default_factory=dict, repr=False, compare=False)  # for the next load's checks
@@ -77,20 +79,20 @@ def load_routes(path: Path | str, text: str | None = None, previous: LoadedRoute
         if previous is not None and split is not None:
             reused = _load_changed_blocks(split, previous)
             if reused is not None:
-                spec, raw_services, names = reused
-                return LoadedRoutes(path, path.parent, spec, label or "", text, raw_services, split,
+                spec, names = reused
+                return LoadedRoutes(path, path.parent, spec, label or "", text, {}, split,
                                     dict(zip(split.blocks, names, strict=True)), previous.host_claims,
                                     _certificates(spec, path, file, text, previous))
         claims: HostClaims = {}
         try:
-            spec, raw_services = _validate(text, file, previous, claims, overrides)
+            spec, raw_services = _validate(text, file, previous, claims, overrides, split)
         except RecursionError:
             raise ConfigError(file, [Problem("", "the document is nested too deeply: flatten it")]) from None
     certificates = _certificates(spec, path, file, text, previous)
     if split is None or len(split.blocks) != len(raw_services):
         return LoadedRoutes(path, path.parent, spec, label or "", text, raw_services, host_claims=claims,
                             certificates=certificates, overrides=overrides)
-    return LoadedRoutes(path, path.parent, spec, label or "", text, raw_services, split,
+    return LoadedRoutes(path, path.parent, spec, label or "", text, {}, split,
                         dict(zip(split.blocks, raw_services, strict=True)), claims, certificates, overrides=overrides)
 
 
@@ -208,21 +210,15 @@ def _certificates(spec: RoutesFile, path: Path, file: str, text: str,
 
 def _load_changed_blocks(
     split: ServiceBlocks, previous: LoadedRoutes
-) -> tuple[RoutesFile, dict[str, Any], list[str]] | None:
+) -> tuple[RoutesFile, list[str]] | None:
     """Parse and validate only the services whose text changed; None means: do the full load instead
     (another shape, or any problem at all, so that errors are always reported by the one full path)."""
     if previous.blocks is None or split.rest != previous.blocks.rest:
         return None
     changed = [block for block in split.blocks if block not in previous.block_names]
-    parsed: dict[str, Any] = {}
-    if changed:
-        try:
-            data, _ = yamlsource.parse("services:\n" + "".join(changed))
-        except yamlsource.YamlError:
-            return None
-        parsed = data.get("services") if isinstance(data, dict) else None
-        if not isinstance(parsed, dict) or len(parsed) != len(changed):
-            return None
+    parsed = _parse_blocks(changed)
+    if parsed is None:
+        return None
     fresh = iter(parsed)
     names = [previous.block_names.get(block) or next(fresh) for block in split.blocks]
     if len(set(names)) != len(names):
@@ -238,8 +234,47 @@ def _load_changed_blocks(
     if any(check_service(n, services[n]) for n in parsed) or check_hosts(validated.gateway, services,
                                                                           previous.host_claims):
         return None
-    raw = {n: parsed[n] if n in parsed else previous.raw_services[n] for n in names}
-    return RoutesFile.model_construct(gateway=validated.gateway, backend=validated.backend, services=services), raw, names
+    return RoutesFile.model_construct(gateway=validated.gateway, backend=validated.backend, services=services), names
+
+
+# Services parsed per libyaml call: a node tree costs ~8 KB per service (~80 MiB for a 10,000-service file, next
+# to ~20 MiB for the data built from it), so a whole file's tree was the peak of ferry's memory. In chunks, one
+# chunk's tree is alive at a time; the data is the same (each block is one key of `services:`).
+_BLOCKS_PER_PARSE = 500
+
+
+def _parse_blocks(blocks: list[str] | tuple[str, ...]) -> dict[str, Any] | None:
+    """The services of these blocks, parsed a chunk at a time; None if any chunk does not parse to exactly its
+    blocks' services (a YAML error, a duplicate name): the caller then takes the full path, which says where."""
+    parsed: dict[str, Any] = {}
+    for start in range(0, len(blocks), _BLOCKS_PER_PARSE):
+        chunk = blocks[start:start + _BLOCKS_PER_PARSE]
+        try:
+            data, _ = yamlsource.parse("services:\n" + "".join(chunk))
+        except yamlsource.YamlError:
+            return None
+        services = data.get("services") if isinstance(data, dict) else None
+        del data, _  # this chunk's node tree, before the next one is made
+        if not isinstance(services, dict) or len(services) != len(chunk) or not parsed.keys().isdisjoint(services):
+            return None
+        parsed.update(services)
+    return parsed
+
+
+def _parse_split(split: ServiceBlocks) -> dict[str, Any] | None:
+    """The whole file's data from its blocks (see _parse_blocks); None: parse it whole."""
+    try:
+        data, _ = yamlsource.parse(split.rest)
+    except yamlsource.YamlError:
+        return None
+    if not isinstance(data, dict) or data.get("services") is not None:
+        return None
+    if split.blocks:
+        services = _parse_blocks(split.blocks)
+        if services is None:
+            return None
+        data["services"] = services
+    return data
 
 
 def validate(
@@ -290,33 +325,45 @@ def _read(path: Path) -> str:
 
 
 def _validate(text: str, file: str, previous: LoadedRoutes | None, claims: HostClaims | None = None,
-              overrides: Overrides | None = None) -> tuple[RoutesFile, dict[str, Any]]:
-    try:
-        data, root = yamlsource.parse(text)
-    except yamlsource.YamlError as exc:
-        raise ConfigError(file, [Problem(format_path(exc.loc), exc.message, exc.line)]) from None
+              overrides: Overrides | None = None, split: ServiceBlocks | None = None) -> tuple[RoutesFile, dict[str, Any]]:
+    data = _parse_split(split) if split is not None else None
+    root: Node | None = None  # the whole file's node tree: made only to give problems their lines
+    if data is None:
+        try:
+            data, root = yamlsource.parse(text)
+        except yamlsource.YamlError as exc:
+            raise ConfigError(file, [Problem(format_path(exc.loc), exc.message, exc.line)]) from None
     if data is None:  # an empty file: no services yet
         data = {}
     if overrides:
         data = overrides.apply(data)
     if not isinstance(data, dict):
         problem = Problem("", f"the top level must be a mapping with gateway: and services:, got {describe(data)}")
-        raise ConfigError(file, _locate([problem], root))
+        raise ConfigError(file, _locate([problem], root or yamlsource.compose(text)))
     raw_services = data.get("services") if isinstance(data.get("services"), dict) else {}
     try:
-        spec = (_validate_changed(data, raw_services, previous) if previous is not None and previous.format == "routes"
-                else RoutesFile.model_validate(data))
+        spec = (_validate_changed(data, raw_services, previous, _same_blocks(split, previous))
+                if previous is not None and previous.format == "routes" else RoutesFile.model_validate(data))
     except ValidationError as exc:
         problems = problems_from(exc, RoutesFile) + _check_valid_parts(data, exc)
     else:
         problems = check_routes(spec.gateway, spec.services, claims)
     if problems:
-        raise ConfigError(file, _locate(problems, root))
+        raise ConfigError(file, _locate(problems, root or yamlsource.compose(text)))
     return spec, raw_services
 
 
-def _validate_changed(data: dict[str, Any], raw_services: dict[str, Any], previous: LoadedRoutes) -> RoutesFile:
-    """Validate only the services whose YAML changed; the others keep their objects from `previous`."""
+def _same_blocks(split: ServiceBlocks | None, previous: LoadedRoutes | None) -> set[str]:
+    """The services whose block of text is the same as in `previous` (a block holds its service's name)."""
+    if split is None or previous is None or not previous.block_names:
+        return set()
+    return {previous.block_names[block] for block in split.blocks if block in previous.block_names}
+
+
+def _validate_changed(data: dict[str, Any], raw_services: dict[str, Any], previous: LoadedRoutes,
+                      same: Collection[str] = ()) -> RoutesFile:
+    """Validate only the services whose YAML changed (`same`: known unchanged by their text); the others keep
+    their objects from `previous`."""
     try:
         changed_backend = RoutesFile.model_validate({"backend": data.get("backend")}).backend != previous.spec.backend
     except ValidationError:
@@ -324,7 +371,8 @@ def _validate_changed(data: dict[str, Any], raw_services: dict[str, Any], previo
     kept = {
         name: previous.spec.services[name]
         for name, raw in raw_services.items()
-        if name in previous.raw_services and previous.raw_services[name] == raw and not changed_backend
+        if not changed_backend and name in previous.spec.services and (
+            name in same or (name in previous.raw_services and previous.raw_services[name] == raw))
     }
     changed = {**data, "services": {n: raw for n, raw in raw_services.items() if n not in kept}}
     validated = RoutesFile.model_validate(changed)

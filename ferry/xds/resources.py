@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import sys
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -80,7 +81,9 @@ _RETRY_ON = "connect-failure,refused-stream,reset-before-request"
 
 
 def cluster_name(service: str, revision: str) -> str:
-    return f"{service}/{revision}"
+    """Interned: the name is made wherever a revision's cluster is named (its cluster, its endpoints, the route
+    tables' references, each gateway's state); one string for all of them (~2.5 MiB at 10,000 services)."""
+    return sys.intern(f"{service}/{revision}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,7 +317,7 @@ def route_clusters(table: route_pb2.RouteConfiguration) -> frozenset[str]:
     return frozenset(names)
 
 
-def host_scope(host: str, route_configuration_name: str) -> Resource:
+def host_scope(host: str, route_configuration_name: str, refs: frozenset[str] | None = None) -> Resource:
     """A scope: requests whose Host is `host` use that service's route table.
 
     Scopes are why a change to one service is one small RDS push at any scale: each service has its own
@@ -327,7 +330,7 @@ def host_scope(host: str, route_configuration_name: str) -> Resource:
             fragments=[scoped_route_pb2.ScopedRouteConfiguration.Key.Fragment(string_key=host)]
         ),
     ).SerializeToString()
-    return Resource.of(host, body, frozenset((route_configuration_name,)))
+    return Resource.of(host, body, refs if refs is not None else frozenset((route_configuration_name,)))
 
 
 # gateway.accessLog: one JSON line per request. Named fields only, never arbitrary headers: no Authorization, no

@@ -38,6 +38,11 @@ log = logging.getLogger("ferry.xds")
 FULL_STATE_TYPES = frozenset({LISTENER, CLUSTER, SCOPED_ROUTE})
 # Waiting on clusters/endpoints forever would hide a bug as a stale gateway; past this, send and log.
 DEPENDENCY_WAIT_S = 5.0
+# A Delta response carries at most this many bytes of resources; the rest follow, each part after the gateway
+# ACKed the one before (the types after it wait meanwhile, as for any response in flight). One response of a whole
+# new file's 10,000 route tables was ~10 MB, held three times at once while it was sent (the messages, their
+# serialization, gRPC's copy): ferry's memory peak. Envoy applies each part as it comes.
+MAX_RESPONSE_BYTES = 2 * 1024 * 1024
 
 
 @dataclass
@@ -347,6 +352,9 @@ class AdsStream:
         deferred: list[str] = []
         if self.delta and removals and type_url in (CLUSTER, ENDPOINT, SECRET) and self._routes_unsettled():
             deferred, removals = removals, []
+        if self.delta:
+            updates, later = _first_bytes(updates, MAX_RESPONSE_BYTES)
+            deferred += [r.name for r in later]
         dirty_since = state.dirty_since or now
         state.clear_dirty()
         if deferred:
@@ -470,6 +478,16 @@ class AdsStream:
     def _latest_nack(self) -> Nack | None:
         nacks = [s.last_nack for s in self.types.values() if s.last_nack]
         return max(nacks, key=lambda n: n.at) if nacks else None
+
+
+def _first_bytes(resources: list[Resource], limit: int) -> tuple[list[Resource], list[Resource]]:
+    """The first resources whose bodies fit in `limit` bytes (at least one), and the rest."""
+    total = 0
+    for index, resource in enumerate(resources):
+        total += len(resource.body) + len(resource.name)
+        if total > limit and index > 0:
+            return resources[:index], resources[index:]
+    return resources, []
 
 
 def _host_port(host: str, port: int) -> str:
