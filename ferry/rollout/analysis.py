@@ -80,10 +80,13 @@ def quantile(q: float, buckets: Buckets) -> float | None:
     known is "more than that"). Without an +Inf bucket the last bucket's count is taken as the total, since
     Envoy's admin JSON lists only finite bounds. None when there are no observations.
     """
-    merged: dict[float, int] = {}
-    for bound, count in buckets:
-        merged[bound] = max(merged.get(bound, 0), count)
-    ordered = sorted(merged.items())
+    if all(a[0] < b[0] for a, b in zip(buckets, buckets[1:])):
+        ordered = buckets  # one reading's buckets, already in order (the history's every 5 s, per revision)
+    else:
+        merged: dict[float, int] = {}
+        for bound, count in buckets:
+            merged[bound] = max(merged.get(bound, 0), count)
+        ordered = sorted(merged.items())
     # Cumulative counts cannot fall; sums over gateways read at slightly different moments can (Prometheus' ensureMonotonic).
     running = 0
     fixed: list[tuple[float, int]] = []

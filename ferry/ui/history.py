@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from array import array
 from collections.abc import Callable, Iterable, Mapping
@@ -194,33 +193,12 @@ class TrafficHistory:
 
 
 def _p99(before: Any, after: Any) -> float | None:
-    """The p99 of what the histogram counted between two cumulative readings (Prometheus' histogram_quantile, as
-    rollout/analysis.py's `quantile`; inline when both readings have the same bounds, as a gateway's always do)."""
+    """The p99 of what the histogram counted between two cumulative readings (Prometheus' histogram_quantile, the
+    rollout checks' `quantile`)."""
     if not after:
         return None
-    if len(before) != len(after) or any(b[0] != a[0] for b, a in zip(before, after)):
-        previous = dict(before)
-        return quantile(0.99, tuple((bound, count - previous.get(bound, 0)) for bound, count in after))
-    counts = []
-    running = 0
-    for (_, was), (_, now) in zip(before, after):
-        running = max(running, now - was)  # cumulative counts cannot fall (sums read at different moments can)
-        counts.append(running)
-    total = counts[-1]
-    if total <= 0:
-        return None
-    rank = 0.99 * total
-    for at, count in enumerate(counts):
-        if count >= rank:
-            break
-    upper = after[at][0]
-    if math.isinf(upper):
-        finite = [bound for bound, _ in after if not math.isinf(bound)]
-        return finite[-1] if finite else None
-    if at == 0 and upper <= 0:
-        return upper
-    lower, below = (0.0, 0) if at == 0 else (after[at - 1][0], counts[at - 1])
-    return lower + (upper - lower) * (rank - below) / (count - below)
+    previous = dict(before)
+    return quantile(0.99, tuple((bound, count - previous.get(bound, 0)) for bound, count in after))
 
 
 def _round(value: float) -> float | None:
